@@ -1,0 +1,238 @@
+//! Protobuf messages to domain types and back. Messages are destructured in full, so a new proto
+//! field breaks the build here until it is handled.
+
+use prost_types::Timestamp as PbTimestamp;
+
+use super::pb;
+use crate::domain::{
+    FieldViolation, NewRefund, ProviderName, RawRefundRequest, Refund, RefundReason, RefundStatus,
+    Timestamp,
+};
+use crate::service::ListQuery;
+
+pub fn reason_from_pb(value: i32) -> Option<RefundReason> {
+    Some(match pb::RefundReason::try_from(value).ok()? {
+        pb::RefundReason::Unspecified => RefundReason::Unspecified,
+        pb::RefundReason::Duplicate => RefundReason::Duplicate,
+        pb::RefundReason::Fraudulent => RefundReason::Fraudulent,
+        pb::RefundReason::RequestedByCustomer => RefundReason::RequestedByCustomer,
+        pb::RefundReason::Other => RefundReason::Other,
+    })
+}
+
+fn reason_to_pb(r: RefundReason) -> pb::RefundReason {
+    match r {
+        RefundReason::Unspecified => pb::RefundReason::Unspecified,
+        RefundReason::Duplicate => pb::RefundReason::Duplicate,
+        RefundReason::Fraudulent => pb::RefundReason::Fraudulent,
+        RefundReason::RequestedByCustomer => pb::RefundReason::RequestedByCustomer,
+        RefundReason::Other => pb::RefundReason::Other,
+    }
+}
+
+/// `Ok(None)` is UNSPECIFIED (no filter).
+fn status_from_pb(value: i32) -> Result<Option<RefundStatus>, ()> {
+    Ok(Some(
+        match pb::RefundStatus::try_from(value).map_err(|_| ())? {
+            pb::RefundStatus::Unspecified => return Ok(None),
+            pb::RefundStatus::Pending => RefundStatus::Pending,
+            pb::RefundStatus::Succeeded => RefundStatus::Succeeded,
+            pb::RefundStatus::Failed => RefundStatus::Failed,
+            pb::RefundStatus::Canceled => RefundStatus::Canceled,
+            pb::RefundStatus::RequiresApproval => RefundStatus::RequiresApproval,
+        },
+    ))
+}
+
+fn status_to_pb(s: RefundStatus) -> pb::RefundStatus {
+    match s {
+        RefundStatus::RequiresApproval => pb::RefundStatus::RequiresApproval,
+        RefundStatus::Pending => pb::RefundStatus::Pending,
+        RefundStatus::Succeeded => pb::RefundStatus::Succeeded,
+        RefundStatus::Failed => pb::RefundStatus::Failed,
+        RefundStatus::Canceled => pb::RefundStatus::Canceled,
+    }
+}
+
+fn timestamp_to_pb(t: Timestamp) -> PbTimestamp {
+    let micros = t.as_micros();
+    PbTimestamp {
+        seconds: micros.div_euclid(1_000_000),
+        // rem_euclid keeps it in 0..1_000_000, so the multiplication fits an i32.
+        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1_000).unwrap_or(0),
+    }
+}
+
+fn timestamp_from_pb(t: PbTimestamp) -> Option<Timestamp> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return None;
+    }
+    let micros = t
+        .seconds
+        .checked_mul(1_000_000)?
+        .checked_add(i64::from(t.nanos / 1_000))?;
+    Some(Timestamp::from_micros(micros))
+}
+
+/// Parses a create request. `header_key` is the `idempotency-key` request header; the field wins.
+pub fn new_refund(
+    msg: pb::CreateRefundRequest,
+    header_key: Option<String>,
+    default_provider: &ProviderName,
+    field_prefix: &str,
+) -> Result<NewRefund, Vec<FieldViolation>> {
+    let pb::CreateRefundRequest {
+        payment_id,
+        provider,
+        amount,
+        currency,
+        reason,
+        reason_detail,
+        metadata,
+        idempotency_key,
+    } = msg;
+    let idempotency_key = if idempotency_key.is_empty() {
+        header_key.unwrap_or_default()
+    } else {
+        idempotency_key
+    };
+    NewRefund::parse(
+        RawRefundRequest {
+            payment_id,
+            provider,
+            amount,
+            currency,
+            reason: reason_from_pb(reason),
+            reason_detail,
+            metadata: metadata.into_iter().collect(),
+            idempotency_key,
+        },
+        default_provider,
+        field_prefix,
+    )
+}
+
+pub fn list_query(msg: pb::ListRefundsRequest) -> Result<ListQuery, Vec<FieldViolation>> {
+    let pb::ListRefundsRequest {
+        status,
+        payment_id,
+        provider,
+        created_after,
+        created_before,
+        page_size,
+        page_token,
+    } = msg;
+    let mut violations = Vec::new();
+    let status = status_from_pb(status).unwrap_or_else(|()| {
+        violations.push(FieldViolation::new(
+            "status",
+            "status is not a known RefundStatus",
+        ));
+        None
+    });
+    let mut time = |field: &str, t: Option<PbTimestamp>| {
+        t.and_then(|t| {
+            let parsed = timestamp_from_pb(t);
+            if parsed.is_none() {
+                violations.push(FieldViolation::new(field, "not a valid timestamp"));
+            }
+            parsed
+        })
+    };
+    let created_from = time("created_after", created_after);
+    let created_before = time("created_before", created_before);
+    if !violations.is_empty() {
+        return Err(violations);
+    }
+    Ok(ListQuery {
+        status,
+        payment_id,
+        provider,
+        created_from,
+        created_before,
+        page_size,
+        page_token,
+    })
+}
+
+pub fn refund_to_pb(r: Refund) -> pb::Refund {
+    let Refund {
+        id,
+        account: _,
+        payment,
+        provider,
+        provider_refund_id,
+        amount,
+        currency,
+        status,
+        reason,
+        reason_detail,
+        metadata,
+        failure,
+        idempotency_key,
+        created_at,
+        updated_at,
+    } = r;
+    let (failure_code, failure_reason) = failure.map(|f| (f.code, f.reason)).unwrap_or_default();
+    pb::Refund {
+        id: id.as_str().to_owned(),
+        payment_id: payment.as_str().to_owned(),
+        provider: provider.as_str().to_owned(),
+        provider_refund_id: provider_refund_id.unwrap_or_default(),
+        amount: amount.minor_units(),
+        currency: currency.code().to_owned(),
+        status: status_to_pb(status).into(),
+        reason: reason_to_pb(reason).into(),
+        reason_detail,
+        metadata: metadata.into_iter().collect(),
+        failure_code,
+        failure_reason,
+        created_at: Some(timestamp_to_pb(created_at)),
+        updated_at: Some(timestamp_to_pb(updated_at)),
+        idempotency_key: idempotency_key
+            .map(|k| k.as_str().to_owned())
+            .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_including_before_the_epoch() {
+        for micros in [
+            0,
+            1,
+            999_999,
+            1_000_000,
+            -1,
+            -1_000_001,
+            1_790_000_000_123_456,
+        ] {
+            let t = Timestamp::from_micros(micros);
+            assert_eq!(timestamp_from_pb(timestamp_to_pb(t)), Some(t), "{micros}");
+        }
+        assert_eq!(
+            timestamp_from_pb(PbTimestamp {
+                seconds: 0,
+                nanos: -1
+            }),
+            None
+        );
+        assert_eq!(
+            timestamp_from_pb(PbTimestamp {
+                seconds: i64::MAX,
+                nanos: 0
+            }),
+            None
+        );
+    }
+
+    #[test]
+    fn unknown_enum_values_are_violations_not_defaults() {
+        assert_eq!(reason_from_pb(99), None);
+        assert!(status_from_pb(99).is_err());
+        assert_eq!(status_from_pb(0), Ok(None));
+    }
+}

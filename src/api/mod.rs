@@ -1,0 +1,62 @@
+//! The gRPC API: tonic services, proto <-> domain conversion, and the error-to-Status map.
+//!
+//! Architecture invariant: this is the only layer that knows tonic and the generated protobuf
+//! types. Handlers parse, call one use case, and convert back.
+
+mod convert;
+mod refunds;
+mod status;
+
+pub use refunds::RefundsApi;
+pub use status::{ERROR_DOMAIN, to_status};
+
+/// Generated protobuf and tonic code for `refunds.v1`.
+pub mod pb {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("refunds.v1");
+
+    /// Encoded descriptor set of every file in `proto/`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("refunds_descriptor");
+}
+
+use std::time::Duration;
+
+use tonic::transport::server::Router;
+
+use crate::service::RefundService;
+
+/// Largest gRPC message accepted or sent.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The tonic router with every service this process answers: refunds, health, reflection.
+pub async fn router(service: RefundService) -> Result<Router, tonic_reflection::server::Error> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::refund_service_server::RefundServiceServer<RefundsApi>>()
+        .await;
+
+    // grpcurl builds of the 1.8 line speak only reflection v1alpha; newer clients use v1.
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // So that clients such as grpcurl can decode google.rpc error details.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let refunds = pb::refund_service_server::RefundServiceServer::new(RefundsApi::new(service))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+    Ok(tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(refunds))
+}

@@ -1,0 +1,95 @@
+//! `refunds.v1.RefundService` handlers.
+
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::pb;
+use super::status::to_status;
+use crate::domain::{AccountId, RefundError};
+use crate::service::RefundService;
+
+/// Request header that carries an idempotency key when the message field is empty.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+pub struct RefundsApi {
+    service: RefundService,
+}
+
+impl RefundsApi {
+    pub fn new(service: RefundService) -> Self {
+        Self { service }
+    }
+}
+
+/// The account a request acts for. Until authentication lands every caller is the default account.
+fn account<T>(_request: &Request<T>) -> AccountId {
+    AccountId::default_account()
+}
+
+fn header(request: &Request<impl Sized>, name: &str) -> Option<String> {
+    request
+        .metadata()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+#[tonic::async_trait]
+impl pb::refund_service_server::RefundService for RefundsApi {
+    async fn create_refund(
+        &self,
+        request: Request<pb::CreateRefundRequest>,
+    ) -> Result<Response<pb::Refund>, Status> {
+        let account = account(&request);
+        let header_key = header(&request, IDEMPOTENCY_KEY_HEADER);
+        let new = convert::new_refund(
+            request.into_inner(),
+            header_key,
+            self.service.providers().default_name(),
+            "",
+        )
+        .map_err(|v| to_status(RefundError::InvalidArgument(v)))?;
+        let refund = self
+            .service
+            .create_refund(&account, new)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(convert::refund_to_pb(refund)))
+    }
+
+    async fn get_refund(
+        &self,
+        request: Request<pb::GetRefundRequest>,
+    ) -> Result<Response<pb::Refund>, Status> {
+        let account = account(&request);
+        let pb::GetRefundRequest { id } = request.into_inner();
+        let refund = self
+            .service
+            .get_refund(&account, &id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(convert::refund_to_pb(refund)))
+    }
+
+    async fn list_refunds(
+        &self,
+        request: Request<pb::ListRefundsRequest>,
+    ) -> Result<Response<pb::ListRefundsResponse>, Status> {
+        let account = account(&request);
+        let query = convert::list_query(request.into_inner())
+            .map_err(|v| to_status(RefundError::InvalidArgument(v)))?;
+        let page = self
+            .service
+            .list_refunds(&account, query)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::ListRefundsResponse {
+            refunds: page
+                .refunds
+                .into_iter()
+                .map(convert::refund_to_pb)
+                .collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+}

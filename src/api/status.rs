@@ -1,0 +1,82 @@
+//! The one map from domain errors to gRPC statuses, with google.rpc error details.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+use crate::domain::RefundError;
+
+/// `domain` of every google.rpc.ErrorInfo this service returns.
+pub const ERROR_DOMAIN: &str = "refunds.v1";
+
+pub fn to_status(err: RefundError) -> Status {
+    match err {
+        RefundError::InvalidArgument(violations) => {
+            let message = violations
+                .iter()
+                .map(|v| format!("{}: {}", v.field, v.description))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let violations: Vec<FieldViolation> = violations
+                .into_iter()
+                .map(|v| FieldViolation::new(v.field, v.description))
+                .collect();
+            Status::with_error_details(
+                Code::InvalidArgument,
+                message,
+                ErrorDetails::with_bad_request(violations),
+            )
+        }
+        e @ RefundError::PaymentNotFound { .. } => Status::not_found(e.to_string()),
+        e @ RefundError::RefundNotFound { .. } => Status::not_found(e.to_string()),
+        ref e @ RefundError::PaymentNotRefundable { ref status, .. } => failed_precondition(
+            e,
+            "PAYMENT_NOT_REFUNDABLE",
+            [("payment_status", status.clone())],
+        ),
+        ref e @ RefundError::OverRefund {
+            requested,
+            remaining,
+            currency,
+        } => failed_precondition(
+            e,
+            "OVER_REFUND",
+            [
+                ("requested_amount", requested.to_string()),
+                ("remaining_amount", remaining.to_string()),
+                ("currency", currency.code().to_owned()),
+            ],
+        ),
+        ref e @ RefundError::AlreadyRefunded { .. } => failed_precondition(
+            e,
+            "ALREADY_REFUNDED",
+            [("remaining_amount", "0".to_owned())],
+        ),
+        ref e @ RefundError::IdempotencyKeyReused { .. } => {
+            failed_precondition(e, "IDEMPOTENCY_KEY_REUSED", [])
+        }
+        e @ RefundError::ProviderUnavailable { .. } => Status::unavailable(e.to_string()),
+        RefundError::Internal(cause) => {
+            // The client gets a generic message; the log gets the whole cause chain.
+            tracing::error!(error = ?cause, "internal error");
+            Status::internal("internal error")
+        }
+    }
+}
+
+fn failed_precondition<const N: usize>(
+    err: &RefundError,
+    reason: &str,
+    metadata: [(&str, String); N],
+) -> Status {
+    let metadata: HashMap<String, String> = metadata
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    Status::with_error_details(
+        Code::FailedPrecondition,
+        err.to_string(),
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
+    )
+}

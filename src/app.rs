@@ -1,0 +1,187 @@
+//! Building and running the service: store, providers, the gRPC and HTTP servers, the reconciler,
+//! and a graceful drain on shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::ServeSettings;
+use crate::domain::ProviderName;
+use crate::providers::Providers;
+use crate::providers::sandbox::SandboxProvider;
+use crate::sandbox::{FaultConfig, Sandbox, client::SandboxClient};
+use crate::service::{RefundService, run_reconciler};
+use crate::store::Store;
+use crate::{api, http};
+
+/// A built service with its listeners bound, ready to run.
+pub struct Application {
+    grpc: TcpListener,
+    http: TcpListener,
+    service: RefundService,
+    sandbox: Option<Arc<Sandbox>>,
+    shutdown_grace: Duration,
+}
+
+impl Application {
+    /// Connects and migrates the store, sets up providers, binds both ports. Fails before
+    /// serving anything if any of that fails.
+    pub async fn build(settings: ServeSettings) -> anyhow::Result<Self> {
+        let store = Store::connect(settings.database_url.expose(), &settings.store)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot connect to the database {}",
+                    settings.database_url.redacted()
+                )
+            })?;
+        store
+            .migrate()
+            .await
+            .context("cannot apply database migrations")?;
+
+        let (sandbox_provider, sandbox) = match &settings.sandbox_url {
+            Some(url) => {
+                let client = SandboxClient::new(url, settings.refunds.provider_timeout)
+                    .with_context(|| format!("bad --sandbox-url {url}"))?;
+                (SandboxProvider::Remote(client), None)
+            }
+            None => {
+                let sandbox = Arc::new(Sandbox::new(FaultConfig::default()));
+                (SandboxProvider::Local(sandbox.clone()), Some(sandbox))
+            }
+        };
+        let providers = Providers::new(
+            ProviderName::from_trusted("sandbox".to_owned()),
+            Arc::new(sandbox_provider),
+        );
+        let service = RefundService::new(store, providers, settings.refunds.clone());
+
+        let grpc = TcpListener::bind(settings.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen for gRPC on {}", settings.grpc_addr))?;
+        let http = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", settings.http_addr))?;
+        Ok(Self {
+            grpc,
+            http,
+            service,
+            sandbox,
+            shutdown_grace: settings.shutdown_grace,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+            .local_addr()
+            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into())
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into())
+    }
+
+    /// The in-process sandbox, when the service runs one.
+    pub fn sandbox(&self) -> Option<&Arc<Sandbox>> {
+        self.sandbox.as_ref()
+    }
+
+    pub fn service(&self) -> &RefundService {
+        &self.service
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight calls finish for
+    /// up to the grace period, and returns.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Self {
+            grpc,
+            http,
+            service,
+            sandbox,
+            shutdown_grace,
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                // Err means the sender is gone, which also means stop.
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+
+        let grpc_router = api::router(service.clone())
+            .await
+            .context("cannot build the gRPC services")?;
+        let grpc_task = tokio::spawn(
+            grpc_router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped()),
+        );
+        let http_app = http::router(service.clone(), sandbox);
+        let http_stopped = stopped();
+        let http_task = tokio::spawn(async move {
+            axum::serve(http, http_app)
+                .with_graceful_shutdown(http_stopped)
+                .await
+        });
+        let reconciler_task = tokio::spawn(run_reconciler(service, stopped()));
+
+        shutdown.await;
+        tracing::info!(grace = ?shutdown_grace, "shutting down: draining in-flight calls");
+        let _ = stop_tx.send(true);
+
+        let drain = async {
+            let grpc = grpc_task.await;
+            let http = http_task.await;
+            let reconciler = reconciler_task.await;
+            (grpc, http, reconciler)
+        };
+        match tokio::time::timeout(shutdown_grace, drain).await {
+            Ok((grpc, http, reconciler)) => {
+                grpc.context("gRPC server task")?
+                    .context("gRPC server failed")?;
+                http.context("HTTP server task")?
+                    .context("HTTP server failed")?;
+                reconciler.context("reconciler task")?;
+                tracing::info!("shut down cleanly");
+            }
+            Err(_) => tracing::warn!("grace period over; abandoning calls still in flight"),
+        }
+        Ok(())
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,380 @@
+//! The command line: `serve`, `migrate`, and the sandbox's `serve`, `seed` and `ledger`.
+//! Every setting has a flag and an environment variable.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::app::{Application, shutdown_signal};
+use crate::config::{DEFAULT_DATABASE_URL, Secret, ServeSettings};
+use crate::sandbox::{self, FaultConfig, Sandbox, client::SandboxClient};
+use crate::service::RefundsConfig;
+use crate::store::{Store, StoreOptions};
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "refund-service",
+    version,
+    about = "Refunds payments across payment providers, never twice and never beyond what was captured"
+)]
+pub struct Cli {
+    /// Log format: `pretty` for people, `json` for log pipelines.
+    #[arg(long, env = "REFUND_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Pretty, global = true)]
+    pub log_format: LogFormatArg,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: gRPC and HTTP servers, reconciler.
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// The built-in sandbox payment provider.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// `sqlite://PATH?mode=rwc` (the default, a file in the working directory) or `postgres://...`.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_default_value = false)]
+    pub database_url: String,
+
+    /// PostgreSQL connection pool size (SQLite always uses one connection).
+    #[arg(long, env = "REFUND_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the gRPC server.
+    #[arg(long, env = "REFUND_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+
+    /// Address of the HTTP server (probes, the embedded sandbox under /sandbox).
+    #[arg(long, env = "REFUND_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Use a standalone sandbox (`refund-service sandbox serve`) at this URL, e.g.
+    /// http://127.0.0.1:9090/sandbox, instead of the in-process one.
+    #[arg(long, env = "REFUND_SANDBOX_URL")]
+    pub sandbox_url: Option<String>,
+
+    /// Longest wait for one provider call; past it the refund stays PENDING and is looked up later.
+    #[arg(long, env = "REFUND_PROVIDER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub provider_timeout: Duration,
+
+    /// How long idempotency keys are remembered (at least 24h is recommended).
+    #[arg(long, env = "REFUND_IDEMPOTENCY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub idempotency_ttl: Duration,
+
+    /// Delay before the first provider look-up of a refund left PENDING; later ones double.
+    #[arg(long, env = "REFUND_RECONCILE_DELAY", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub reconcile_delay: Duration,
+
+    /// Longest gap between two look-ups of a PENDING refund.
+    #[arg(long, env = "REFUND_RECONCILE_MAX_DELAY", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub reconcile_max_delay: Duration,
+
+    /// How often the reconciler looks for due PENDING refunds.
+    #[arg(long, env = "REFUND_RECONCILE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub reconcile_interval: Duration,
+
+    /// Provider calls after which a refund the provider never received is marked FAILED.
+    #[arg(long, env = "REFUND_MAX_ATTEMPTS", default_value_t = 10)]
+    pub max_attempts: i32,
+
+    /// Time in-flight calls get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "REFUND_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Run the sandbox standalone over HTTP (its API under /sandbox).
+    Serve(SandboxServeArgs),
+    /// Create captured payments and print their ids, one per line.
+    Seed(SeedArgs),
+    /// Print the sandbox's own refunds as JSON lines: the provider's side of the truth.
+    Ledger(LedgerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxServeArgs {
+    #[arg(long, env = "SANDBOX_LISTEN", default_value = "127.0.0.1:9090")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FaultArgs {
+    /// Latency added to every provider API request, in milliseconds.
+    #[arg(long, env = "SANDBOX_LATENCY_MS", default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Fraction of API requests answered 500 (0.0 to 1.0).
+    #[arg(long, env = "SANDBOX_ERROR_RATE", default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// API requests per second before 429 with Retry-After; 0 = unlimited.
+    #[arg(long, env = "SANDBOX_RATE_LIMIT", default_value_t = 0)]
+    pub rate_limit: u32,
+    /// Fraction of refund creations that succeed but answer only after --hang-ms.
+    #[arg(long, env = "SANDBOX_TIMEOUT_RATE", default_value_t = 0.0)]
+    pub timeout_rate: f64,
+    /// How long a "succeed but time out" refund creation hangs, in milliseconds.
+    #[arg(long, env = "SANDBOX_HANG_MS", default_value_t = 30_000)]
+    pub hang_ms: u64,
+    /// Refunds stay pending this long before they succeed, in milliseconds (0 = at once).
+    #[arg(long, env = "SANDBOX_SETTLE_DELAY_MS", default_value_t = 0)]
+    pub settle_delay_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxUrlArg {
+    /// Base URL of the sandbox API. The default is the running service's embedded sandbox.
+    #[arg(
+        long,
+        env = "REFUND_SANDBOX_URL",
+        default_value = "http://127.0.0.1:8080/sandbox"
+    )]
+    pub sandbox_url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    /// Captured amount of each payment, in minor units.
+    #[arg(long)]
+    pub amount: i64,
+    /// ISO 4217 currency code.
+    #[arg(long)]
+    pub currency: String,
+    /// Id of the payment (only with --count 1).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// How many payments to create.
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+    /// Status of the payments; anything but `succeeded` cannot be refunded.
+    #[arg(long, value_enum, default_value_t = SeedStatus::Succeeded)]
+    pub status: SeedStatus,
+    /// Every refund of these payments fails at the provider (like an expired card).
+    #[arg(long)]
+    pub fail_refunds: bool,
+    #[command(flatten)]
+    pub url: SandboxUrlArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SeedStatus {
+    Succeeded,
+    RequiresCapture,
+    Failed,
+    Canceled,
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerArgs {
+    /// Only refunds of this payment.
+    #[arg(long)]
+    pub payment: Option<String>,
+    #[command(flatten)]
+    pub url: SandboxUrlArg,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(f: LogFormatArg) -> Self {
+        match f {
+            LogFormatArg::Pretty => LogFormat::Pretty,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}
+
+impl ServeArgs {
+    fn into_settings(self) -> anyhow::Result<ServeSettings> {
+        let Self {
+            grpc_addr,
+            http_addr,
+            database,
+            sandbox_url,
+            provider_timeout,
+            idempotency_ttl,
+            reconcile_delay,
+            reconcile_max_delay,
+            reconcile_interval,
+            max_attempts,
+            shutdown_grace,
+        } = self;
+        anyhow::ensure!(
+            !provider_timeout.is_zero(),
+            "--provider-timeout must be greater than zero"
+        );
+        anyhow::ensure!(
+            !reconcile_interval.is_zero(),
+            "--reconcile-interval must be greater than zero"
+        );
+        anyhow::ensure!(
+            reconcile_delay <= reconcile_max_delay,
+            "--reconcile-delay must not exceed --reconcile-max-delay"
+        );
+        anyhow::ensure!(max_attempts >= 1, "--max-attempts must be at least 1");
+        anyhow::ensure!(
+            grpc_addr.port() == 0 || grpc_addr != http_addr,
+            "--grpc-addr and --http-addr must differ"
+        );
+        Ok(ServeSettings {
+            grpc_addr,
+            http_addr,
+            database_url: Secret::new(database.database_url),
+            sandbox_url,
+            store: store_options(database.db_max_connections)?,
+            refunds: RefundsConfig {
+                provider_timeout,
+                idempotency_ttl,
+                reconcile_delay,
+                reconcile_max_delay,
+                reconcile_interval,
+                max_attempts,
+            },
+            shutdown_grace,
+        })
+    }
+}
+
+fn store_options(max_connections: u32) -> anyhow::Result<StoreOptions> {
+    anyhow::ensure!(
+        max_connections >= 1,
+        "--db-max-connections must be at least 1"
+    );
+    Ok(StoreOptions {
+        max_connections,
+        ..StoreOptions::default()
+    })
+}
+
+impl FaultArgs {
+    fn into_faults(self) -> anyhow::Result<FaultConfig> {
+        let faults = FaultConfig {
+            latency_ms: self.latency_ms,
+            error_rate: self.error_rate,
+            rate_limit_per_sec: self.rate_limit,
+            timeout_rate: self.timeout_rate,
+            hang_ms: self.hang_ms,
+            settle_delay_ms: self.settle_delay_ms,
+        };
+        faults.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(faults)
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    telemetry::init(cli.log_format.into());
+    // reqwest is built without a default TLS crypto provider; install ring once, up front.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::Serve(args) => serve(args.into_settings()?).await,
+        Command::Migrate(args) => {
+            let url = Secret::new(args.database_url);
+            let store = Store::connect(url.expose(), &store_options(args.db_max_connections)?)
+                .await
+                .with_context(|| format!("cannot connect to the database {}", url.redacted()))?;
+            store.migrate().await.context("migrations failed")?;
+            eprintln!("migrations applied to {}", url.redacted());
+            Ok(())
+        }
+        Command::Sandbox(SandboxCommand::Serve(args)) => sandbox_serve(args).await,
+        Command::Sandbox(SandboxCommand::Seed(args)) => sandbox_seed(args).await,
+        Command::Sandbox(SandboxCommand::Ledger(args)) => sandbox_ledger(args).await,
+    }
+}
+
+async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
+    let database = settings.database_url.redacted();
+    let app = Application::build(settings).await?;
+    tracing::info!(
+        grpc = %app.grpc_addr(),
+        http = %app.http_addr(),
+        database = %database,
+        store = app.service().store().backend_name(),
+        embedded_sandbox = app.sandbox().is_some(),
+        "refund-service listening"
+    );
+    app.run_until(shutdown_signal()).await
+}
+
+async fn sandbox_serve(args: SandboxServeArgs) -> anyhow::Result<()> {
+    let sandbox = Arc::new(Sandbox::new(args.faults.into_faults()?));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new().nest("/sandbox", sandbox::http::router(sandbox));
+    tracing::info!(url = %format!("http://{addr}/sandbox"), "sandbox listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("sandbox server failed")
+}
+
+fn client(url: &SandboxUrlArg) -> anyhow::Result<SandboxClient> {
+    SandboxClient::new(&url.sandbox_url, Duration::from_secs(60))
+        .with_context(|| format!("bad sandbox URL {}", url.sandbox_url))
+}
+
+async fn sandbox_seed(args: SeedArgs) -> anyhow::Result<()> {
+    let status = match args.status {
+        SeedStatus::Succeeded => sandbox::PaymentStatus::Succeeded,
+        SeedStatus::RequiresCapture => sandbox::PaymentStatus::RequiresCapture,
+        SeedStatus::Failed => sandbox::PaymentStatus::Failed,
+        SeedStatus::Canceled => sandbox::PaymentStatus::Canceled,
+    };
+    let payments = client(&args.url)?
+        .create_payments(&sandbox::NewPayments {
+            amount: args.amount,
+            currency: args.currency,
+            id: args.id,
+            count: Some(args.count),
+            status: Some(status),
+            fail_refunds: args.fail_refunds,
+        })
+        .await
+        .with_context(|| format!("cannot seed payments at {}", args.url.sandbox_url))?;
+    let mut out = String::new();
+    for p in payments {
+        out.push_str(&p.id);
+        out.push('\n');
+    }
+    print!("{out}");
+    Ok(())
+}
+
+async fn sandbox_ledger(args: LedgerArgs) -> anyhow::Result<()> {
+    let refunds = client(&args.url)?
+        .ledger(args.payment.as_deref())
+        .await
+        .with_context(|| format!("cannot read the ledger at {}", args.url.sandbox_url))?;
+    let mut out = String::new();
+    for r in refunds {
+        out.push_str(&serde_json::to_string(&r)?);
+        out.push('\n');
+    }
+    print!("{out}");
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! Typed settings. Every setting has a command-line flag and an environment variable (see
+//! [`crate::cli`]); this module holds the validated result.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::service::RefundsConfig;
+use crate::store::StoreOptions;
+
+/// The embedded default: a SQLite file in the working directory, created on first start.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://refund-service.db?mode=rwc";
+
+/// Settings of `refund-service serve`.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub database_url: Secret,
+    /// A standalone sandbox's base URL; `None` runs the sandbox in-process.
+    pub sandbox_url: Option<String>,
+    pub store: StoreOptions,
+    pub refunds: RefundsConfig,
+    /// How long in-flight calls may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+impl ServeSettings {
+    /// Settings for tests and embedding: both ports on 127.0.0.1:0 (any free port).
+    pub fn local(database_url: impl Into<String>) -> Self {
+        Self {
+            grpc_addr: ([127, 0, 0, 1], 0).into(),
+            http_addr: ([127, 0, 0, 1], 0).into(),
+            database_url: Secret::new(database_url.into()),
+            sandbox_url: None,
+            store: StoreOptions::default(),
+            refunds: RefundsConfig::default(),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A value that must not reach logs: `Debug` and `Display` redact it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// For a URL: the same URL with any password replaced, fit for logs and error messages.
+    pub fn redacted(&self) -> String {
+        redact_url_password(&self.0)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({})", self.redacted())
+    }
+}
+
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        let s = Secret::new("postgres://app:hunter2@db:5432/refunds?sslmode=require".into());
+        assert_eq!(
+            s.redacted(),
+            "postgres://app:***@db:5432/refunds?sslmode=require"
+        );
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert_eq!(
+            Secret::new(DEFAULT_DATABASE_URL.into()).redacted(),
+            DEFAULT_DATABASE_URL
+        );
+        assert_eq!(
+            Secret::new("postgres://postgres@127.0.0.1/x".into()).redacted(),
+            "postgres://postgres@127.0.0.1/x"
+        );
+    }
+}

@@ -1,0 +1,51 @@
+//! How a refund use case can end other than in success. The API layer maps each variant to one
+//! gRPC status, without a wildcard, so a new variant forces a decision there.
+
+use super::{Currency, FieldViolation, PaymentRef, ProviderName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefundError {
+    #[error("invalid request: {}", .0.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; "))]
+    InvalidArgument(Vec<FieldViolation>),
+
+    #[error("payment {payment} was not found at provider {provider}", payment = .payment.as_str())]
+    PaymentNotFound {
+        payment: PaymentRef,
+        provider: ProviderName,
+    },
+
+    #[error("payment {payment} cannot be refunded: its status at the provider is {status}", payment = .payment.as_str())]
+    PaymentNotRefundable { payment: PaymentRef, status: String },
+
+    #[error("refund of {requested} exceeds the remaining refundable amount {remaining} {currency}")]
+    OverRefund {
+        requested: i64,
+        remaining: i64,
+        currency: Currency,
+    },
+
+    #[error("payment {payment} is already fully refunded", payment = .payment.as_str())]
+    AlreadyRefunded { payment: PaymentRef },
+
+    #[error("idempotency key {key:?} was already used with different parameters")]
+    IdempotencyKeyReused { key: String },
+
+    #[error("refund {id} was not found")]
+    RefundNotFound { id: String },
+
+    #[error("provider {provider} is unavailable: {message}")]
+    ProviderUnavailable {
+        provider: ProviderName,
+        message: String,
+    },
+
+    /// Anything the client could not have caused. Logged with its cause chain, reported generically.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl RefundError {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+}

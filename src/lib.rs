@@ -1,0 +1,25 @@
+//! refund-service: refunds payments across payment providers, one at a time or in batches, and
+//! never refunds a payment twice or beyond what was captured.
+//!
+//! Layout (dependencies point down the list; see ARCHITECTURE.md):
+//! - [`cli`], [`app`], [`config`], [`telemetry`]: process wiring — flags, settings, start, drain.
+//! - [`api`]: the gRPC surface (tonic). [`http`]: the HTTP port (probes, embedded sandbox).
+//! - [`service`]: the refund use cases and the reconciler.
+//! - [`domain`]: money, requests, refunds, the status machine, errors. No I/O.
+//! - [`store`]: SeaORM persistence (SQLite or PostgreSQL) and migrations.
+//! - [`providers`]: outbound adapters to payment providers behind one trait.
+//! - [`sandbox`]: the built-in fake payment provider, in-process or standalone over HTTP.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod providers;
+pub mod sandbox;
+pub mod service;
+pub mod store;
+pub mod telemetry;

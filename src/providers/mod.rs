@@ -1,0 +1,151 @@
+//! Outbound adapters to payment providers, behind one trait shaped like real PSP APIs.
+//!
+//! Each adapter speaks its provider's wire format and maps it into the types here; nothing outside
+//! this module sees a provider's JSON. Errors are classified once, exhaustively, into what the
+//! service must do next: give up, try again, or — for ambiguous failures — look the refund up
+//! before anything else.
+
+pub mod sandbox;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::domain::{Amount, Currency, PaymentRef, ProviderName, RefundReason};
+
+/// A payment as its provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderPayment {
+    pub id: String,
+    pub captured: i64,
+    pub refunded: i64,
+    pub currency: Currency,
+    pub status: PaymentStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentStatus {
+    /// Captured: the money moved, so it can be refunded.
+    Captured,
+    /// Anything else (authorized only, failed, canceled), in the provider's words.
+    NotRefundable(String),
+}
+
+/// What the service asks a provider to refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundCall {
+    pub payment: PaymentRef,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub reason: RefundReason,
+    pub metadata: BTreeMap<String, String>,
+    /// Sent as the provider's idempotency key; also our refund id, carried in metadata where the
+    /// provider has it, so the refund can be found again after an ambiguous failure.
+    pub idempotency_key: String,
+}
+
+/// A refund as its provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderRefund {
+    pub id: String,
+    pub amount: i64,
+    pub status: ProviderRefundStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderRefundStatus {
+    Pending,
+    Succeeded,
+    Failed { code: String, reason: String },
+    Canceled,
+}
+
+/// How a provider call went wrong. Matched exhaustively wherever a decision is made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// The payment or refund does not exist at the provider.
+    #[error("not found at the provider: {0}")]
+    NotFound(String),
+    /// The provider processed the request and said no. Final: retrying cannot help.
+    #[error("rejected by the provider: {code}: {message}")]
+    Rejected { code: String, message: String },
+    /// Too many requests. Nothing was processed.
+    #[error("rate limited by the provider")]
+    RateLimited { retry_after: Option<Duration> },
+    /// The provider could not be reached or answered 5xx before processing. Nothing was processed.
+    #[error("provider unavailable: {0}")]
+    Unavailable(String),
+    /// No answer in time. The provider may or may not have processed the request.
+    #[error("the provider did not answer in time")]
+    Timeout,
+    /// The connection failed after the request was sent, or the answer could not be understood.
+    /// The provider may or may not have processed the request.
+    #[error("answer from the provider was lost: {0}")]
+    Ambiguous(String),
+}
+
+impl ProviderError {
+    /// Whether the provider may have acted on the request although we got no clear answer. Such a
+    /// refund stays PENDING and is looked up at the provider before anything is sent again.
+    pub fn is_ambiguous(&self) -> bool {
+        match self {
+            Self::Timeout | Self::Ambiguous(_) => true,
+            Self::NotFound(_)
+            | Self::Rejected { .. }
+            | Self::RateLimited { .. }
+            | Self::Unavailable(_) => false,
+        }
+    }
+}
+
+/// A payment provider's refund API.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// Pre-flight: the payment's captured amount, refunded amount, currency and status.
+    async fn get_payment(&self, payment: &PaymentRef) -> Result<ProviderPayment, ProviderError>;
+    /// Creates a refund, sending `call.idempotency_key` as the provider's idempotency key.
+    async fn create_refund(&self, call: &RefundCall) -> Result<ProviderRefund, ProviderError>;
+    /// A refund by the provider's id.
+    async fn get_refund(&self, provider_refund_id: &str) -> Result<ProviderRefund, ProviderError>;
+    /// Finds the refund made for `idempotency_key` on `payment`, if the provider has one: how an
+    /// ambiguous failure is resolved before any retry.
+    async fn find_refund(
+        &self,
+        payment: &PaymentRef,
+        idempotency_key: &str,
+    ) -> Result<Option<ProviderRefund>, ProviderError>;
+}
+
+/// The configured providers, by name, and which one serves requests that name none.
+#[derive(Clone)]
+pub struct Providers {
+    by_name: HashMap<ProviderName, Arc<dyn Provider>>,
+    default: ProviderName,
+}
+
+impl Providers {
+    pub fn new(default: ProviderName, provider: Arc<dyn Provider>) -> Self {
+        let mut by_name = HashMap::new();
+        by_name.insert(default.clone(), provider);
+        Self { by_name, default }
+    }
+
+    pub fn with(mut self, name: ProviderName, provider: Arc<dyn Provider>) -> Self {
+        self.by_name.insert(name, provider);
+        self
+    }
+
+    pub fn default_name(&self) -> &ProviderName {
+        &self.default
+    }
+
+    pub fn get(&self, name: &ProviderName) -> Option<&Arc<dyn Provider>> {
+        self.by_name.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &ProviderName> {
+        self.by_name.keys()
+    }
+}

@@ -1,0 +1,409 @@
+//! The refund use cases: create, get, list, and the reconciler that settles PENDING refunds.
+//!
+//! Order of work in a creation, which is what keeps the money rules:
+//! 1. an idempotency key already stored answers with the original refund, with no provider call;
+//! 2. pre-flight at the provider (captured amount, currency, status);
+//! 3. one transaction stores the refund PENDING and reserves its amount with a conditional write;
+//! 4. only then the provider is called, with the refund id as its idempotency key;
+//! 5. a clear answer settles the refund; an ambiguous one (timeout, lost connection) leaves it
+//!    PENDING for the reconciler, which looks it up at the provider before anything is re-sent.
+
+mod list;
+mod reconciler;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::domain::{
+    AccountId, Failure, NewRefund, Refund, RefundError, RefundId, RefundStatus, Timestamp,
+};
+use crate::providers::{
+    PaymentStatus, Provider, ProviderError, ProviderRefund, ProviderRefundStatus, Providers,
+    RefundCall,
+};
+use crate::store::{BeginOutcome, BeginRefund, Settlement, Store, StoreError};
+
+pub use list::{ListPage, ListQuery, MAX_PAGE_SIZE};
+pub use reconciler::run_reconciler;
+
+/// Tunables of the refund use cases.
+#[derive(Debug, Clone)]
+pub struct RefundsConfig {
+    /// Longest wait for one provider call. Past it the outcome is unknown, not failed.
+    pub provider_timeout: Duration,
+    /// How long an idempotency key is remembered.
+    pub idempotency_ttl: Duration,
+    /// First look-up of a refund left PENDING; later look-ups back off exponentially.
+    pub reconcile_delay: Duration,
+    /// Longest gap between two look-ups of a PENDING refund.
+    pub reconcile_max_delay: Duration,
+    /// How often the reconciler wakes up to look for due refunds.
+    pub reconcile_interval: Duration,
+    /// Provider calls (creations and look-ups) after which a refund the provider has never seen
+    /// is given up as FAILED and its amount released.
+    pub max_attempts: i32,
+}
+
+impl Default for RefundsConfig {
+    fn default() -> Self {
+        Self {
+            provider_timeout: Duration::from_secs(10),
+            idempotency_ttl: Duration::from_secs(24 * 60 * 60),
+            reconcile_delay: Duration::from_secs(60),
+            reconcile_max_delay: Duration::from_secs(60 * 60),
+            reconcile_interval: Duration::from_secs(5),
+            max_attempts: 10,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RefundService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    providers: Providers,
+    config: RefundsConfig,
+}
+
+impl RefundService {
+    pub fn new(store: Store, providers: Providers, config: RefundsConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                providers,
+                config,
+            }),
+        }
+    }
+
+    pub fn providers(&self) -> &Providers {
+        &self.inner.providers
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn config(&self) -> &RefundsConfig {
+        &self.inner.config
+    }
+
+    pub async fn create_refund(
+        &self,
+        account: &AccountId,
+        request: NewRefund,
+    ) -> Result<Refund, RefundError> {
+        let Inner {
+            store,
+            providers,
+            config,
+        } = &*self.inner;
+        let provider = providers.get(&request.provider).ok_or_else(|| {
+            let mut known: Vec<_> = providers.names().map(|n| n.as_str().to_owned()).collect();
+            known.sort();
+            RefundError::invalid(
+                "provider",
+                format!(
+                    "unknown provider {:?}; configured: {}",
+                    request.provider.as_str(),
+                    known.join(", ")
+                ),
+            )
+        })?;
+        let now = Timestamp::now();
+        let fingerprint = request.fingerprint();
+
+        if let Some(key) = &request.idempotency_key
+            && let Some((stored, refund)) = store
+                .find_idempotent(account, key, now)
+                .await
+                .map_err(internal)?
+        {
+            return if stored == fingerprint {
+                Ok(refund)
+            } else {
+                Err(RefundError::IdempotencyKeyReused {
+                    key: key.as_str().to_owned(),
+                })
+            };
+        }
+
+        let payment = self
+            .call(provider.get_payment(&request.payment))
+            .await
+            .map_err(|e| match e {
+                ProviderError::NotFound(_) => RefundError::PaymentNotFound {
+                    payment: request.payment.clone(),
+                    provider: request.provider.clone(),
+                },
+                ProviderError::Rejected { code, message } => RefundError::invalid(
+                    "payment_id",
+                    format!("the provider refused to look the payment up: {code}: {message}"),
+                ),
+                ProviderError::RateLimited { .. }
+                | ProviderError::Unavailable(_)
+                | ProviderError::Timeout
+                | ProviderError::Ambiguous(_) => RefundError::ProviderUnavailable {
+                    provider: request.provider.clone(),
+                    message: e.to_string(),
+                },
+            })?;
+        match payment.status {
+            PaymentStatus::Captured => {}
+            PaymentStatus::NotRefundable(status) => {
+                return Err(RefundError::PaymentNotRefundable {
+                    payment: request.payment.clone(),
+                    status,
+                });
+            }
+        }
+        if payment.currency != request.currency {
+            return Err(RefundError::invalid(
+                "currency",
+                format!(
+                    "currency {} does not match the payment's currency {}",
+                    request.currency, payment.currency
+                ),
+            ));
+        }
+
+        let outcome = store
+            .begin_refund(BeginRefund {
+                id: RefundId::generate(),
+                account,
+                request: &request,
+                fingerprint: &fingerprint,
+                captured: payment.captured,
+                provider_remaining: payment.captured - payment.refunded,
+                now,
+                lease_until: now.saturating_add(self.request_lease()),
+                idempotency_expires_at: now.saturating_add(config.idempotency_ttl),
+            })
+            .await
+            .map_err(internal)?;
+        match outcome {
+            BeginOutcome::Created(refund) => self.submit(provider.as_ref(), refund, "api").await,
+            BeginOutcome::Replayed(refund) => Ok(refund),
+            BeginOutcome::KeyReused => Err(RefundError::IdempotencyKeyReused {
+                key: request
+                    .idempotency_key
+                    .map(|k| k.as_str().to_owned())
+                    .unwrap_or_default(),
+            }),
+            BeginOutcome::OverRefund { remaining } => Err(RefundError::OverRefund {
+                requested: request.amount.map_or(remaining, |a| a.minor_units()),
+                remaining,
+                currency: request.currency,
+            }),
+            BeginOutcome::AlreadyRefunded => Err(RefundError::AlreadyRefunded {
+                payment: request.payment,
+            }),
+        }
+    }
+
+    pub async fn get_refund(&self, account: &AccountId, id: &str) -> Result<Refund, RefundError> {
+        let not_found = || RefundError::RefundNotFound { id: id.to_owned() };
+        let Some(id) = RefundId::parse(id) else {
+            return Err(if id.is_empty() {
+                RefundError::invalid("id", "id is required")
+            } else {
+                RefundError::invalid("id", "id must look like rf_ followed by 32 hex digits")
+            });
+        };
+        self.inner
+            .store
+            .get_refund(account, &id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(not_found)
+    }
+
+    /// How long the request path owns a refund it just stored before the reconciler may take it
+    /// over: long enough for the provider call to finish or time out.
+    fn request_lease(&self) -> Duration {
+        self.inner.config.provider_timeout * 2 + Duration::from_secs(5)
+    }
+
+    /// A provider call bounded by the provider timeout. Running out of time is `Timeout`:
+    /// the provider may still have acted.
+    async fn call<T>(
+        &self,
+        fut: impl Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
+        tokio::time::timeout(self.inner.config.provider_timeout, fut)
+            .await
+            .unwrap_or(Err(ProviderError::Timeout))
+    }
+
+    /// Sends a stored PENDING refund to its provider and records the answer.
+    async fn submit(
+        &self,
+        provider: &dyn Provider,
+        refund: Refund,
+        source: &'static str,
+    ) -> Result<Refund, RefundError> {
+        let mut metadata = refund.metadata.clone();
+        metadata.insert("refund_id".to_owned(), refund.id.as_str().to_owned());
+        let call = RefundCall {
+            payment: refund.payment.clone(),
+            amount: refund.amount,
+            currency: refund.currency,
+            reason: refund.reason,
+            metadata,
+            idempotency_key: refund.provider_idempotency_key().to_owned(),
+        };
+        let answer = self.call(provider.create_refund(&call)).await;
+        match answer {
+            Ok(provider_refund) => self.apply(refund, provider_refund, 0, source).await,
+            Err(ProviderError::Rejected { code, message }) => {
+                self.finish(
+                    refund,
+                    Failure {
+                        code,
+                        reason: message,
+                    },
+                    source,
+                )
+                .await
+            }
+            Err(ProviderError::NotFound(message)) => {
+                let failure = Failure {
+                    code: "payment_not_found".to_owned(),
+                    reason: message,
+                };
+                self.finish(refund, failure, source).await
+            }
+            Err(
+                e @ (ProviderError::RateLimited { .. }
+                | ProviderError::Unavailable(_)
+                | ProviderError::Timeout
+                | ProviderError::Ambiguous(_)),
+            ) => {
+                tracing::warn!(
+                    refund_id = %refund.id,
+                    error = %e,
+                    ambiguous = e.is_ambiguous(),
+                    "refund left PENDING; the reconciler will look it up at the provider"
+                );
+                let retry_after = match &e {
+                    ProviderError::RateLimited { retry_after } => *retry_after,
+                    _ => None,
+                };
+                let next = Timestamp::now().saturating_add(
+                    retry_after
+                        .unwrap_or(self.inner.config.reconcile_delay)
+                        .max(self.inner.config.reconcile_delay),
+                );
+                self.inner
+                    .store
+                    .keep_pending(&refund.id, None, next)
+                    .await
+                    .map_err(internal)?;
+                Ok(refund)
+            }
+        }
+    }
+
+    /// Records a provider's view of a refund. `attempts` is how many provider calls were made for
+    /// it so far and sets the back-off of the next look-up if it stays PENDING.
+    async fn apply(
+        &self,
+        refund: Refund,
+        provider_refund: ProviderRefund,
+        attempts: i32,
+        source: &'static str,
+    ) -> Result<Refund, RefundError> {
+        let to = match &provider_refund.status {
+            ProviderRefundStatus::Pending => {
+                let next = Timestamp::now().saturating_add(self.backoff(attempts));
+                self.inner
+                    .store
+                    .keep_pending(&refund.id, Some(&provider_refund.id), next)
+                    .await
+                    .map_err(internal)?;
+                return self.reread(refund).await;
+            }
+            ProviderRefundStatus::Succeeded => RefundStatus::Succeeded,
+            ProviderRefundStatus::Failed { .. } => RefundStatus::Failed,
+            ProviderRefundStatus::Canceled => RefundStatus::Canceled,
+        };
+        let failure = match provider_refund.status {
+            ProviderRefundStatus::Failed { code, reason } => Some(Failure { code, reason }),
+            ProviderRefundStatus::Pending
+            | ProviderRefundStatus::Succeeded
+            | ProviderRefundStatus::Canceled => None,
+        };
+        self.settle(
+            refund,
+            Settlement {
+                from: RefundStatus::Pending,
+                to,
+                provider_refund_id: Some(provider_refund.id),
+                failure,
+                source,
+            },
+        )
+        .await
+    }
+
+    async fn finish(
+        &self,
+        refund: Refund,
+        failure: Failure,
+        source: &'static str,
+    ) -> Result<Refund, RefundError> {
+        self.settle(
+            refund,
+            Settlement {
+                from: RefundStatus::Pending,
+                to: RefundStatus::Failed,
+                provider_refund_id: None,
+                failure: Some(failure),
+                source,
+            },
+        )
+        .await
+    }
+
+    async fn settle(&self, refund: Refund, s: Settlement) -> Result<Refund, RefundError> {
+        match self
+            .inner
+            .store
+            .settle(&refund.id, s, None)
+            .await
+            .map_err(internal)?
+        {
+            Some(settled) => Ok(settled),
+            // Someone else (the reconciler, another replica) settled it first: report theirs.
+            None => self.reread(refund).await,
+        }
+    }
+
+    async fn reread(&self, refund: Refund) -> Result<Refund, RefundError> {
+        self.inner
+            .store
+            .get_refund(&refund.account, &refund.id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                RefundError::Internal(anyhow::anyhow!("refund {} disappeared", refund.id))
+            })
+    }
+
+    /// Delay before the next look-up after `attempts` provider calls: doubling from the first
+    /// reconcile delay, capped.
+    fn backoff(&self, attempts: i32) -> Duration {
+        let c = &self.inner.config;
+        let doublings = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(0);
+        c.reconcile_delay
+            .saturating_mul(1u32 << doublings)
+            .min(c.reconcile_max_delay)
+    }
+}
+
+fn internal(e: StoreError) -> RefundError {
+    RefundError::Internal(anyhow::Error::new(e))
+}

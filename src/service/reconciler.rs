@@ -1,0 +1,148 @@
+//! The reconciler: settles PENDING refunds by asking their provider, at start-up and then
+//! periodically, on an exponential back-off per refund.
+//!
+//! A refund whose provider call ended ambiguously is looked up before anything is re-sent:
+//! found means we record the provider's answer; not found means the provider never processed
+//! it, and only then is it sent again, with the same idempotency key. Claims are conditional
+//! writes, so several replicas can run reconcilers over one database without doubling work.
+
+use std::future::Future;
+
+use super::{RefundService, internal};
+use crate::domain::{Failure, RefundError, RefundStatus, Timestamp};
+use crate::providers::ProviderError;
+use crate::store::{PendingRefund, Settlement};
+
+/// How many due refunds one pass takes.
+const BATCH: u64 = 100;
+
+impl RefundService {
+    /// One pass over the refunds that are due now. Returns how many it looked at.
+    pub async fn reconcile_once(&self) -> Result<usize, RefundError> {
+        let now = Timestamp::now();
+        let due = self
+            .store()
+            .due_pending(now, BATCH)
+            .await
+            .map_err(internal)?;
+        let mut handled = 0;
+        for pending in due {
+            let lease = now.saturating_add(self.request_lease());
+            if !self
+                .store()
+                .claim(&pending, lease)
+                .await
+                .map_err(internal)?
+            {
+                continue; // another worker took it
+            }
+            handled += 1;
+            let id = pending.refund.id.clone();
+            if let Err(e) = self.reconcile_one(pending).await {
+                tracing::error!(refund_id = %id, error = ?anyhow::Error::new(e), "reconciling a refund failed");
+            }
+        }
+        Ok(handled)
+    }
+
+    async fn reconcile_one(&self, p: PendingRefund) -> Result<(), RefundError> {
+        let attempts = p.attempts + 1; // counting the claim just made
+        let refund = p.refund;
+        let Some(provider) = self.providers().get(&refund.provider).cloned() else {
+            tracing::warn!(refund_id = %refund.id, provider = %refund.provider, "provider is not configured; refund stays PENDING");
+            return self.later(&refund, attempts).await;
+        };
+        let found = match &refund.provider_refund_id {
+            Some(pid) => self.call(provider.get_refund(pid)).await.map(Some),
+            None => {
+                self.call(provider.find_refund(&refund.payment, refund.provider_idempotency_key()))
+                    .await
+            }
+        };
+        match found {
+            Ok(Some(provider_refund)) => {
+                self.apply(refund, provider_refund, attempts, "reconciler")
+                    .await?;
+            }
+            // The provider has no trace of it: the request never arrived, so sending it again
+            // (with the same idempotency key) cannot refund twice.
+            Ok(None) | Err(ProviderError::NotFound(_)) if refund.provider_refund_id.is_none() => {
+                if attempts > self.config().max_attempts {
+                    let failure = Failure {
+                        code: "provider_unreachable".to_owned(),
+                        reason: format!(
+                            "the provider never received the refund after {} attempts",
+                            attempts - 1
+                        ),
+                    };
+                    self.settle(
+                        refund,
+                        Settlement {
+                            from: RefundStatus::Pending,
+                            to: RefundStatus::Failed,
+                            provider_refund_id: None,
+                            failure: Some(failure),
+                            source: "reconciler",
+                        },
+                    )
+                    .await?;
+                } else {
+                    tracing::info!(refund_id = %refund.id, attempts, "provider never received the refund; sending it again");
+                    self.submit(provider.as_ref(), refund, "reconciler").await?;
+                }
+            }
+            Ok(None) | Err(_) => {
+                self.later(&refund, attempts).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn later(
+        &self,
+        refund: &crate::domain::Refund,
+        attempts: i32,
+    ) -> Result<(), RefundError> {
+        let next = Timestamp::now().saturating_add(self.backoff(attempts));
+        self.store()
+            .keep_pending(&refund.id, None, next)
+            .await
+            .map_err(internal)
+    }
+}
+
+/// Runs the reconciler until `shutdown` completes: once at once (start-up recovery), then every
+/// `reconcile_interval`. Expired idempotency keys are purged on the way.
+pub async fn run_reconciler(service: RefundService, shutdown: impl Future<Output = ()>) {
+    let mut tick = tokio::time::interval(service.config().reconcile_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        // Drain everything due before sleeping again.
+        loop {
+            match service.reconcile_once().await {
+                Ok(n) if n as u64 >= BATCH => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(error = ?anyhow::Error::new(e), "reconciler pass failed");
+                    break;
+                }
+            }
+        }
+        match service
+            .store()
+            .purge_expired_idempotency_keys(Timestamp::now())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "expired idempotency keys purged"),
+            Err(e) => {
+                tracing::error!(error = ?anyhow::Error::new(e), "purging idempotency keys failed")
+            }
+        }
+    }
+}

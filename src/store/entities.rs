@@ -1,0 +1,113 @@
+//! SeaORM entities: the tables as the store sees them. Money columns are BIGINT minor units,
+//! timestamps BIGINT microseconds since the Unix epoch.
+
+pub mod payment {
+    use sea_orm::entity::prelude::*;
+
+    /// What the service knows of a payment's balance. `reserved_amount` is the sum of refunds that
+    /// have not failed or been canceled; the store never lets it exceed `captured_amount`.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "payments")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub account_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub provider: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub payment_id: String,
+        pub currency: String,
+        pub captured_amount: i64,
+        pub reserved_amount: i64,
+        pub created_at: i64,
+        pub updated_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod refund {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "refunds")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub account_id: String,
+        pub payment_id: String,
+        pub provider: String,
+        pub provider_refund_id: Option<String>,
+        pub amount: i64,
+        pub currency: String,
+        pub status: String,
+        pub reason: String,
+        pub reason_detail: String,
+        /// JSON object of string values.
+        pub metadata: String,
+        pub failure_code: Option<String>,
+        pub failure_reason: Option<String>,
+        pub idempotency_key: Option<String>,
+        /// Provider calls made to settle this refund (creation and look-ups).
+        pub attempts: i32,
+        /// When the reconciler may next look at a PENDING refund; doubles as a lease, so one
+        /// worker at a time (across replicas) acts on it.
+        pub next_check_at: Option<i64>,
+        pub created_at: i64,
+        pub updated_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod idempotency_key {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "idempotency_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub account_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub key: String,
+        /// Digest of the request parameters the key was first used with.
+        pub fingerprint: String,
+        pub refund_id: String,
+        pub created_at: i64,
+        pub expires_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod refund_event {
+    use sea_orm::entity::prelude::*;
+
+    /// One status change of a refund, with what caused it.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "refund_events")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub refund_id: String,
+        pub account_id: String,
+        pub from_status: Option<String>,
+        pub to_status: String,
+        /// `api`, `reconciler`, ...
+        pub source: String,
+        pub created_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

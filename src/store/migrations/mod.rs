@@ -1,0 +1,14 @@
+//! Schema migrations, one per file, applied in order at start-up and by `refund-service migrate`.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_initial;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261123_000001_initial::Migration)]
+    }
+}

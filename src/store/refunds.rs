@@ -1,0 +1,675 @@
+//! Refunds, payment balances and idempotency keys.
+
+use std::collections::BTreeMap;
+
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait, TryInsertResult,
+};
+
+use super::entities::{idempotency_key, payment, refund, refund_event};
+use super::{Store, StoreError};
+use crate::domain::{
+    AccountId, Amount, Currency, Failure, IdempotencyKey, NewRefund, PaymentRef, ProviderName,
+    Refund, RefundId, RefundReason, RefundStatus, Timestamp,
+};
+
+/// Everything needed to store a new PENDING refund and reserve its amount.
+#[derive(Debug, Clone)]
+pub struct BeginRefund<'a> {
+    pub id: RefundId,
+    pub account: &'a AccountId,
+    pub request: &'a NewRefund,
+    /// `NewRefund::fingerprint`, computed once by the caller.
+    pub fingerprint: &'a str,
+    /// The payment as the provider reported it in the pre-flight.
+    pub captured: i64,
+    /// The provider's own view of what is still refundable (it also counts refunds made outside
+    /// this service). Only ever lowers what we allow; the atomic guard is our reserved amount.
+    pub provider_remaining: i64,
+    pub now: Timestamp,
+    /// Until then the request path owns the refund; afterwards the reconciler may take it.
+    pub lease_until: Timestamp,
+    pub idempotency_expires_at: Timestamp,
+}
+
+#[derive(Debug)]
+pub enum BeginOutcome {
+    /// Stored PENDING with its amount reserved: the caller may now call the provider.
+    Created(Refund),
+    /// The idempotency key was used before with the same parameters: the original refund.
+    Replayed(Refund),
+    /// The idempotency key was used before with different parameters.
+    KeyReused,
+    OverRefund {
+        remaining: i64,
+    },
+    AlreadyRefunded,
+}
+
+/// A status change to apply, conditional on the refund still being in `from`.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    pub from: RefundStatus,
+    pub to: RefundStatus,
+    pub provider_refund_id: Option<String>,
+    pub failure: Option<Failure>,
+    /// What caused it: `api`, `reconciler`, ...
+    pub source: &'static str,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<RefundStatus>,
+    pub payment: Option<PaymentRef>,
+    pub provider: Option<ProviderName>,
+    pub created_from: Option<Timestamp>,
+    pub created_before: Option<Timestamp>,
+    /// Keyset cursor: only refunds with a smaller id (older).
+    pub before_id: Option<RefundId>,
+}
+
+/// A PENDING refund due for the reconciler.
+#[derive(Debug, Clone)]
+pub struct PendingRefund {
+    pub refund: Refund,
+    pub attempts: i32,
+    pub next_check_at: Option<i64>,
+}
+
+impl Store {
+    /// The refund an idempotency key points at, with the fingerprint it was first used with.
+    /// Expired keys are treated as unknown.
+    pub async fn find_idempotent(
+        &self,
+        account: &AccountId,
+        key: &IdempotencyKey,
+        now: Timestamp,
+    ) -> Result<Option<(String, Refund)>, StoreError> {
+        let Some(row) = idempotency_key::Entity::find_by_id((
+            account.as_str().to_owned(),
+            key.as_str().to_owned(),
+        ))
+        .one(&self.db)
+        .await?
+        else {
+            return Ok(None);
+        };
+        if row.expires_at <= now.as_micros() {
+            return Ok(None);
+        }
+        let refund = self
+            .get_refund_by_id(&row.refund_id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt {
+                table: "idempotency_keys",
+                detail: format!("key points at missing refund {}", row.refund_id),
+            })?;
+        Ok(Some((row.fingerprint, refund)))
+    }
+
+    /// Stores a PENDING refund and reserves its amount, in one transaction, before any provider
+    /// is called. The reservation is one conditional write, so concurrent requests (from any
+    /// number of replicas) can never reserve more than was captured.
+    pub async fn begin_refund(&self, b: BeginRefund<'_>) -> Result<BeginOutcome, StoreError> {
+        let txn = self.db.begin().await?;
+        let outcome = begin_in(&txn, &b).await?;
+        match outcome {
+            BeginOutcome::Created(_) => txn.commit().await?,
+            BeginOutcome::Replayed(_)
+            | BeginOutcome::KeyReused
+            | BeginOutcome::OverRefund { .. }
+            | BeginOutcome::AlreadyRefunded => txn.rollback().await?,
+        }
+        Ok(outcome)
+    }
+
+    /// Applies a status change if the refund is still in `s.from`, releasing its reservation when
+    /// the new status no longer holds one. Returns `None` when someone else moved it first.
+    pub async fn settle(
+        &self,
+        id: &RefundId,
+        s: Settlement,
+        next_check_at: Option<Timestamp>,
+    ) -> Result<Option<Refund>, StoreError> {
+        if let Err(e) = s.from.transition(s.to) {
+            return Err(StoreError::Corrupt {
+                table: "refunds",
+                detail: e.to_string(),
+            });
+        }
+        let now = Timestamp::now().as_micros();
+        let txn = self.db.begin().await?;
+        let mut update = refund::Entity::update_many()
+            .col_expr(refund::Column::Status, Expr::value(s.to.as_str()))
+            .col_expr(refund::Column::UpdatedAt, Expr::value(now))
+            .col_expr(
+                refund::Column::NextCheckAt,
+                Expr::value(next_check_at.map(Timestamp::as_micros)),
+            );
+        if let Some(provider_refund_id) = &s.provider_refund_id {
+            update = update.col_expr(
+                refund::Column::ProviderRefundId,
+                Expr::value(provider_refund_id.clone()),
+            );
+        }
+        if let Some(failure) = &s.failure {
+            update = update
+                .col_expr(
+                    refund::Column::FailureCode,
+                    Expr::value(failure.code.clone()),
+                )
+                .col_expr(
+                    refund::Column::FailureReason,
+                    Expr::value(failure.reason.clone()),
+                );
+        }
+        let moved = update
+            .filter(refund::Column::Id.eq(id.as_str()))
+            .filter(refund::Column::Status.eq(s.from.as_str()))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        if moved == 0 {
+            txn.rollback().await?;
+            return Ok(None);
+        }
+        let row = refund::Entity::find_by_id(id.as_str().to_owned())
+            .one(&txn)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt {
+                table: "refunds",
+                detail: format!("{id} vanished inside its own transaction"),
+            })?;
+        if s.from.holds_reservation() && !s.to.holds_reservation() {
+            let released = payment::Entity::update_many()
+                .col_expr(
+                    payment::Column::ReservedAmount,
+                    Expr::col(payment::Column::ReservedAmount).sub(row.amount),
+                )
+                .col_expr(payment::Column::UpdatedAt, Expr::value(now))
+                .filter(payment::Column::AccountId.eq(row.account_id.as_str()))
+                .filter(payment::Column::Provider.eq(row.provider.as_str()))
+                .filter(payment::Column::PaymentId.eq(row.payment_id.as_str()))
+                .filter(payment::Column::ReservedAmount.gte(row.amount))
+                .exec(&txn)
+                .await?
+                .rows_affected;
+            if released != 1 {
+                txn.rollback().await?;
+                return Err(StoreError::Corrupt {
+                    table: "payments",
+                    detail: format!("cannot release {} for refund {id}", row.amount),
+                });
+            }
+        }
+        insert_event(&txn, &row, Some(s.from), s.to, s.source, now).await?;
+        txn.commit().await?;
+        to_domain(row).map(Some)
+    }
+
+    /// Records what the provider answered for a refund that stays PENDING (it has a provider id
+    /// now, or the answer was ambiguous), and when to look at it next.
+    pub async fn keep_pending(
+        &self,
+        id: &RefundId,
+        provider_refund_id: Option<&str>,
+        next_check_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut update = refund::Entity::update_many()
+            .col_expr(
+                refund::Column::NextCheckAt,
+                Expr::value(next_check_at.as_micros()),
+            )
+            .col_expr(
+                refund::Column::UpdatedAt,
+                Expr::value(Timestamp::now().as_micros()),
+            );
+        if let Some(pid) = provider_refund_id {
+            update = update.col_expr(refund::Column::ProviderRefundId, Expr::value(pid));
+        }
+        update
+            .filter(refund::Column::Id.eq(id.as_str()))
+            .filter(refund::Column::Status.eq(RefundStatus::Pending.as_str()))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// PENDING refunds whose check is due, oldest first.
+    pub async fn due_pending(
+        &self,
+        now: Timestamp,
+        limit: u64,
+    ) -> Result<Vec<PendingRefund>, StoreError> {
+        let rows = refund::Entity::find()
+            .filter(refund::Column::Status.eq(RefundStatus::Pending.as_str()))
+            .filter(
+                refund::Column::NextCheckAt
+                    .is_null()
+                    .or(refund::Column::NextCheckAt.lte(now.as_micros())),
+            )
+            .order_by_asc(refund::Column::NextCheckAt)
+            .order_by_asc(refund::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                let (attempts, next_check_at) = (row.attempts, row.next_check_at);
+                to_domain(row).map(|refund| PendingRefund {
+                    refund,
+                    attempts,
+                    next_check_at,
+                })
+            })
+            .collect()
+    }
+
+    /// Takes a due refund for one worker: moves its next check (the lease) forward and counts an
+    /// attempt, conditionally on nobody having done so since it was read. Across replicas exactly
+    /// one claim of the same due check succeeds.
+    pub async fn claim(
+        &self,
+        p: &PendingRefund,
+        lease_until: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut update = refund::Entity::update_many()
+            .col_expr(
+                refund::Column::NextCheckAt,
+                Expr::value(lease_until.as_micros()),
+            )
+            .col_expr(
+                refund::Column::Attempts,
+                Expr::col(refund::Column::Attempts).add(1),
+            )
+            .filter(refund::Column::Id.eq(p.refund.id.as_str()))
+            .filter(refund::Column::Status.eq(RefundStatus::Pending.as_str()))
+            .filter(refund::Column::Attempts.eq(p.attempts));
+        update = match p.next_check_at {
+            Some(at) => update.filter(refund::Column::NextCheckAt.eq(at)),
+            None => update.filter(refund::Column::NextCheckAt.is_null()),
+        };
+        Ok(update.exec(&self.db).await?.rows_affected == 1)
+    }
+
+    pub async fn get_refund(
+        &self,
+        account: &AccountId,
+        id: &RefundId,
+    ) -> Result<Option<Refund>, StoreError> {
+        refund::Entity::find_by_id(id.as_str().to_owned())
+            .filter(refund::Column::AccountId.eq(account.as_str()))
+            .one(&self.db)
+            .await?
+            .map(to_domain)
+            .transpose()
+    }
+
+    async fn get_refund_by_id(&self, id: &str) -> Result<Option<Refund>, StoreError> {
+        refund::Entity::find_by_id(id.to_owned())
+            .one(&self.db)
+            .await?
+            .map(to_domain)
+            .transpose()
+    }
+
+    /// Newest first. Ordered by id, which is time-ordered and unique, so a keyset cursor neither
+    /// skips nor repeats rows while new refunds are inserted (they sort before the cursor).
+    pub async fn list_refunds(
+        &self,
+        account: &AccountId,
+        f: &ListFilter,
+        limit: u64,
+    ) -> Result<Vec<Refund>, StoreError> {
+        let mut q = refund::Entity::find().filter(refund::Column::AccountId.eq(account.as_str()));
+        if let Some(status) = f.status {
+            q = q.filter(refund::Column::Status.eq(status.as_str()));
+        }
+        if let Some(p) = &f.payment {
+            q = q.filter(refund::Column::PaymentId.eq(p.as_str()));
+        }
+        if let Some(p) = &f.provider {
+            q = q.filter(refund::Column::Provider.eq(p.as_str()));
+        }
+        if let Some(t) = f.created_from {
+            q = q.filter(refund::Column::CreatedAt.gte(t.as_micros()));
+        }
+        if let Some(t) = f.created_before {
+            q = q.filter(refund::Column::CreatedAt.lt(t.as_micros()));
+        }
+        if let Some(id) = &f.before_id {
+            q = q.filter(refund::Column::Id.lt(id.as_str()));
+        }
+        q.order_by_desc(refund::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(to_domain)
+            .collect()
+    }
+
+    /// The payment's balance as the store holds it: (captured, reserved).
+    pub async fn payment_balance(
+        &self,
+        account: &AccountId,
+        provider: &ProviderName,
+        payment: &PaymentRef,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        Ok(payment::Entity::find_by_id((
+            account.as_str().to_owned(),
+            provider.as_str().to_owned(),
+            payment.as_str().to_owned(),
+        ))
+        .one(&self.db)
+        .await?
+        .map(|p| (p.captured_amount, p.reserved_amount)))
+    }
+
+    /// Status changes of one refund, oldest first: (from, to, source).
+    pub async fn refund_history(
+        &self,
+        id: &RefundId,
+    ) -> Result<Vec<(Option<String>, String, String)>, StoreError> {
+        Ok(refund_event::Entity::find()
+            .filter(refund_event::Column::RefundId.eq(id.as_str()))
+            .order_by_asc(refund_event::Column::Id)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|e| (e.from_status, e.to_status, e.source))
+            .collect())
+    }
+
+    /// Deletes idempotency keys past their expiry. Returns how many.
+    pub async fn purge_expired_idempotency_keys(&self, now: Timestamp) -> Result<u64, StoreError> {
+        Ok(idempotency_key::Entity::delete_many()
+            .filter(idempotency_key::Column::ExpiresAt.lte(now.as_micros()))
+            .exec(&self.db)
+            .await?
+            .rows_affected)
+    }
+}
+
+async fn begin_in(
+    txn: &DatabaseTransaction,
+    b: &BeginRefund<'_>,
+) -> Result<BeginOutcome, StoreError> {
+    let account = b.account.as_str();
+    let r = b.request;
+    let now = b.now.as_micros();
+
+    // 1. Claim the idempotency key first. A concurrent request with the same key blocks here (on
+    //    PostgreSQL, until this transaction ends) and then sees our refund.
+    if let Some(key) = &r.idempotency_key {
+        let claimed = insert_ignoring_conflict(
+            txn,
+            idempotency_key::Entity::insert(idempotency_key::ActiveModel {
+                account_id: Set(account.to_owned()),
+                key: Set(key.as_str().to_owned()),
+                fingerprint: Set(b.fingerprint.to_owned()),
+                refund_id: Set(b.id.as_str().to_owned()),
+                created_at: Set(now),
+                expires_at: Set(b.idempotency_expires_at.as_micros()),
+            })
+            .on_conflict_do_nothing_on([
+                idempotency_key::Column::AccountId,
+                idempotency_key::Column::Key,
+            ]),
+        )
+        .await?;
+        if !claimed {
+            let existing =
+                idempotency_key::Entity::find_by_id((account.to_owned(), key.as_str().to_owned()))
+                    .one(txn)
+                    .await?;
+            match existing {
+                Some(row) if row.expires_at > now => {
+                    if row.fingerprint != b.fingerprint {
+                        return Ok(BeginOutcome::KeyReused);
+                    }
+                    let original = refund::Entity::find_by_id(row.refund_id.clone())
+                        .one(txn)
+                        .await?
+                        .ok_or_else(|| StoreError::Corrupt {
+                            table: "idempotency_keys",
+                            detail: format!("key points at missing refund {}", row.refund_id),
+                        })?;
+                    return Ok(BeginOutcome::Replayed(to_domain(original)?));
+                }
+                // Expired: the key is free again. Take it over, conditionally, so only one
+                // concurrent request does.
+                Some(row) => {
+                    let taken = idempotency_key::Entity::update_many()
+                        .col_expr(
+                            idempotency_key::Column::Fingerprint,
+                            Expr::value(b.fingerprint),
+                        )
+                        .col_expr(
+                            idempotency_key::Column::RefundId,
+                            Expr::value(b.id.as_str()),
+                        )
+                        .col_expr(idempotency_key::Column::CreatedAt, Expr::value(now))
+                        .col_expr(
+                            idempotency_key::Column::ExpiresAt,
+                            Expr::value(b.idempotency_expires_at.as_micros()),
+                        )
+                        .filter(idempotency_key::Column::AccountId.eq(account))
+                        .filter(idempotency_key::Column::Key.eq(key.as_str()))
+                        .filter(idempotency_key::Column::ExpiresAt.eq(row.expires_at))
+                        .exec(txn)
+                        .await?
+                        .rows_affected;
+                    if taken != 1 {
+                        return Err(StoreError::Corrupt {
+                            table: "idempotency_keys",
+                            detail: "expired key changed during takeover".into(),
+                        });
+                    }
+                }
+                None => {
+                    return Err(StoreError::Corrupt {
+                        table: "idempotency_keys",
+                        detail: "key conflicted but cannot be read".into(),
+                    });
+                }
+            }
+        }
+    }
+
+    // 2. Make sure the payment's balance row exists. Its captured amount comes from the provider.
+    insert_ignoring_conflict(
+        txn,
+        payment::Entity::insert(payment::ActiveModel {
+            account_id: Set(account.to_owned()),
+            provider: Set(r.provider.as_str().to_owned()),
+            payment_id: Set(r.payment.as_str().to_owned()),
+            currency: Set(r.currency.code().to_owned()),
+            captured_amount: Set(b.captured),
+            reserved_amount: Set(0),
+            created_at: Set(now),
+            updated_at: Set(now),
+        })
+        .on_conflict_do_nothing_on([
+            payment::Column::AccountId,
+            payment::Column::Provider,
+            payment::Column::PaymentId,
+        ]),
+    )
+    .await?;
+
+    // 3. Reserve the amount with one conditional write. For an explicit amount the condition is
+    //    `reserved + amount <= captured`; for "the whole remainder" it is a compare-and-set on the
+    //    reserved amount we read, retried if another refund got there first.
+    let pk = (
+        account.to_owned(),
+        r.provider.as_str().to_owned(),
+        r.payment.as_str().to_owned(),
+    );
+    let mut tries = 0;
+    let amount = loop {
+        tries += 1;
+        let row = payment::Entity::find_by_id(pk.clone())
+            .one(txn)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt {
+                table: "payments",
+                detail: "balance row missing after insert".into(),
+            })?;
+        let remaining = Ord::min(
+            row.captured_amount - row.reserved_amount,
+            b.provider_remaining,
+        );
+        if remaining <= 0 {
+            return Ok(BeginOutcome::AlreadyRefunded);
+        }
+        let amount = match r.amount {
+            Some(a) if a.minor_units() > remaining => {
+                return Ok(BeginOutcome::OverRefund { remaining });
+            }
+            Some(a) => a.minor_units(),
+            None => remaining,
+        };
+        let mut reserve = payment::Entity::update_many()
+            .col_expr(
+                payment::Column::ReservedAmount,
+                Expr::col(payment::Column::ReservedAmount).add(amount),
+            )
+            .col_expr(payment::Column::UpdatedAt, Expr::value(now))
+            .filter(payment::Column::AccountId.eq(account))
+            .filter(payment::Column::Provider.eq(r.provider.as_str()))
+            .filter(payment::Column::PaymentId.eq(r.payment.as_str()));
+        reserve = match r.amount {
+            Some(_) => reserve.filter(
+                Expr::col(payment::Column::ReservedAmount)
+                    .add(amount)
+                    .lte(Expr::col(payment::Column::CapturedAmount)),
+            ),
+            None => reserve.filter(payment::Column::ReservedAmount.eq(row.reserved_amount)),
+        };
+        if reserve.exec(txn).await?.rows_affected == 1 {
+            break amount;
+        }
+        if tries >= 16 {
+            return Err(StoreError::Corrupt {
+                table: "payments",
+                detail: "balance kept changing while reserving".into(),
+            });
+        }
+    };
+
+    // 4. The refund itself, PENDING, with the key it will be sent to the provider with (its id).
+    let model = refund::ActiveModel {
+        id: Set(b.id.as_str().to_owned()),
+        account_id: Set(account.to_owned()),
+        payment_id: Set(r.payment.as_str().to_owned()),
+        provider: Set(r.provider.as_str().to_owned()),
+        provider_refund_id: Set(None),
+        amount: Set(amount),
+        currency: Set(r.currency.code().to_owned()),
+        status: Set(RefundStatus::Pending.as_str().to_owned()),
+        reason: Set(r.reason.as_str().to_owned()),
+        reason_detail: Set(r.reason_detail.clone()),
+        metadata: Set(
+            serde_json::to_string(&r.metadata).map_err(|e| StoreError::Corrupt {
+                table: "refunds",
+                detail: format!("metadata does not serialize: {e}"),
+            })?,
+        ),
+        failure_code: Set(None),
+        failure_reason: Set(None),
+        idempotency_key: Set(r.idempotency_key.as_ref().map(|k| k.as_str().to_owned())),
+        attempts: Set(1),
+        next_check_at: Set(Some(b.lease_until.as_micros())),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    refund::Entity::insert(model)
+        .exec_without_returning(txn)
+        .await?;
+    let row = refund::Entity::find_by_id(b.id.as_str().to_owned())
+        .one(txn)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt {
+            table: "refunds",
+            detail: "refund missing after insert".into(),
+        })?;
+    insert_event(txn, &row, None, RefundStatus::Pending, "api", now).await?;
+    Ok(BeginOutcome::Created(to_domain(row)?))
+}
+
+async fn insert_ignoring_conflict<A>(
+    txn: &DatabaseTransaction,
+    insert: sea_orm::TryInsert<A>,
+) -> Result<bool, StoreError>
+where
+    A: sea_orm::ActiveModelTrait,
+{
+    Ok(match insert.exec_without_returning(txn).await? {
+        TryInsertResult::Inserted(n) => n > 0,
+        TryInsertResult::Conflicted | TryInsertResult::Empty => false,
+    })
+}
+
+async fn insert_event(
+    txn: &DatabaseTransaction,
+    row: &refund::Model,
+    from: Option<RefundStatus>,
+    to: RefundStatus,
+    source: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    refund_event::Entity::insert(refund_event::ActiveModel {
+        id: Set(format!("rfe_{}", uuid::Uuid::now_v7().simple())),
+        refund_id: Set(row.id.clone()),
+        account_id: Set(row.account_id.clone()),
+        from_status: Set(from.map(|s| s.as_str().to_owned())),
+        to_status: Set(to.as_str().to_owned()),
+        source: Set(source.to_owned()),
+        created_at: Set(now),
+    })
+    .exec_without_returning(txn)
+    .await?;
+    Ok(())
+}
+
+fn to_domain(row: refund::Model) -> Result<Refund, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        table: "refunds",
+        detail: format!("{}: {detail}", row.id),
+    };
+    let amount = Amount::new(row.amount).map_err(|e| corrupt(e.to_string()))?;
+    let currency = Currency::parse(&row.currency).map_err(|e| corrupt(e.to_string()))?;
+    let status = RefundStatus::parse(&row.status)
+        .ok_or_else(|| corrupt(format!("status {}", row.status)))?;
+    let reason = RefundReason::parse(&row.reason)
+        .ok_or_else(|| corrupt(format!("reason {}", row.reason)))?;
+    let metadata: BTreeMap<String, String> =
+        serde_json::from_str(&row.metadata).map_err(|e| corrupt(format!("metadata: {e}")))?;
+    let failure = match (row.failure_code, row.failure_reason) {
+        (None, None) => None,
+        (code, reason) => Some(Failure {
+            code: code.unwrap_or_default(),
+            reason: reason.unwrap_or_default(),
+        }),
+    };
+    Ok(Refund {
+        id: RefundId::from_trusted(row.id),
+        account: AccountId::from_trusted(row.account_id),
+        payment: PaymentRef::from_trusted(row.payment_id),
+        provider: ProviderName::from_trusted(row.provider),
+        provider_refund_id: row.provider_refund_id,
+        amount,
+        currency,
+        status,
+        reason,
+        reason_detail: row.reason_detail,
+        metadata,
+        failure,
+        idempotency_key: row.idempotency_key.map(IdempotencyKey::from_trusted),
+        created_at: Timestamp::from_micros(row.created_at),
+        updated_at: Timestamp::from_micros(row.updated_at),
+    })
+}

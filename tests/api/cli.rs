@@ -1,0 +1,119 @@
+//! The binary: bad configuration fails before binding, with a clear message; the sandbox
+//! commands work against a running service.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_refund-service");
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("REFUND_SANDBOX_URL")
+        .output()
+        .expect("run binary");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_configuration_exits_non_zero_with_a_message() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["serve", "--grpc-addr", "not-an-address"],
+            "invalid socket address",
+        ),
+        (&["serve", "--provider-timeout", "0s"], "--provider-timeout"),
+        (
+            &[
+                "serve",
+                "--reconcile-delay",
+                "2h",
+                "--reconcile-max-delay",
+                "1h",
+            ],
+            "--reconcile-delay",
+        ),
+        (
+            &[
+                "serve",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--database-url",
+                "mysql://nowhere/x",
+            ],
+            "cannot connect to the database",
+        ),
+    ];
+    for (args, expected) in cases {
+        let (ok, _, stderr) = run(args);
+        assert!(!ok, "{args:?} should fail");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn seed_and_ledger_commands_drive_the_sandbox() {
+    let (mut app, _db) = crate::helpers::spawn_app().await;
+    let url = format!("http://{}/sandbox", app.http_addr);
+    let (ok, stdout, stderr) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            run(&[
+                "sandbox",
+                "seed",
+                "--amount",
+                "10000",
+                "--currency",
+                "USD",
+                "--count",
+                "3",
+                "--sandbox-url",
+                &url,
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{stderr}");
+    let ids: Vec<&str> = stdout.lines().collect();
+    assert_eq!(ids.len(), 3, "{stdout}");
+
+    app.client
+        .create_refund(crate::helpers::refund_request(ids[1], Some(1234), "USD"))
+        .await
+        .unwrap();
+    let payment = ids[1].to_owned();
+    let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        run(&[
+            "sandbox",
+            "ledger",
+            "--payment",
+            &payment,
+            "--sandbox-url",
+            &url,
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["amount"], 1234);
+    assert_eq!(lines[0]["payment"], ids[1]);
+    assert_eq!(lines[0]["status"], "succeeded");
+    assert!(
+        lines[0]["idempotency_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("rf_")
+    );
+}

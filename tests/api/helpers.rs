@@ -1,0 +1,234 @@
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use refund_service::api::pb;
+use refund_service::api::pb::refund_service_client::RefundServiceClient;
+use refund_service::app::Application;
+use refund_service::config::ServeSettings;
+use refund_service::sandbox::client::SandboxClient;
+use refund_service::sandbox::{self, NewPayments};
+use sea_orm::{ConnectionTrait, Database};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+pub type Client = RefundServiceClient<Channel>;
+
+/// A database for one test: a SQLite file in a temporary directory, or a new PostgreSQL database.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        match std::env::var("REFUND_TEST_DATABASE_URL") {
+            Ok(admin_url) if !admin_url.is_empty() => {
+                let name = format!("refund_test_{}", uuid::Uuid::new_v4().simple());
+                let admin = Database::connect(&admin_url)
+                    .await
+                    .expect("REFUND_TEST_DATABASE_URL must name a reachable PostgreSQL server");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create test database");
+                admin.close().await.ok();
+                let base = admin_url
+                    .rsplit_once('/')
+                    .map(|(base, _)| base)
+                    .expect("admin URL ends in /DATABASE");
+                Self {
+                    url: format!("{base}/{name}"),
+                    _dir: None,
+                }
+            }
+            _ => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("refunds.db").display()
+                );
+                Self {
+                    url,
+                    _dir: Some(dir),
+                }
+            }
+        }
+    }
+}
+
+/// A running service.
+pub struct TestApp {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub client: Client,
+    /// The sandbox this service refunds against, over its HTTP API.
+    pub sandbox: SandboxClient,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app() -> (TestApp, TestDb) {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, |_| {}).await;
+    (app, db)
+}
+
+pub async fn spawn_app_with(db: &TestDb, configure: impl FnOnce(&mut ServeSettings)) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        refund_service::telemetry::init(refund_service::telemetry::LogFormat::Pretty);
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut settings = ServeSettings::local(db.url.clone());
+    settings.refunds.provider_timeout = Duration::from_secs(5);
+    configure(&mut settings);
+    let sandbox_url = settings.sandbox_url.clone();
+    let app = Application::build(settings).await.expect("build app");
+    let grpc_addr = app.grpc_addr();
+    let http_addr = app.http_addr();
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    let client = RefundServiceClient::connect(format!("http://{grpc_addr}"))
+        .await
+        .expect("connect gRPC");
+    let sandbox_url = sandbox_url.unwrap_or_else(|| format!("http://{http_addr}/sandbox"));
+    let sandbox =
+        SandboxClient::new(&sandbox_url, Duration::from_secs(30)).expect("sandbox client");
+    TestApp {
+        grpc_addr,
+        http_addr,
+        client,
+        sandbox,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
+}
+
+impl TestApp {
+    /// Stops the server and waits for it to drain.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server run");
+        }
+    }
+
+    /// Creates one captured payment at the sandbox and returns its id.
+    pub async fn seed(&self, amount: i64, currency: &str) -> String {
+        self.seed_with(NewPayments {
+            amount,
+            currency: currency.into(),
+            id: None,
+            count: None,
+            status: None,
+            fail_refunds: false,
+        })
+        .await
+    }
+
+    pub async fn seed_with(&self, req: NewPayments) -> String {
+        self.sandbox
+            .create_payments(&req)
+            .await
+            .expect("seed payment")
+            .remove(0)
+            .id
+    }
+
+    /// The sandbox's own ledger for one payment.
+    pub async fn ledger(&self, payment: &str) -> Vec<sandbox::Refund> {
+        self.sandbox.ledger(Some(payment)).await.expect("ledger")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A standalone sandbox on its own port (as `refund-service sandbox serve` runs it), so that it
+/// outlives the services under test.
+pub async fn spawn_sandbox(
+    faults: sandbox::FaultConfig,
+) -> (String, std::sync::Arc<sandbox::Sandbox>) {
+    let sb = std::sync::Arc::new(sandbox::Sandbox::new(faults));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let router = axum::Router::new().nest("/sandbox", sandbox::http::router(sb.clone()));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (format!("http://{addr}/sandbox"), sb)
+}
+
+pub fn refund_request(
+    payment_id: &str,
+    amount: Option<i64>,
+    currency: &str,
+) -> pb::CreateRefundRequest {
+    pb::CreateRefundRequest {
+        payment_id: payment_id.into(),
+        amount,
+        currency: currency.into(),
+        reason: pb::RefundReason::RequestedByCustomer.into(),
+        ..Default::default()
+    }
+}
+
+/// The google.rpc.ErrorInfo reason of a status, or "" when it has none.
+pub fn error_reason(status: &tonic::Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+pub fn error_metadata(status: &tonic::Status, key: &str) -> Option<String> {
+    status
+        .get_error_details()
+        .error_info()
+        .and_then(|i| i.metadata.get(key).cloned())
+}
+
+/// The fields named in a status's google.rpc.BadRequest.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Polls `check` until it returns `Some`, for outcomes that background work (the reconciler)
+/// produces. Panics with `what` after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub fn status_of(r: &pb::Refund) -> pb::RefundStatus {
+    pb::RefundStatus::try_from(r.status).unwrap_or(pb::RefundStatus::Unspecified)
+}

@@ -1,0 +1,13 @@
+//! Black-box tests: a real server on port 0, spoken to over gRPC and HTTP, with a fresh database
+//! per test — SQLite by default, PostgreSQL when REFUND_TEST_DATABASE_URL names a server
+//! (`postgres://postgres@127.0.0.1:5432/postgres`). One binary keeps link time down.
+
+mod helpers;
+
+mod cli;
+mod concurrency;
+mod create;
+mod idempotency;
+mod list;
+mod reconcile;
+mod server;

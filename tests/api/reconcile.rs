@@ -1,0 +1,155 @@
+//! Ambiguous provider failures: the refund stays PENDING and the reconciler settles it by
+//! looking it up at the provider, never by refunding again.
+
+use std::time::Duration;
+
+use refund_service::api::pb;
+use refund_service::sandbox::FaultConfig;
+
+use crate::helpers::*;
+
+async fn wait_for_status(app: &mut TestApp, id: &str, want: pb::RefundStatus) -> pb::Refund {
+    let mut client = app.client.clone();
+    eventually(
+        Duration::from_secs(20),
+        "the reconciler to settle the refund",
+        || {
+            let mut client = client.clone();
+            let id = id.to_owned();
+            async move {
+                let r = client
+                    .get_refund(pb::GetRefundRequest { id })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (status_of(&r) == want).then_some(r)
+            }
+        },
+    )
+    .await;
+    client
+        .get_refund(pb::GetRefundRequest { id: id.to_owned() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn a_timeout_leaves_the_refund_pending_and_the_reconciler_settles_it_once() {
+    let (sandbox_url, sandbox) = spawn_sandbox(FaultConfig {
+        timeout_rate: 1.0,
+        hang_ms: 3_000,
+        ..FaultConfig::default()
+    })
+    .await;
+    let db = TestDb::new().await;
+    let mut app = spawn_app_with(&db, |s| {
+        s.sandbox_url = Some(sandbox_url);
+        s.refunds.provider_timeout = Duration::from_millis(300);
+        s.refunds.reconcile_delay = Duration::from_millis(200);
+        s.refunds.reconcile_interval = Duration::from_millis(50);
+    })
+    .await;
+    let payment = app.seed(5_000, "USD").await;
+
+    let refund = app
+        .client
+        .create_refund(refund_request(&payment, Some(1_200), "USD"))
+        .await
+        .expect("a timeout is not an error")
+        .into_inner();
+    assert_eq!(status_of(&refund), pb::RefundStatus::Pending);
+    assert!(refund.provider_refund_id.is_empty());
+
+    // The provider did refund, although we never heard back.
+    assert_eq!(app.ledger(&payment).await.len(), 1);
+
+    let settled = wait_for_status(&mut app, &refund.id, pb::RefundStatus::Succeeded).await;
+    let ledger = app.ledger(&payment).await;
+    assert_eq!(ledger.len(), 1, "looked up, not refunded again");
+    assert_eq!(settled.provider_refund_id, ledger[0].id);
+    assert_eq!(sandbox.stats().refunds_created, 1);
+}
+
+#[tokio::test]
+async fn a_rate_limited_refund_is_looked_up_then_sent_again_with_the_same_key() {
+    // One request per second: the pre-flight passes, the refund creation right after it is
+    // refused with 429 before the provider processes anything.
+    let (sandbox_url, sandbox) = spawn_sandbox(FaultConfig::default()).await;
+    let db = TestDb::new().await;
+    let mut app = spawn_app_with(&db, |s| {
+        s.sandbox_url = Some(sandbox_url);
+        s.refunds.reconcile_delay = Duration::from_millis(200);
+        s.refunds.reconcile_interval = Duration::from_millis(50);
+    })
+    .await;
+    let payment = app.seed(5_000, "USD").await;
+    sandbox.set_faults(FaultConfig {
+        rate_limit_per_sec: 1,
+        ..FaultConfig::default()
+    });
+
+    let refund = app
+        .client
+        .create_refund(refund_request(&payment, Some(800), "USD"))
+        .await
+        .expect("rate limiting is not an error")
+        .into_inner();
+    assert_eq!(status_of(&refund), pb::RefundStatus::Pending);
+    assert!(
+        app.ledger(&payment).await.is_empty(),
+        "nothing reached the ledger yet"
+    );
+    assert!(sandbox.stats().rate_limited >= 1);
+    // The provider recovers.
+    sandbox.set_faults(FaultConfig::default());
+
+    let settled = wait_for_status(&mut app, &refund.id, pb::RefundStatus::Succeeded).await;
+    let ledger = app.ledger(&payment).await;
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(
+        ledger[0].idempotency_key.as_deref(),
+        Some(refund.id.as_str())
+    );
+    assert_eq!(settled.provider_refund_id, ledger[0].id);
+}
+
+#[tokio::test]
+async fn a_refund_left_pending_by_a_stopped_service_is_settled_after_restart() {
+    let (sandbox_url, _sandbox) = spawn_sandbox(FaultConfig {
+        timeout_rate: 1.0,
+        hang_ms: 2_000,
+        ..FaultConfig::default()
+    })
+    .await;
+    let db = TestDb::new().await;
+    let configure = |url: String, interval: Duration| {
+        move |s: &mut refund_service::config::ServeSettings| {
+            s.sandbox_url = Some(url);
+            s.refunds.provider_timeout = Duration::from_millis(200);
+            s.refunds.reconcile_delay = Duration::from_millis(500);
+            s.refunds.reconcile_interval = interval;
+        }
+    };
+    // The first instance's reconciler makes its start-up pass and then sleeps for an hour.
+    let mut first = spawn_app_with(
+        &db,
+        configure(sandbox_url.clone(), Duration::from_secs(3600)),
+    )
+    .await;
+    let payment = first.seed(5_000, "USD").await;
+    let refund = first
+        .client
+        .create_refund(refund_request(&payment, None, "USD"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status_of(&refund), pb::RefundStatus::Pending);
+    first.stop().await;
+
+    // A new instance on the same database settles it when its first look-up is due.
+    let mut second = spawn_app_with(&db, configure(sandbox_url, Duration::from_millis(50))).await;
+    let settled = wait_for_status(&mut second, &refund.id, pb::RefundStatus::Succeeded).await;
+    assert_eq!(settled.amount, 5_000);
+    assert_eq!(second.ledger(&payment).await.len(), 1);
+}

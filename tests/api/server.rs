@@ -1,0 +1,141 @@
+//! The server around the API: health, reflection, HTTP probes, graceful drain.
+
+use std::time::Duration;
+
+use refund_service::api::pb;
+use refund_service::sandbox::FaultConfig;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::helpers::*;
+
+async fn channel(app: &TestApp) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{}", app.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn health_reports_serving_for_the_refund_service() {
+    let (app, _db) = spawn_app().await;
+    let mut health = HealthClient::new(channel(&app).await);
+    for service in ["", "refunds.v1.RefundService"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
+}
+
+#[tokio::test]
+async fn reflection_lists_the_services_in_both_protocol_versions() {
+    use tokio_stream::StreamExt as _;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient as V1;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest as V1Req;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse as V1Resp;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as V1a;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as V1aReq;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as V1aResp;
+
+    let (app, _db) = spawn_app().await;
+    let mut v1 = V1::new(channel(&app).await);
+    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(V1Req::ListServices(String::new())),
+    };
+    let mut stream = v1
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(Ok(resp)) = stream.next().await else {
+        panic!("no v1 answer")
+    };
+    let Some(V1Resp::ListServicesResponse(list)) = resp.message_response else {
+        panic!("v1 list")
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"refunds.v1.RefundService".to_owned()),
+        "{names:?}"
+    );
+
+    let mut v1a = V1a::new(channel(&app).await);
+    let req = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(V1aReq::ListServices(String::new())),
+    };
+    let mut stream = v1a
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(Ok(resp)) = stream.next().await else {
+        panic!("no v1alpha answer")
+    };
+    let Some(V1aResp::ListServicesResponse(list)) = resp.message_response else {
+        panic!("v1alpha list")
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"refunds.v1.RefundService".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+}
+
+#[tokio::test]
+async fn http_probes_answer() {
+    let (app, _db) = spawn_app().await;
+    let http = reqwest::Client::new();
+    for path in ["healthz", "readyz"] {
+        let resp = http
+            .get(format!("http://{}/{path}", app.http_addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_refund_finish() {
+    let (sandbox_url, _sandbox) = spawn_sandbox(FaultConfig {
+        latency_ms: 400,
+        ..FaultConfig::default()
+    })
+    .await;
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, |s| {
+        s.sandbox_url = Some(sandbox_url);
+        s.shutdown_grace = Duration::from_secs(10);
+    })
+    .await;
+    let payment = app.seed(1_000, "USD").await;
+    let mut client = app.client.clone();
+    let in_flight = tokio::spawn(async move {
+        client
+            .create_refund(refund_request(&payment, Some(100), "USD"))
+            .await
+    });
+    // Let the call reach the provider (its pre-flight alone takes 400 ms), then stop.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.stop().await;
+    let refund = in_flight
+        .await
+        .unwrap()
+        .expect("drained, not cut off")
+        .into_inner();
+    assert_eq!(status_of(&refund), pb::RefundStatus::Succeeded);
+}
