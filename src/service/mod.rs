@@ -393,17 +393,38 @@ impl RefundService {
             })
     }
 
-    /// Delay before the next look-up after `attempts` provider calls: doubling from the first
-    /// reconcile delay, capped.
     fn backoff(&self, attempts: i32) -> Duration {
-        let c = &self.inner.config;
-        let doublings = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(0);
-        c.reconcile_delay
-            .saturating_mul(1u32 << doublings)
-            .min(c.reconcile_max_delay)
+        backoff(&self.inner.config, attempts)
     }
+}
+
+/// Delay before the next look-up after `attempts` provider calls: doubling from the first
+/// reconcile delay, capped.
+fn backoff(c: &RefundsConfig, attempts: i32) -> Duration {
+    let doublings = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(0);
+    c.reconcile_delay
+        .saturating_mul(1u32 << doublings)
+        .min(c.reconcile_max_delay)
 }
 
 fn internal(e: StoreError) -> RefundError {
     RefundError::Internal(anyhow::Error::new(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconcile_backoff_doubles_from_the_first_delay_up_to_the_cap() {
+        let config = RefundsConfig {
+            reconcile_delay: Duration::from_secs(60),
+            reconcile_max_delay: Duration::from_secs(600),
+            ..RefundsConfig::default()
+        };
+        let delays: Vec<u64> = (0..8).map(|a| backoff(&config, a).as_secs()).collect();
+        assert_eq!(delays, [60, 60, 120, 240, 480, 600, 600, 600]);
+        assert_eq!(backoff(&config, i32::MAX), Duration::from_secs(600));
+        assert_eq!(backoff(&config, -3), Duration::from_secs(60));
+    }
 }
