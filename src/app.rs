@@ -16,7 +16,7 @@ use crate::domain::ProviderName;
 use crate::providers::Providers;
 use crate::providers::sandbox::SandboxProvider;
 use crate::sandbox::{FaultConfig, Sandbox, client::SandboxClient};
-use crate::service::{RefundService, run_reconciler};
+use crate::service::{RefundService, run_bulk_runner, run_reconciler};
 use crate::store::Store;
 use crate::{api, http};
 
@@ -131,7 +131,8 @@ impl Application {
                 .with_graceful_shutdown(http_stopped)
                 .await
         });
-        let reconciler_task = tokio::spawn(run_reconciler(service, stopped()));
+        let reconciler_task = tokio::spawn(run_reconciler(service.clone(), stopped()));
+        let bulk_task = tokio::spawn(run_bulk_runner(service, stopped()));
 
         shutdown.await;
         tracing::info!(grace = ?shutdown_grace, "shutting down: draining in-flight calls");
@@ -141,15 +142,17 @@ impl Application {
             let grpc = grpc_task.await;
             let http = http_task.await;
             let reconciler = reconciler_task.await;
-            (grpc, http, reconciler)
+            let bulk = bulk_task.await;
+            (grpc, http, reconciler, bulk)
         };
         match tokio::time::timeout(shutdown_grace, drain).await {
-            Ok((grpc, http, reconciler)) => {
+            Ok((grpc, http, reconciler, bulk)) => {
                 grpc.context("gRPC server task")?
                     .context("gRPC server failed")?;
                 http.context("HTTP server task")?
                     .context("HTTP server failed")?;
                 reconciler.context("reconciler task")?;
+                bulk.context("bulk runner task")?;
                 tracing::info!("shut down cleanly");
             }
             Err(_) => tracing::warn!("grace period over; abandoning calls still in flight"),

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::app::{Application, shutdown_signal};
 use crate::config::{DEFAULT_DATABASE_URL, Secret, ServeSettings};
 use crate::sandbox::{self, FaultConfig, Sandbox, client::SandboxClient};
-use crate::service::RefundsConfig;
+use crate::service::{BulkConfig, RefundsConfig};
 use crate::store::{Store, StoreOptions};
 use crate::telemetry::{self, LogFormat};
 
@@ -99,6 +99,27 @@ pub struct ServeArgs {
     /// Provider calls after which a refund the provider never received is marked FAILED.
     #[arg(long, env = "REFUND_MAX_ATTEMPTS", default_value_t = 10)]
     pub max_attempts: i32,
+
+    /// Most jobs one BulkRefund request may carry (the gRPC message limit grows with it).
+    #[arg(long, env = "REFUND_BULK_MAX_JOBS", default_value_t = 10_000)]
+    pub bulk_max_jobs: u32,
+
+    /// Jobs in flight per batch when a request does not say.
+    #[arg(long, env = "REFUND_BULK_DEFAULT_CONCURRENCY", default_value_t = 32)]
+    pub bulk_default_concurrency: u32,
+
+    /// Upper bound of a batch's `max_concurrency`.
+    #[arg(long, env = "REFUND_BULK_MAX_CONCURRENCY", default_value_t = 256)]
+    pub bulk_max_concurrency: u32,
+
+    /// How long a bulk job stays with a worker that stops heart-beating (e.g. died) before
+    /// another worker takes it over.
+    #[arg(long, env = "REFUND_BULK_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub bulk_lease: Duration,
+
+    /// How often the bulk runner looks for work and streams poll for events from other replicas.
+    #[arg(long, env = "REFUND_BULK_POLL_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub bulk_poll_interval: Duration,
 
     /// Time in-flight calls get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "REFUND_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
@@ -219,6 +240,11 @@ impl ServeArgs {
             reconcile_max_delay,
             reconcile_interval,
             max_attempts,
+            bulk_max_jobs,
+            bulk_default_concurrency,
+            bulk_max_concurrency,
+            bulk_lease,
+            bulk_poll_interval,
             shutdown_grace,
         } = self;
         anyhow::ensure!(
@@ -234,6 +260,23 @@ impl ServeArgs {
             "--reconcile-delay must not exceed --reconcile-max-delay"
         );
         anyhow::ensure!(max_attempts >= 1, "--max-attempts must be at least 1");
+        anyhow::ensure!(
+            (1..=1_000_000).contains(&bulk_max_jobs),
+            "--bulk-max-jobs must be between 1 and 1000000"
+        );
+        anyhow::ensure!(
+            bulk_max_concurrency >= 1
+                && (1..=bulk_max_concurrency).contains(&bulk_default_concurrency),
+            "--bulk-default-concurrency must be between 1 and --bulk-max-concurrency"
+        );
+        anyhow::ensure!(
+            bulk_lease >= Duration::from_millis(300),
+            "--bulk-lease must be at least 300ms"
+        );
+        anyhow::ensure!(
+            !bulk_poll_interval.is_zero(),
+            "--bulk-poll-interval must be greater than zero"
+        );
         anyhow::ensure!(
             grpc_addr.port() == 0 || grpc_addr != http_addr,
             "--grpc-addr and --http-addr must differ"
@@ -251,6 +294,13 @@ impl ServeArgs {
                 reconcile_max_delay,
                 reconcile_interval,
                 max_attempts,
+                bulk: BulkConfig {
+                    max_jobs: bulk_max_jobs,
+                    default_concurrency: bulk_default_concurrency,
+                    max_concurrency: bulk_max_concurrency,
+                    lease: bulk_lease,
+                    poll_interval: bulk_poll_interval,
+                },
             },
             shutdown_grace,
         })

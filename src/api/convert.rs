@@ -54,7 +54,7 @@ fn status_to_pb(s: RefundStatus) -> pb::RefundStatus {
     }
 }
 
-fn timestamp_to_pb(t: Timestamp) -> PbTimestamp {
+pub fn timestamp_to_pb(t: Timestamp) -> PbTimestamp {
     let micros = t.as_micros();
     PbTimestamp {
         seconds: micros.div_euclid(1_000_000),

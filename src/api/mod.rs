@@ -3,6 +3,7 @@
 //! Architecture invariant: this is the only layer that knows tonic and the generated protobuf
 //! types. Handlers parse, call one use case, and convert back.
 
+mod bulk;
 mod convert;
 mod refunds;
 mod status;
@@ -26,8 +27,18 @@ use tonic::transport::server::Router;
 
 use crate::service::RefundService;
 
-/// Largest gRPC message accepted or sent.
-pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Smallest limit on gRPC message size; the limit grows with the configured batch size.
+pub const MIN_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Room per bulk job in a BulkRefund request: a job with a few metadata entries is well under
+/// 1 KiB; one that needs more can go in a smaller batch.
+pub const BYTES_PER_BULK_JOB: usize = 2 * 1024;
+
+/// The gRPC message size limit that lets a BulkRefund request carry `max_jobs` jobs.
+pub fn max_message_bytes(max_jobs: u32) -> usize {
+    (max_jobs as usize)
+        .saturating_mul(BYTES_PER_BULK_JOB)
+        .max(MIN_MESSAGE_BYTES)
+}
 
 /// The tonic router with every service this process answers: refunds, health, reflection.
 pub async fn router(service: RefundService) -> Result<Router, tonic_reflection::server::Error> {
@@ -49,9 +60,10 @@ pub async fn router(service: RefundService) -> Result<Router, tonic_reflection::
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    let max_message = max_message_bytes(service.config().bulk.max_jobs);
     let refunds = pb::refund_service_server::RefundServiceServer::new(RefundsApi::new(service))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
 
     Ok(tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

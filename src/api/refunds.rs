@@ -2,6 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
+use super::bulk;
 use super::convert;
 use super::pb;
 use super::status::to_status;
@@ -22,11 +23,11 @@ impl RefundsApi {
 }
 
 /// The account a request acts for. Until authentication lands every caller is the default account.
-fn account<T>(_request: &Request<T>) -> AccountId {
+pub(super) fn account<T>(_request: &Request<T>) -> AccountId {
     AccountId::default_account()
 }
 
-fn header(request: &Request<impl Sized>, name: &str) -> Option<String> {
+pub(super) fn header(request: &Request<impl Sized>, name: &str) -> Option<String> {
     request
         .metadata()
         .get(name)
@@ -91,5 +92,44 @@ impl pb::refund_service_server::RefundService for RefundsApi {
                 .collect(),
             next_page_token: page.next_page_token,
         }))
+    }
+
+    type BulkRefundStream = bulk::EventStream;
+
+    async fn bulk_refund(
+        &self,
+        request: Request<pb::BulkRefundRequest>,
+    ) -> Result<Response<Self::BulkRefundStream>, Status> {
+        bulk::bulk_refund(&self.service, request).await
+    }
+
+    type WatchBulkRefundStream = bulk::EventStream;
+
+    async fn watch_bulk_refund(
+        &self,
+        request: Request<pb::WatchBulkRefundRequest>,
+    ) -> Result<Response<Self::WatchBulkRefundStream>, Status> {
+        bulk::watch_bulk_refund(&self.service, request).await
+    }
+
+    async fn get_bulk_refund(
+        &self,
+        request: Request<pb::GetBulkRefundRequest>,
+    ) -> Result<Response<pb::BulkRefundBatch>, Status> {
+        bulk::get_bulk_refund(&self.service, request).await
+    }
+
+    async fn cancel_bulk_refund(
+        &self,
+        request: Request<pb::CancelBulkRefundRequest>,
+    ) -> Result<Response<pb::BulkRefundBatch>, Status> {
+        bulk::cancel_bulk_refund(&self.service, request).await
+    }
+
+    async fn list_bulk_refund_items(
+        &self,
+        request: Request<pb::ListBulkRefundItemsRequest>,
+    ) -> Result<Response<pb::ListBulkRefundItemsResponse>, Status> {
+        bulk::list_bulk_refund_items(&self.service, request).await
     }
 }

@@ -33,6 +33,9 @@ pub enum RefundError {
     #[error("refund {id} was not found")]
     RefundNotFound { id: String },
 
+    #[error("bulk refund {id} was not found")]
+    BulkNotFound { id: String },
+
     #[error("provider {provider} is unavailable: {message}")]
     ProviderUnavailable {
         provider: ProviderName,

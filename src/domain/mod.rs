@@ -4,11 +4,16 @@
 //! Architecture invariant: nothing here knows tonic, SeaORM, HTTP or any provider's wire format,
 //! and nothing here does I/O. Every other layer converts into and out of these types.
 
+mod bulk;
 mod error;
 mod money;
 mod refund;
 mod request;
 
+pub use bulk::{
+    Bulk, BulkCounts, BulkEvent, BulkId, BulkJob, BulkState, ItemResult, ItemStatus, JobError,
+    NewBulk, SequencedEvent, StopReason, derived_job_key,
+};
 pub use error::RefundError;
 pub use money::{Amount, AmountError, Balance, BalanceError, Currency, CurrencyError, MAX_AMOUNT};
 pub use refund::{

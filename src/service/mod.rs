@@ -8,6 +8,8 @@
 //! 5. a clear answer settles the refund; an ambiguous one (timeout, lost connection) leaves it
 //!    PENDING for the reconciler, which looks it up at the provider before anything is re-sent.
 
+mod bulk;
+mod bulk_runner;
 mod list;
 mod reconciler;
 
@@ -23,6 +25,8 @@ use crate::providers::{
 };
 use crate::store::{BeginOutcome, BeginRefund, Settlement, Store, StoreError};
 
+pub use bulk::BulkConfig;
+pub use bulk_runner::run_bulk_runner;
 pub use list::{ListPage, ListQuery, MAX_PAGE_SIZE};
 pub use reconciler::run_reconciler;
 
@@ -42,6 +46,7 @@ pub struct RefundsConfig {
     /// Provider calls (creations and look-ups) after which a refund the provider has never seen
     /// is given up as FAILED and its amount released.
     pub max_attempts: i32,
+    pub bulk: BulkConfig,
 }
 
 impl Default for RefundsConfig {
@@ -53,6 +58,7 @@ impl Default for RefundsConfig {
             reconcile_max_delay: Duration::from_secs(60 * 60),
             reconcile_interval: Duration::from_secs(5),
             max_attempts: 10,
+            bulk: BulkConfig::default(),
         }
     }
 }
@@ -66,6 +72,11 @@ struct Inner {
     store: Store,
     providers: Providers,
     config: RefundsConfig,
+    /// Wakes this process's bulk runner when a batch is created or canceled here.
+    bulk_wakeup: tokio::sync::Notify,
+    /// Bumped whenever this process writes bulk events; streams wait on it (and poll, for
+    /// events written by other replicas).
+    bulk_events: tokio::sync::watch::Sender<u64>,
 }
 
 impl RefundService {
@@ -75,6 +86,8 @@ impl RefundService {
                 store,
                 providers,
                 config,
+                bulk_wakeup: tokio::sync::Notify::new(),
+                bulk_events: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
@@ -100,6 +113,7 @@ impl RefundService {
             store,
             providers,
             config,
+            ..
         } = &*self.inner;
         let provider = providers.get(&request.provider).ok_or_else(|| {
             let mut known: Vec<_> = providers.names().map(|n| n.as_str().to_owned()).collect();

@@ -111,3 +111,97 @@ pub mod refund_event {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod bulk {
+    use sea_orm::entity::prelude::*;
+
+    /// A batch of refund jobs. Counters and `last_sequence` change in the same transaction as the
+    /// item and event they count, so they are never out of step.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "bulks")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub account_id: String,
+        pub idempotency_key: Option<String>,
+        pub fingerprint: String,
+        pub state: String,
+        /// `abort` or `cancel` once the batch stops dispatching early.
+        pub stop_reason: Option<String>,
+        pub total: i32,
+        pub succeeded: i32,
+        pub failed: i32,
+        pub skipped: i32,
+        pub canceled: i32,
+        pub abort_on_error: bool,
+        pub max_concurrency: i32,
+        pub metadata: String,
+        /// Index of the next job to hand out; jobs below it have been claimed at least once.
+        pub dispatch_cursor: i32,
+        pub last_sequence: i64,
+        pub created_at: i64,
+        pub updated_at: i64,
+        pub finished_at: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod bulk_item {
+    use sea_orm::entity::prelude::*;
+
+    /// One job of a batch. A RUNNING job is leased to one worker until `lease_until`; a worker
+    /// that dies lets its lease expire and another takes the job over.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "bulk_items")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub bulk_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub idx: i32,
+        pub status: String,
+        /// The validated job as JSON; NULL for a job that failed validation.
+        pub job: Option<String>,
+        pub payment_id: String,
+        pub provider: String,
+        pub refund_id: Option<String>,
+        pub error_code: Option<String>,
+        pub error_message: Option<String>,
+        pub retryable: bool,
+        pub attempts: i32,
+        pub lease_owner: Option<String>,
+        pub lease_until: Option<i64>,
+        pub updated_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod bulk_event {
+    use sea_orm::entity::prelude::*;
+
+    /// The stream of a batch, numbered without gaps. `result` events point at their item, whose
+    /// outcome is final once written; `summary` reads the batch's final counts.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "bulk_events")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub bulk_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub sequence: i64,
+        pub kind: String,
+        pub item_idx: Option<i32>,
+        pub created_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

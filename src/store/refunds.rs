@@ -635,7 +635,7 @@ async fn insert_event(
     Ok(())
 }
 
-fn to_domain(row: refund::Model) -> Result<Refund, StoreError> {
+pub(super) fn to_domain(row: refund::Model) -> Result<Refund, StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt {
         table: "refunds",
         detail: format!("{}: {detail}", row.id),

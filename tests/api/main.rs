@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod bulk;
 mod cli;
 mod concurrency;
 mod create;

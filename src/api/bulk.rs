@@ -1,0 +1,364 @@
+//! Bulk refund handlers and their proto <-> domain conversions.
+
+use std::pin::Pin;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use tokio_stream::Stream;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert::{new_refund, refund_to_pb, timestamp_to_pb};
+use super::pb;
+use super::refunds::{IDEMPOTENCY_KEY_HEADER, account, header};
+use super::status::to_status;
+use crate::domain::{
+    Bulk, BulkEvent, BulkJob, BulkState, FieldViolation, IdempotencyKey, ItemResult, ItemStatus,
+    NewBulk, RefundError, SequencedEvent, Violations, parse_metadata,
+};
+use crate::service::RefundService;
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::BulkRefundEvent, Status>> + Send>>;
+
+const DEFAULT_ITEMS_PAGE: u32 = 100;
+const MAX_ITEMS_PAGE: u32 = 1000;
+
+pub async fn bulk_refund(
+    service: &RefundService,
+    request: Request<pb::BulkRefundRequest>,
+) -> Result<Response<EventStream>, Status> {
+    let account = account(&request);
+    let header_key = header(&request, IDEMPOTENCY_KEY_HEADER);
+    let msg = request.into_inner();
+    let max_jobs = service.config().bulk.max_jobs as usize;
+    if msg.jobs.len() > max_jobs {
+        // Refuse before parsing thousands of jobs.
+        return Err(to_status(RefundError::invalid(
+            "jobs",
+            format!(
+                "a batch may have at most {max_jobs} jobs (the configured limit); got {}. Split it into several batches",
+                msg.jobs.len()
+            ),
+        )));
+    }
+    let new = new_bulk(msg, header_key, service)
+        .map_err(|v| to_status(RefundError::InvalidArgument(v)))?;
+    let (bulk, _created) = service
+        .create_bulk(&account, new)
+        .await
+        .map_err(to_status)?;
+    let events = service
+        .watch_bulk(&account, bulk.id.as_str(), 0)
+        .await
+        .map_err(to_status)?;
+    Ok(Response::new(stream(events)))
+}
+
+pub async fn watch_bulk_refund(
+    service: &RefundService,
+    request: Request<pb::WatchBulkRefundRequest>,
+) -> Result<Response<EventStream>, Status> {
+    let account = account(&request);
+    let pb::WatchBulkRefundRequest {
+        bulk_id,
+        after_sequence,
+    } = request.into_inner();
+    let events = service
+        .watch_bulk(&account, &bulk_id, after_sequence)
+        .await
+        .map_err(to_status)?;
+    Ok(Response::new(stream(events)))
+}
+
+pub async fn get_bulk_refund(
+    service: &RefundService,
+    request: Request<pb::GetBulkRefundRequest>,
+) -> Result<Response<pb::BulkRefundBatch>, Status> {
+    let account = account(&request);
+    let pb::GetBulkRefundRequest { bulk_id } = request.into_inner();
+    let bulk = service
+        .get_bulk(&account, &bulk_id)
+        .await
+        .map_err(to_status)?;
+    Ok(Response::new(bulk_to_pb(bulk)))
+}
+
+pub async fn cancel_bulk_refund(
+    service: &RefundService,
+    request: Request<pb::CancelBulkRefundRequest>,
+) -> Result<Response<pb::BulkRefundBatch>, Status> {
+    let account = account(&request);
+    let pb::CancelBulkRefundRequest { bulk_id } = request.into_inner();
+    let bulk = service
+        .cancel_bulk(&account, &bulk_id)
+        .await
+        .map_err(to_status)?;
+    Ok(Response::new(bulk_to_pb(bulk)))
+}
+
+pub async fn list_bulk_refund_items(
+    service: &RefundService,
+    request: Request<pb::ListBulkRefundItemsRequest>,
+) -> Result<Response<pb::ListBulkRefundItemsResponse>, Status> {
+    let account = account(&request);
+    let pb::ListBulkRefundItemsRequest {
+        bulk_id,
+        status,
+        page_size,
+        page_token,
+    } = request.into_inner();
+    let mut v = Violations::default();
+    let status = match pb::BulkItemStatus::try_from(status) {
+        Ok(s) => item_status_from_pb(s),
+        Err(_) => {
+            v.push("status", "status is not a known BulkItemStatus");
+            None
+        }
+    };
+    let limit = match page_size {
+        0 => DEFAULT_ITEMS_PAGE,
+        n if n < 0 => {
+            v.push("page_size", "page_size must not be negative");
+            DEFAULT_ITEMS_PAGE
+        }
+        n => u32::try_from(n)
+            .unwrap_or(MAX_ITEMS_PAGE)
+            .min(MAX_ITEMS_PAGE),
+    };
+    let filter_tag = status.map_or("all", ItemStatus::as_str);
+    let after = if page_token.is_empty() {
+        None
+    } else {
+        match decode_items_token(&page_token) {
+            Some((index, tag)) if tag == filter_tag => Some(index),
+            Some(_) => {
+                v.push(
+                    "page_token",
+                    "page_token was made for a different status filter",
+                );
+                None
+            }
+            None => {
+                v.push(
+                    "page_token",
+                    "page_token is not a token this service issued",
+                );
+                None
+            }
+        }
+    };
+    if let Err(violations) = v.into_result(|| Some(())) {
+        return Err(to_status(RefundError::InvalidArgument(violations)));
+    }
+    let mut items = service
+        .list_bulk_items(&account, &bulk_id, status, after, limit + 1)
+        .await
+        .map_err(to_status)?;
+    let next_page_token = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items
+            .last()
+            .map(|i| encode_items_token(i.index, filter_tag))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok(Response::new(pb::ListBulkRefundItemsResponse {
+        items: items.into_iter().map(item_to_pb).collect(),
+        next_page_token,
+    }))
+}
+
+fn stream(events: tokio::sync::mpsc::Receiver<Result<SequencedEvent, RefundError>>) -> EventStream {
+    Box::pin(ReceiverStream::new(events).map(|e| e.map(event_to_pb).map_err(to_status)))
+}
+
+fn new_bulk(
+    msg: pb::BulkRefundRequest,
+    header_key: Option<String>,
+    service: &RefundService,
+) -> Result<NewBulk, Vec<FieldViolation>> {
+    let pb::BulkRefundRequest {
+        jobs,
+        abort_on_error,
+        max_concurrency,
+        idempotency_key,
+        metadata,
+    } = msg;
+    let default_provider = service.providers().default_name();
+    let jobs: Vec<BulkJob> = jobs
+        .into_iter()
+        .enumerate()
+        .map(|(i, job)| new_refund(job, None, default_provider, &format!("jobs[{i}].")))
+        .collect();
+    let mut v = Violations::default();
+    let max_concurrency = match u32::try_from(max_concurrency) {
+        Ok(n) => n,
+        Err(_) => {
+            v.push("max_concurrency", "max_concurrency must not be negative");
+            0
+        }
+    };
+    let key = if idempotency_key.is_empty() {
+        header_key.unwrap_or_default()
+    } else {
+        idempotency_key
+    };
+    let idempotency_key = if key.is_empty() {
+        Some(None)
+    } else {
+        v.check("idempotency_key", IdempotencyKey::parse(&key))
+            .map(Some)
+    };
+    let metadata = parse_metadata(metadata.into_iter().collect(), &mut v);
+    v.into_result(|| {
+        Some(NewBulk {
+            jobs,
+            abort_on_error,
+            max_concurrency,
+            idempotency_key: idempotency_key?,
+            metadata,
+        })
+    })
+}
+
+fn item_status_from_pb(s: pb::BulkItemStatus) -> Option<ItemStatus> {
+    Some(match s {
+        pb::BulkItemStatus::Unspecified => return None,
+        pb::BulkItemStatus::Queued => ItemStatus::Queued,
+        pb::BulkItemStatus::Running => ItemStatus::Running,
+        pb::BulkItemStatus::Succeeded => ItemStatus::Succeeded,
+        pb::BulkItemStatus::Failed => ItemStatus::Failed,
+        pb::BulkItemStatus::Skipped => ItemStatus::Skipped,
+        pb::BulkItemStatus::Canceled => ItemStatus::Canceled,
+    })
+}
+
+fn item_status_to_pb(s: ItemStatus) -> pb::BulkItemStatus {
+    match s {
+        ItemStatus::Queued => pb::BulkItemStatus::Queued,
+        ItemStatus::Running => pb::BulkItemStatus::Running,
+        ItemStatus::Succeeded => pb::BulkItemStatus::Succeeded,
+        ItemStatus::Failed => pb::BulkItemStatus::Failed,
+        ItemStatus::Skipped => pb::BulkItemStatus::Skipped,
+        ItemStatus::Canceled => pb::BulkItemStatus::Canceled,
+    }
+}
+
+fn state_to_pb(s: BulkState) -> pb::BulkRefundState {
+    match s {
+        BulkState::Running => pb::BulkRefundState::Running,
+        BulkState::Completed => pb::BulkRefundState::Completed,
+        BulkState::Aborted => pb::BulkRefundState::Aborted,
+        BulkState::Canceled => pb::BulkRefundState::Canceled,
+    }
+}
+
+fn item_to_pb(i: ItemResult) -> pb::BulkJobResult {
+    let ItemResult {
+        index,
+        payment_id,
+        provider,
+        status,
+        refund,
+        error,
+        attempts,
+    } = i;
+    pb::BulkJobResult {
+        index: i32::try_from(index).unwrap_or(i32::MAX),
+        payment_id,
+        success: status == ItemStatus::Succeeded,
+        refund: refund.map(refund_to_pb),
+        error: error.map(|e| pb::BulkJobError {
+            code: e.code,
+            message: e.message,
+            retryable: e.retryable,
+        }),
+        provider,
+        attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
+        status: item_status_to_pb(status).into(),
+    }
+}
+
+fn event_to_pb(e: SequencedEvent) -> pb::BulkRefundEvent {
+    use pb::bulk_refund_event::Event;
+    let count = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    let event = match e.event {
+        BulkEvent::Accepted { bulk_id, total } => Event::Accepted(pb::BulkAccepted {
+            bulk_id: bulk_id.as_str().to_owned(),
+            total: count(total),
+        }),
+        BulkEvent::Result(item) => Event::Result(item_to_pb(*item)),
+        BulkEvent::Summary {
+            counts,
+            state,
+            duration_micros,
+        } => Event::Summary(pb::BulkSummary {
+            total: count(counts.total),
+            succeeded: count(counts.succeeded),
+            failed: count(counts.failed),
+            skipped: count(counts.skipped),
+            canceled: count(counts.canceled),
+            duration: Some(prost_types::Duration {
+                seconds: duration_micros.div_euclid(1_000_000),
+                nanos: i32::try_from(duration_micros.rem_euclid(1_000_000) * 1_000).unwrap_or(0),
+            }),
+            state: state_to_pb(state).into(),
+        }),
+    };
+    pb::BulkRefundEvent {
+        sequence: e.sequence,
+        event: Some(event),
+    }
+}
+
+pub fn bulk_to_pb(b: Bulk) -> pb::BulkRefundBatch {
+    let Bulk {
+        id,
+        account: _,
+        state,
+        stop: _,
+        counts,
+        abort_on_error,
+        max_concurrency,
+        idempotency_key,
+        metadata,
+        last_sequence,
+        created_at,
+        updated_at,
+        finished_at,
+    } = b;
+    let count = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    pb::BulkRefundBatch {
+        id: id.as_str().to_owned(),
+        state: state_to_pb(state).into(),
+        total: count(counts.total),
+        succeeded: count(counts.succeeded),
+        failed: count(counts.failed),
+        skipped: count(counts.skipped),
+        canceled: count(counts.canceled),
+        pending: count(counts.pending()),
+        abort_on_error,
+        max_concurrency: count(max_concurrency),
+        idempotency_key: idempotency_key
+            .map(|k| k.as_str().to_owned())
+            .unwrap_or_default(),
+        metadata: metadata.into_iter().collect(),
+        last_sequence,
+        created_at: Some(timestamp_to_pb(created_at)),
+        updated_at: Some(timestamp_to_pb(updated_at)),
+        finished_at: finished_at.map(timestamp_to_pb),
+    }
+}
+
+fn encode_items_token(last_index: u32, filter: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("i1.{last_index}.{filter}"))
+}
+
+fn decode_items_token(token: &str) -> Option<(u32, String)> {
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(token).ok()?).ok()?;
+    let rest = text.strip_prefix("i1.")?;
+    let (index, filter) = rest.split_once('.')?;
+    Some((index.parse().ok()?, filter.to_owned()))
+}

@@ -1,0 +1,222 @@
+//! Bulk refunds: accepting a batch, reading and canceling it, and streaming its events.
+//!
+//! A batch is stored with all its jobs before anything runs; the jobs are then run by the bulk
+//! runner ([`super::bulk_runner`]) of whichever replica claims them. A stream of a batch is a
+//! reader of the batch's stored events: it does not own the batch, so a client that goes away
+//! changes nothing, and a client that comes back reads from where it left off.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::{RefundService, internal};
+use crate::domain::{
+    AccountId, Bulk, BulkEvent, BulkId, ItemResult, ItemStatus, NewBulk, RefundError,
+    SequencedEvent, Timestamp,
+};
+use crate::store::CreateBulkOutcome;
+
+/// Limits and pacing of bulk refunds.
+#[derive(Debug, Clone)]
+pub struct BulkConfig {
+    /// Most jobs one BulkRefund request may carry.
+    pub max_jobs: u32,
+    /// Jobs in flight per batch when the request does not say.
+    pub default_concurrency: u32,
+    /// Upper bound of a request's `max_concurrency`.
+    pub max_concurrency: u32,
+    /// How long a claimed job stays with its worker without a heartbeat. A worker that dies
+    /// holds its jobs this long before another worker takes them over.
+    pub lease: Duration,
+    /// How often the runner looks for batches and events are polled when no in-process
+    /// notification arrives (another replica did the work).
+    pub poll_interval: Duration,
+}
+
+impl Default for BulkConfig {
+    fn default() -> Self {
+        Self {
+            max_jobs: 10_000,
+            default_concurrency: 32,
+            max_concurrency: 256,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Events read from the store per query while streaming.
+const EVENT_PAGE: u64 = 256;
+
+impl RefundService {
+    /// Stores a batch and wakes the runner. Returns the batch and whether it is new (`false`:
+    /// the same batch was submitted before with the same key).
+    pub async fn create_bulk(
+        &self,
+        account: &AccountId,
+        mut new: NewBulk,
+    ) -> Result<(Bulk, bool), RefundError> {
+        let cfg = &self.config().bulk;
+        if new.jobs.is_empty() {
+            return Err(RefundError::invalid(
+                "jobs",
+                "a batch needs at least one job",
+            ));
+        }
+        if new.jobs.len() > cfg.max_jobs as usize {
+            return Err(RefundError::invalid(
+                "jobs",
+                format!(
+                    "a batch may have at most {} jobs (the configured limit); got {}. Split it into several batches",
+                    cfg.max_jobs,
+                    new.jobs.len()
+                ),
+            ));
+        }
+        new.max_concurrency = match new.max_concurrency {
+            0 => cfg.default_concurrency,
+            n => n.min(cfg.max_concurrency),
+        };
+        let outcome = self
+            .store()
+            .create_bulk(
+                account,
+                &new,
+                self.providers().default_name(),
+                Timestamp::now(),
+            )
+            .await
+            .map_err(internal)?;
+        match outcome {
+            CreateBulkOutcome::Created(bulk) => {
+                tracing::info!(bulk_id = %bulk.id, total = bulk.counts.total, "bulk refund accepted");
+                self.inner.bulk_wakeup.notify_one();
+                self.events_changed();
+                Ok((bulk, true))
+            }
+            CreateBulkOutcome::Existing(bulk) => Ok((bulk, false)),
+            CreateBulkOutcome::KeyReused => Err(RefundError::IdempotencyKeyReused {
+                key: new
+                    .idempotency_key
+                    .map(|k| k.as_str().to_owned())
+                    .unwrap_or_default(),
+            }),
+        }
+    }
+
+    pub async fn get_bulk(&self, account: &AccountId, id: &str) -> Result<Bulk, RefundError> {
+        let bulk_id = parse_bulk_id(id)?;
+        self.store()
+            .get_bulk(account, &bulk_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| RefundError::BulkNotFound { id: id.to_owned() })
+    }
+
+    /// Stops dispatching the batch's remaining jobs; they end CANCELED once the jobs in flight
+    /// have finished. Canceling a finished batch changes nothing.
+    pub async fn cancel_bulk(&self, account: &AccountId, id: &str) -> Result<Bulk, RefundError> {
+        let bulk_id = parse_bulk_id(id)?;
+        let bulk = self
+            .store()
+            .cancel_bulk(account, &bulk_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| RefundError::BulkNotFound { id: id.to_owned() })?;
+        self.inner.bulk_wakeup.notify_one();
+        Ok(bulk)
+    }
+
+    /// One page of a batch's jobs, in request order, after `after_index`.
+    pub async fn list_bulk_items(
+        &self,
+        account: &AccountId,
+        id: &str,
+        status: Option<ItemStatus>,
+        after_index: Option<u32>,
+        limit: u32,
+    ) -> Result<Vec<ItemResult>, RefundError> {
+        let bulk = self.get_bulk(account, id).await?;
+        self.store()
+            .list_items(&bulk.id, status, after_index, u64::from(limit))
+            .await
+            .map_err(internal)
+    }
+
+    /// Streams the batch's events after `after`: stored ones first, then new ones as they are
+    /// written (by this replica or another), ending after the summary. The stream stops when
+    /// the receiver is dropped.
+    pub async fn watch_bulk(
+        &self,
+        account: &AccountId,
+        id: &str,
+        after: u64,
+    ) -> Result<mpsc::Receiver<Result<SequencedEvent, RefundError>>, RefundError> {
+        let bulk = self.get_bulk(account, id).await?;
+        let (tx, rx) = mpsc::channel(EVENT_PAGE as usize);
+        let service = self.clone();
+        tokio::spawn(async move { service.pump_events(bulk.id, after, tx).await });
+        Ok(rx)
+    }
+
+    async fn pump_events(
+        &self,
+        bulk_id: BulkId,
+        mut after: u64,
+        tx: mpsc::Sender<Result<SequencedEvent, RefundError>>,
+    ) {
+        let poll = self.config().bulk.poll_interval;
+        let mut changed = self.inner.bulk_events.subscribe();
+        loop {
+            // Mark the current version seen before reading, so an event written after the read
+            // still wakes us.
+            changed.borrow_and_update();
+            let events = match self.store().bulk_events(&bulk_id, after, EVENT_PAGE).await {
+                Ok(events) => events,
+                Err(e) => {
+                    let _ = tx.send(Err(internal(e))).await;
+                    return;
+                }
+            };
+            let full_page = events.len() as u64 == EVENT_PAGE;
+            for event in events {
+                after = event.sequence;
+                let last = matches!(event.event, BulkEvent::Summary { .. });
+                if tx.send(Ok(event)).await.is_err() {
+                    return; // the client went away; the batch goes on
+                }
+                if last {
+                    return;
+                }
+            }
+            if full_page {
+                continue;
+            }
+            tokio::select! {
+                () = tx.closed() => return,
+                _ = changed.changed() => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    /// Wakes the streams of every batch: some batch has new events.
+    pub(super) fn events_changed(&self) {
+        self.inner
+            .bulk_events
+            .send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+fn parse_bulk_id(id: &str) -> Result<BulkId, RefundError> {
+    BulkId::parse(id).ok_or_else(|| {
+        RefundError::invalid(
+            "bulk_id",
+            if id.is_empty() {
+                "bulk_id is required"
+            } else {
+                "bulk_id must look like bulk_ followed by 32 hex digits"
+            },
+        )
+    })
+}

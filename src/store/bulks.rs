@@ -1,0 +1,828 @@
+//! Batches: creation with their jobs, leased dispatch, results, and the event stream.
+//!
+//! Every job result is written in one transaction with its event and the batch's counters, and
+//! only by the worker that holds the job's lease, so a job has at most one result and the stream
+//! has no gaps: an event's sequence is taken from the batch row, which the transaction locks.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait, TryInsertResult,
+};
+use serde::{Deserialize, Serialize};
+
+use super::entities::{bulk, bulk_event, bulk_item, refund};
+use super::refunds::to_domain as refund_to_domain;
+use super::{Store, StoreError};
+use crate::domain::{
+    AccountId, Amount, Bulk, BulkCounts, BulkEvent, BulkId, BulkState, Currency, IdempotencyKey,
+    ItemResult, ItemStatus, JobError, NewBulk, NewRefund, PaymentRef, ProviderName, Refund,
+    RefundId, RefundReason, SequencedEvent, StopReason, Timestamp, derived_job_key,
+};
+
+/// Rows per INSERT: well under SQLite's limit of bound parameters.
+const INSERT_CHUNK: usize = 500;
+
+/// A job as stored: the validated request, with the idempotency key it will be sent with.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredJob {
+    payment_id: String,
+    provider: String,
+    amount: Option<i64>,
+    currency: String,
+    reason: String,
+    reason_detail: String,
+    metadata: BTreeMap<String, String>,
+    idempotency_key: String,
+}
+
+impl StoredJob {
+    fn from_request(r: &NewRefund, key: &IdempotencyKey) -> Self {
+        Self {
+            payment_id: r.payment.as_str().to_owned(),
+            provider: r.provider.as_str().to_owned(),
+            amount: r.amount.map(Amount::minor_units),
+            currency: r.currency.code().to_owned(),
+            reason: r.reason.as_str().to_owned(),
+            reason_detail: r.reason_detail.clone(),
+            metadata: r.metadata.clone(),
+            idempotency_key: key.as_str().to_owned(),
+        }
+    }
+
+    fn into_request(self) -> Result<NewRefund, String> {
+        Ok(NewRefund {
+            payment: PaymentRef::from_trusted(self.payment_id),
+            provider: ProviderName::from_trusted(self.provider),
+            amount: self
+                .amount
+                .map(Amount::new)
+                .transpose()
+                .map_err(|e| e.to_string())?,
+            currency: Currency::parse(&self.currency).map_err(|e| e.to_string())?,
+            reason: RefundReason::parse(&self.reason).ok_or("bad reason")?,
+            reason_detail: self.reason_detail,
+            metadata: self.metadata,
+            idempotency_key: Some(IdempotencyKey::from_trusted(self.idempotency_key)),
+        })
+    }
+}
+
+pub enum CreateBulkOutcome {
+    Created(Bulk),
+    /// The batch key was used before for the same batch: that batch.
+    Existing(Bulk),
+    /// The batch key was used before for a different batch.
+    KeyReused,
+}
+
+/// A job handed to one worker.
+#[derive(Debug)]
+pub struct ClaimedItem {
+    pub index: u32,
+    pub request: NewRefund,
+}
+
+/// How a dispatched job ended.
+#[derive(Debug)]
+pub struct ItemOutcome {
+    pub status: ItemStatus,
+    pub refund_id: Option<RefundId>,
+    pub error: Option<JobError>,
+    pub attempts: u32,
+}
+
+impl Store {
+    pub async fn create_bulk(
+        &self,
+        account: &AccountId,
+        new: &NewBulk,
+        default_provider: &ProviderName,
+        now: Timestamp,
+    ) -> Result<CreateBulkOutcome, StoreError> {
+        let id = BulkId::generate();
+        let fingerprint = new.fingerprint();
+        let total = i32::try_from(new.jobs.len()).map_err(|_| corrupt("bulks", "too many jobs"))?;
+        let invalid = new.jobs.iter().filter(|j| j.is_err()).count() as i32;
+        let stop = (new.abort_on_error && invalid > 0).then_some(StopReason::Abort);
+        let t = now.as_micros();
+
+        let txn = self.db.begin().await?;
+        let inserted = bulk::Entity::insert(bulk::ActiveModel {
+            id: Set(id.as_str().to_owned()),
+            account_id: Set(account.as_str().to_owned()),
+            idempotency_key: Set(new.idempotency_key.as_ref().map(|k| k.as_str().to_owned())),
+            fingerprint: Set(fingerprint.clone()),
+            state: Set(BulkState::Running.as_str().to_owned()),
+            stop_reason: Set(stop.map(|s| s.as_str().to_owned())),
+            total: Set(total),
+            succeeded: Set(0),
+            failed: Set(invalid),
+            skipped: Set(0),
+            canceled: Set(0),
+            abort_on_error: Set(new.abort_on_error),
+            max_concurrency: Set(i32::try_from(new.max_concurrency).unwrap_or(i32::MAX)),
+            metadata: Set(serde_json::to_string(&new.metadata).map_err(|e| corrupt("bulks", e))?),
+            dispatch_cursor: Set(0),
+            // The accepted event, then one result per invalid job.
+            last_sequence: Set(1 + i64::from(invalid)),
+            created_at: Set(t),
+            updated_at: Set(t),
+            finished_at: Set(None),
+        })
+        .on_conflict_do_nothing_on([bulk::Column::AccountId, bulk::Column::IdempotencyKey])
+        .exec_without_returning(&txn)
+        .await?;
+        if !matches!(inserted, TryInsertResult::Inserted(n) if n > 0) {
+            txn.rollback().await?;
+            let key = new
+                .idempotency_key
+                .as_ref()
+                .map(|k| k.as_str())
+                .unwrap_or_default();
+            let existing = bulk::Entity::find()
+                .filter(bulk::Column::AccountId.eq(account.as_str()))
+                .filter(bulk::Column::IdempotencyKey.eq(key))
+                .one(&self.db)
+                .await?
+                .ok_or_else(|| corrupt("bulks", "key conflicted but the batch cannot be read"))?;
+            return Ok(if existing.fingerprint == fingerprint {
+                CreateBulkOutcome::Existing(bulk_to_domain(existing)?)
+            } else {
+                CreateBulkOutcome::KeyReused
+            });
+        }
+
+        let mut items = Vec::with_capacity(INSERT_CHUNK);
+        let mut events = vec![event_row(&id, 1, "accepted", None, t)];
+        let mut sequence = 1;
+        for (index, job) in new.jobs.iter().enumerate() {
+            let idx = index as i32;
+            let (status, job_json, payment_id, provider, error) = match job {
+                Ok(r) => {
+                    let key = match &r.idempotency_key {
+                        Some(k) => k.clone(),
+                        None => derived_job_key(new.idempotency_key.as_ref(), &id, index as u32),
+                    };
+                    let json = serde_json::to_string(&StoredJob::from_request(r, &key))
+                        .map_err(|e| corrupt("bulk_items", e))?;
+                    // Queued even when the batch already stopped: ending it marks the job
+                    // skipped, with its event.
+                    (
+                        ItemStatus::Queued,
+                        Some(json),
+                        r.payment.as_str().to_owned(),
+                        r.provider.as_str().to_owned(),
+                        None,
+                    )
+                }
+                Err(violations) => {
+                    sequence += 1;
+                    events.push(event_row(&id, sequence, "result", Some(idx), t));
+                    (
+                        ItemStatus::Failed,
+                        None,
+                        String::new(),
+                        default_provider.as_str().to_owned(),
+                        Some(JobError::invalid(violations)),
+                    )
+                }
+            };
+            items.push(bulk_item::ActiveModel {
+                bulk_id: Set(id.as_str().to_owned()),
+                idx: Set(idx),
+                status: Set(status.as_str().to_owned()),
+                job: Set(job_json),
+                payment_id: Set(payment_id),
+                provider: Set(provider),
+                refund_id: Set(None),
+                error_code: Set(error.as_ref().map(|e| e.code.clone())),
+                error_message: Set(error.as_ref().map(|e| e.message.clone())),
+                retryable: Set(error.as_ref().is_some_and(|e| e.retryable)),
+                attempts: Set(0),
+                lease_owner: Set(None),
+                lease_until: Set(None),
+                updated_at: Set(t),
+            });
+            if items.len() == INSERT_CHUNK {
+                bulk_item::Entity::insert_many(std::mem::take(&mut items))
+                    .exec_without_returning(&txn)
+                    .await?;
+            }
+            if events.len() == INSERT_CHUNK {
+                bulk_event::Entity::insert_many(std::mem::take(&mut events))
+                    .exec_without_returning(&txn)
+                    .await?;
+            }
+        }
+        if !items.is_empty() {
+            bulk_item::Entity::insert_many(items)
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        if !events.is_empty() {
+            bulk_event::Entity::insert_many(events)
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        let row = bulk::Entity::find_by_id(id.as_str().to_owned())
+            .one(&txn)
+            .await?
+            .ok_or_else(|| corrupt("bulks", "batch missing after insert"))?;
+        txn.commit().await?;
+        Ok(CreateBulkOutcome::Created(bulk_to_domain(row)?))
+    }
+
+    pub async fn get_bulk(
+        &self,
+        account: &AccountId,
+        id: &BulkId,
+    ) -> Result<Option<Bulk>, StoreError> {
+        bulk::Entity::find_by_id(id.as_str().to_owned())
+            .filter(bulk::Column::AccountId.eq(account.as_str()))
+            .one(&self.db)
+            .await?
+            .map(bulk_to_domain)
+            .transpose()
+    }
+
+    /// Batches still running, oldest first.
+    pub async fn running_bulks(&self) -> Result<Vec<Bulk>, StoreError> {
+        bulk::Entity::find()
+            .filter(bulk::Column::State.eq(BulkState::Running.as_str()))
+            .order_by_asc(bulk::Column::Id)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(bulk_to_domain)
+            .collect()
+    }
+
+    /// Hands up to `limit` jobs of a batch to `owner` until `lease_until`: first jobs whose
+    /// lease expired (their worker died), then jobs never handed out, in order. Nothing new is
+    /// handed out once the batch stops dispatching.
+    pub async fn claim_items(
+        &self,
+        bulk_id: &BulkId,
+        owner: &str,
+        limit: u32,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<Vec<ClaimedItem>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin().await?;
+        let mut claimed: Vec<i32> = Vec::new();
+
+        let expired = bulk_item::Entity::find()
+            .filter(bulk_item::Column::BulkId.eq(bulk_id.as_str()))
+            .filter(bulk_item::Column::Status.eq(ItemStatus::Running.as_str()))
+            .filter(bulk_item::Column::LeaseUntil.lt(now.as_micros()))
+            .order_by_asc(bulk_item::Column::Idx)
+            .limit(u64::from(limit))
+            .all(&txn)
+            .await?;
+        for item in expired {
+            let taken = bulk_item::Entity::update_many()
+                .col_expr(bulk_item::Column::LeaseOwner, Expr::value(owner))
+                .col_expr(
+                    bulk_item::Column::LeaseUntil,
+                    Expr::value(lease_until.as_micros()),
+                )
+                .filter(bulk_item::Column::BulkId.eq(bulk_id.as_str()))
+                .filter(bulk_item::Column::Idx.eq(item.idx))
+                .filter(bulk_item::Column::Status.eq(ItemStatus::Running.as_str()))
+                .filter(bulk_item::Column::LeaseUntil.eq(item.lease_until))
+                .exec(&txn)
+                .await?
+                .rows_affected;
+            if taken == 1 {
+                tracing::info!(bulk_id = %bulk_id, index = item.idx, "taking over a job whose worker's lease expired");
+                claimed.push(item.idx);
+            }
+        }
+
+        let room = limit.saturating_sub(claimed.len() as u32) as i32;
+        if room > 0 {
+            let row = bulk::Entity::find_by_id(bulk_id.as_str().to_owned())
+                .one(&txn)
+                .await?
+                .ok_or_else(|| corrupt("bulks", "claiming from a missing batch"))?;
+            let from = row.dispatch_cursor;
+            let to = Ord::min(from.saturating_add(room), row.total);
+            if row.stop_reason.is_none() && row.state == BulkState::Running.as_str() && to > from {
+                // Compare-and-set on the cursor: across replicas, each range is handed out once.
+                let moved = bulk::Entity::update_many()
+                    .col_expr(bulk::Column::DispatchCursor, Expr::value(to))
+                    .filter(bulk::Column::Id.eq(bulk_id.as_str()))
+                    .filter(bulk::Column::DispatchCursor.eq(from))
+                    .exec(&txn)
+                    .await?
+                    .rows_affected;
+                if moved == 1 {
+                    bulk_item::Entity::update_many()
+                        .col_expr(
+                            bulk_item::Column::Status,
+                            Expr::value(ItemStatus::Running.as_str()),
+                        )
+                        .col_expr(bulk_item::Column::LeaseOwner, Expr::value(owner))
+                        .col_expr(
+                            bulk_item::Column::LeaseUntil,
+                            Expr::value(lease_until.as_micros()),
+                        )
+                        .filter(bulk_item::Column::BulkId.eq(bulk_id.as_str()))
+                        .filter(bulk_item::Column::Idx.gte(from))
+                        .filter(bulk_item::Column::Idx.lt(to))
+                        .filter(bulk_item::Column::Status.eq(ItemStatus::Queued.as_str()))
+                        .exec(&txn)
+                        .await?;
+                    claimed.extend(from..to);
+                }
+            }
+        }
+
+        if claimed.is_empty() {
+            txn.rollback().await?;
+            return Ok(Vec::new());
+        }
+        let rows = bulk_item::Entity::find()
+            .filter(bulk_item::Column::BulkId.eq(bulk_id.as_str()))
+            .filter(bulk_item::Column::Idx.is_in(claimed))
+            .filter(bulk_item::Column::Status.eq(ItemStatus::Running.as_str()))
+            .filter(bulk_item::Column::LeaseOwner.eq(owner))
+            .order_by_asc(bulk_item::Column::Idx)
+            .all(&txn)
+            .await?;
+        txn.commit().await?;
+        rows.into_iter()
+            .map(|row| {
+                let json = row
+                    .job
+                    .ok_or_else(|| corrupt("bulk_items", "a dispatchable job has no request"))?;
+                let stored: StoredJob =
+                    serde_json::from_str(&json).map_err(|e| corrupt("bulk_items", e))?;
+                Ok(ClaimedItem {
+                    index: row.idx as u32,
+                    request: stored
+                        .into_request()
+                        .map_err(|e| corrupt("bulk_items", e))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Extends the leases of every job `owner` is running.
+    pub async fn heartbeat(&self, owner: &str, lease_until: Timestamp) -> Result<u64, StoreError> {
+        Ok(bulk_item::Entity::update_many()
+            .col_expr(
+                bulk_item::Column::LeaseUntil,
+                Expr::value(lease_until.as_micros()),
+            )
+            .filter(bulk_item::Column::LeaseOwner.eq(owner))
+            .filter(bulk_item::Column::Status.eq(ItemStatus::Running.as_str()))
+            .exec(&self.db)
+            .await?
+            .rows_affected)
+    }
+
+    /// Records a job's result, its event and the batch's counters in one transaction, if `owner`
+    /// still holds the job. A failure in a batch that aborts on error stops its dispatching.
+    /// Returns the event's sequence, or `None` if the job was no longer ours.
+    pub async fn complete_item(
+        &self,
+        bulk_id: &BulkId,
+        index: u32,
+        owner: &str,
+        outcome: &ItemOutcome,
+    ) -> Result<Option<u64>, StoreError> {
+        let now = Timestamp::now().as_micros();
+        let idx = index as i32;
+        let txn = self.db.begin().await?;
+        let mut update = bulk_item::Entity::update_many()
+            .col_expr(
+                bulk_item::Column::Status,
+                Expr::value(outcome.status.as_str()),
+            )
+            .col_expr(
+                bulk_item::Column::RefundId,
+                Expr::value(outcome.refund_id.as_ref().map(|r| r.as_str().to_owned())),
+            )
+            .col_expr(
+                bulk_item::Column::Attempts,
+                Expr::value(outcome.attempts as i32),
+            )
+            .col_expr(
+                bulk_item::Column::LeaseOwner,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(
+                bulk_item::Column::LeaseUntil,
+                Expr::value(Option::<i64>::None),
+            )
+            .col_expr(bulk_item::Column::UpdatedAt, Expr::value(now));
+        if let Some(e) = &outcome.error {
+            update = update
+                .col_expr(bulk_item::Column::ErrorCode, Expr::value(e.code.clone()))
+                .col_expr(
+                    bulk_item::Column::ErrorMessage,
+                    Expr::value(e.message.clone()),
+                )
+                .col_expr(bulk_item::Column::Retryable, Expr::value(e.retryable));
+        }
+        let mine = update
+            .filter(bulk_item::Column::BulkId.eq(bulk_id.as_str()))
+            .filter(bulk_item::Column::Idx.eq(idx))
+            .filter(bulk_item::Column::Status.eq(ItemStatus::Running.as_str()))
+            .filter(bulk_item::Column::LeaseOwner.eq(owner))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        if mine != 1 {
+            txn.rollback().await?;
+            return Ok(None);
+        }
+        let counter = match outcome.status {
+            ItemStatus::Succeeded => bulk::Column::Succeeded,
+            ItemStatus::Failed => bulk::Column::Failed,
+            ItemStatus::Skipped => bulk::Column::Skipped,
+            ItemStatus::Canceled => bulk::Column::Canceled,
+            ItemStatus::Queued | ItemStatus::Running => {
+                txn.rollback().await?;
+                return Err(corrupt("bulk_items", "a job cannot end queued or running"));
+            }
+        };
+        let sequence = next_sequences(&txn, bulk_id, Some(counter), 1, now).await?;
+        if outcome.status == ItemStatus::Failed {
+            bulk::Entity::update_many()
+                .col_expr(
+                    bulk::Column::StopReason,
+                    Expr::value(StopReason::Abort.as_str()),
+                )
+                .filter(bulk::Column::Id.eq(bulk_id.as_str()))
+                .filter(bulk::Column::AbortOnError.eq(true))
+                .filter(bulk::Column::StopReason.is_null())
+                .exec(&txn)
+                .await?;
+        }
+        bulk_event::Entity::insert(event_row(bulk_id, sequence, "result", Some(idx), now))
+            .exec_without_returning(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(Some(sequence as u64))
+    }
+
+    /// Asks a running batch to stop dispatching. Returns the batch (unchanged if it had already
+    /// stopped or finished), or `None` if the account has no such batch.
+    pub async fn cancel_bulk(
+        &self,
+        account: &AccountId,
+        id: &BulkId,
+    ) -> Result<Option<Bulk>, StoreError> {
+        bulk::Entity::update_many()
+            .col_expr(
+                bulk::Column::StopReason,
+                Expr::value(StopReason::Cancel.as_str()),
+            )
+            .col_expr(
+                bulk::Column::UpdatedAt,
+                Expr::value(Timestamp::now().as_micros()),
+            )
+            .filter(bulk::Column::Id.eq(id.as_str()))
+            .filter(bulk::Column::AccountId.eq(account.as_str()))
+            .filter(bulk::Column::State.eq(BulkState::Running.as_str()))
+            .filter(bulk::Column::StopReason.is_null())
+            .exec(&self.db)
+            .await?;
+        self.get_bulk(account, id).await
+    }
+
+    /// Ends a batch whose every dispatched job has finished: jobs never dispatched (after an abort
+    /// or a cancel) get their SKIPPED/CANCELED results, then the summary. Conditional on the
+    /// batch still running, so exactly one worker ends it. Returns whether this call ended it.
+    pub async fn finish_bulk_if_done(&self, bulk_id: &BulkId) -> Result<bool, StoreError> {
+        let txn = self.db.begin().await?;
+        let Some(row) = bulk::Entity::find_by_id(bulk_id.as_str().to_owned())
+            .one(&txn)
+            .await?
+        else {
+            txn.rollback().await?;
+            return Ok(false);
+        };
+        let stop = row.stop_reason.as_deref().and_then(StopReason::parse);
+        let unfinished = if stop.is_some() {
+            vec![ItemStatus::Running.as_str()]
+        } else {
+            vec![ItemStatus::Running.as_str(), ItemStatus::Queued.as_str()]
+        };
+        let busy = bulk_item::Entity::find()
+            .filter(bulk_item::Column::BulkId.eq(bulk_id.as_str()))
+            .filter(bulk_item::Column::Status.is_in(unfinished))
+            .count(&txn)
+            .await?;
+        if row.state != BulkState::Running.as_str() || busy > 0 {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        let now = Timestamp::now().as_micros();
+        // Take the batch first (compare-and-set on its state): a concurrent finisher waits here
+        // and then finds it no longer running.
+        let state = stop.map_or(BulkState::Completed, StopReason::final_state);
+        let taken = bulk::Entity::update_many()
+            .col_expr(bulk::Column::State, Expr::value(state.as_str()))
+            .col_expr(bulk::Column::FinishedAt, Expr::value(now))
+            .col_expr(bulk::Column::UpdatedAt, Expr::value(now))
+            .filter(bulk::Column::Id.eq(bulk_id.as_str()))
+            .filter(bulk::Column::State.eq(BulkState::Running.as_str()))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        if taken != 1 {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        if let Some(stop) = stop {
+            let status = stop.undispatched_status();
+            let counter = match stop {
+                StopReason::Cancel => bulk::Column::Canceled,
+                StopReason::Abort => bulk::Column::Skipped,
+            };
+            loop {
+                let queued: Vec<i32> = bulk_item::Entity::find()
+                    .select_only()
+                    .column(bulk_item::Column::Idx)
+                    .filter(bulk_item::Column::BulkId.eq(bulk_id.as_str()))
+                    .filter(bulk_item::Column::Status.eq(ItemStatus::Queued.as_str()))
+                    .order_by_asc(bulk_item::Column::Idx)
+                    .limit(INSERT_CHUNK as u64)
+                    .into_tuple()
+                    .all(&txn)
+                    .await?;
+                let Some(&last) = queued.last() else { break };
+                let first = queued[0];
+                bulk_item::Entity::update_many()
+                    .col_expr(bulk_item::Column::Status, Expr::value(status.as_str()))
+                    .col_expr(bulk_item::Column::UpdatedAt, Expr::value(now))
+                    .filter(bulk_item::Column::BulkId.eq(bulk_id.as_str()))
+                    .filter(bulk_item::Column::Status.eq(ItemStatus::Queued.as_str()))
+                    .filter(bulk_item::Column::Idx.gte(first))
+                    .filter(bulk_item::Column::Idx.lte(last))
+                    .exec(&txn)
+                    .await?;
+                let n = queued.len() as i64;
+                let last_seq = next_sequences(&txn, bulk_id, Some(counter), n, now).await?;
+                let events = queued
+                    .iter()
+                    .zip(last_seq - n + 1..)
+                    .map(|(&idx, seq)| event_row(bulk_id, seq, "result", Some(idx), now))
+                    .collect::<Vec<_>>();
+                bulk_event::Entity::insert_many(events)
+                    .exec_without_returning(&txn)
+                    .await?;
+            }
+        }
+        let summary_seq = next_sequences(&txn, bulk_id, None, 1, now).await?;
+        bulk_event::Entity::insert(event_row(bulk_id, summary_seq, "summary", None, now))
+            .exec_without_returning(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    /// Events after `after`, in order, with their results and refunds filled in.
+    pub async fn bulk_events(
+        &self,
+        bulk_id: &BulkId,
+        after: u64,
+        limit: u64,
+    ) -> Result<Vec<SequencedEvent>, StoreError> {
+        let rows = bulk_event::Entity::find()
+            .filter(bulk_event::Column::BulkId.eq(bulk_id.as_str()))
+            .filter(bulk_event::Column::Sequence.gt(i64::try_from(after).unwrap_or(i64::MAX)))
+            .order_by_asc(bulk_event::Column::Sequence)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let indices: Vec<i32> = rows.iter().filter_map(|e| e.item_idx).collect();
+        let mut items = self.items_with_refunds(bulk_id, &indices).await?;
+        let needs_bulk = rows.iter().any(|e| e.kind != "result");
+        let bulk_row = if needs_bulk {
+            Some(
+                bulk::Entity::find_by_id(bulk_id.as_str().to_owned())
+                    .one(&self.db)
+                    .await?
+                    .ok_or_else(|| corrupt("bulks", "events of a missing batch"))?,
+            )
+        } else {
+            None
+        };
+        rows.into_iter()
+            .map(|e| {
+                let event = match (e.kind.as_str(), e.item_idx, &bulk_row) {
+                    ("result", Some(idx), _) => BulkEvent::Result(Box::new(
+                        items
+                            .remove(&idx)
+                            .ok_or_else(|| corrupt("bulk_events", "result of a missing job"))?,
+                    )),
+                    ("accepted", _, Some(b)) => BulkEvent::Accepted {
+                        bulk_id: bulk_id.clone(),
+                        total: b.total as u32,
+                    },
+                    ("summary", _, Some(b)) => BulkEvent::Summary {
+                        counts: counts(b),
+                        state: BulkState::parse(&b.state)
+                            .ok_or_else(|| corrupt("bulks", "bad state"))?,
+                        duration_micros: b.finished_at.unwrap_or(b.updated_at) - b.created_at,
+                    },
+                    (kind, _, _) => {
+                        return Err(corrupt("bulk_events", format!("bad event {kind}")));
+                    }
+                };
+                Ok(SequencedEvent {
+                    sequence: e.sequence as u64,
+                    event,
+                })
+            })
+            .collect()
+    }
+
+    /// A batch's jobs in index order after `after_index`, optionally in one status.
+    pub async fn list_items(
+        &self,
+        bulk_id: &BulkId,
+        status: Option<ItemStatus>,
+        after_index: Option<u32>,
+        limit: u64,
+    ) -> Result<Vec<ItemResult>, StoreError> {
+        let mut q =
+            bulk_item::Entity::find().filter(bulk_item::Column::BulkId.eq(bulk_id.as_str()));
+        if let Some(s) = status {
+            q = q.filter(bulk_item::Column::Status.eq(s.as_str()));
+        }
+        if let Some(i) = after_index {
+            q = q.filter(bulk_item::Column::Idx.gt(i as i32));
+        }
+        let rows = q
+            .order_by_asc(bulk_item::Column::Idx)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        let refunds = self.refunds_of(&rows).await?;
+        rows.into_iter()
+            .map(|r| item_to_domain(r, &refunds))
+            .collect()
+    }
+
+    async fn items_with_refunds(
+        &self,
+        bulk_id: &BulkId,
+        indices: &[i32],
+    ) -> Result<HashMap<i32, ItemResult>, StoreError> {
+        if indices.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = bulk_item::Entity::find()
+            .filter(bulk_item::Column::BulkId.eq(bulk_id.as_str()))
+            .filter(bulk_item::Column::Idx.is_in(indices.iter().copied()))
+            .all(&self.db)
+            .await?;
+        let refunds = self.refunds_of(&rows).await?;
+        rows.into_iter()
+            .map(|r| {
+                let idx = r.idx;
+                item_to_domain(r, &refunds).map(|i| (idx, i))
+            })
+            .collect()
+    }
+
+    async fn refunds_of(
+        &self,
+        items: &[bulk_item::Model],
+    ) -> Result<HashMap<String, Refund>, StoreError> {
+        let ids: Vec<String> = items.iter().filter_map(|i| i.refund_id.clone()).collect();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        refund::Entity::find()
+            .filter(refund::Column::Id.is_in(ids))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|r| refund_to_domain(r).map(|r| (r.id.as_str().to_owned(), r)))
+            .collect()
+    }
+}
+
+/// Reserves `n` event sequences (adding `n` to `counter`, if given); returns the last one.
+/// The UPDATE comes first so that, on PostgreSQL, it locks the batch row until commit: the
+/// sequences of concurrent transactions are handed out one after the other and commit in order.
+async fn next_sequences(
+    txn: &DatabaseTransaction,
+    bulk_id: &BulkId,
+    counter: Option<bulk::Column>,
+    n: i64,
+    now: i64,
+) -> Result<i64, StoreError> {
+    let mut update = bulk::Entity::update_many()
+        .col_expr(
+            bulk::Column::LastSequence,
+            Expr::col(bulk::Column::LastSequence).add(n),
+        )
+        .col_expr(bulk::Column::UpdatedAt, Expr::value(now));
+    if let Some(counter) = counter {
+        update = update.col_expr(counter, Expr::col(counter).add(n));
+    }
+    let moved = update
+        .filter(bulk::Column::Id.eq(bulk_id.as_str()))
+        .exec(txn)
+        .await?
+        .rows_affected;
+    if moved != 1 {
+        return Err(corrupt("bulks", "sequencing an event of a missing batch"));
+    }
+    let last: Option<i64> = bulk::Entity::find_by_id(bulk_id.as_str().to_owned())
+        .select_only()
+        .column(bulk::Column::LastSequence)
+        .into_tuple()
+        .one(txn)
+        .await?;
+    last.ok_or_else(|| corrupt("bulks", "batch vanished while sequencing"))
+}
+
+fn event_row(
+    bulk_id: &BulkId,
+    sequence: i64,
+    kind: &str,
+    item_idx: Option<i32>,
+    now: i64,
+) -> bulk_event::ActiveModel {
+    bulk_event::ActiveModel {
+        bulk_id: Set(bulk_id.as_str().to_owned()),
+        sequence: Set(sequence),
+        kind: Set(kind.to_owned()),
+        item_idx: Set(item_idx),
+        created_at: Set(now),
+    }
+}
+
+fn counts(b: &bulk::Model) -> BulkCounts {
+    let n = |v: i32| u32::try_from(v).unwrap_or(0);
+    BulkCounts {
+        total: n(b.total),
+        succeeded: n(b.succeeded),
+        failed: n(b.failed),
+        skipped: n(b.skipped),
+        canceled: n(b.canceled),
+    }
+}
+
+fn bulk_to_domain(b: bulk::Model) -> Result<Bulk, StoreError> {
+    Ok(Bulk {
+        id: BulkId::from_trusted(b.id.clone()),
+        account: AccountId::from_trusted(b.account_id.clone()),
+        state: BulkState::parse(&b.state).ok_or_else(|| corrupt("bulks", "bad state"))?,
+        stop: b.stop_reason.as_deref().and_then(StopReason::parse),
+        counts: counts(&b),
+        abort_on_error: b.abort_on_error,
+        max_concurrency: u32::try_from(b.max_concurrency).unwrap_or(1),
+        idempotency_key: b.idempotency_key.clone().map(IdempotencyKey::from_trusted),
+        metadata: serde_json::from_str(&b.metadata).map_err(|e| corrupt("bulks", e))?,
+        last_sequence: u64::try_from(b.last_sequence).unwrap_or(0),
+        created_at: Timestamp::from_micros(b.created_at),
+        updated_at: Timestamp::from_micros(b.updated_at),
+        finished_at: b.finished_at.map(Timestamp::from_micros),
+    })
+}
+
+fn item_to_domain(
+    r: bulk_item::Model,
+    refunds: &HashMap<String, Refund>,
+) -> Result<ItemResult, StoreError> {
+    let status = ItemStatus::parse(&r.status).ok_or_else(|| corrupt("bulk_items", "bad status"))?;
+    let error = r.error_code.map(|code| JobError {
+        code,
+        message: r.error_message.unwrap_or_default(),
+        retryable: r.retryable,
+    });
+    Ok(ItemResult {
+        index: u32::try_from(r.idx).unwrap_or(0),
+        payment_id: r.payment_id,
+        provider: r.provider,
+        status,
+        refund: r.refund_id.and_then(|id| refunds.get(&id).cloned()),
+        error,
+        attempts: u32::try_from(r.attempts).unwrap_or(0),
+    })
+}
+
+fn corrupt(table: &'static str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        detail: detail.to_string(),
+    }
+}

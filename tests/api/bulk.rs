@@ -1,0 +1,533 @@
+//! BulkRefund: the stream, partial failures, abort, cancel, re-attaching, limits.
+
+use std::collections::BTreeSet;
+
+use refund_service::api::pb;
+use refund_service::api::pb::bulk_refund_event::Event;
+use refund_service::sandbox::{FaultConfig, NewPayments};
+use tokio_stream::StreamExt as _;
+use tonic::Code;
+
+use crate::helpers::*;
+
+/// Reads a stream to its end.
+async fn collect(mut stream: tonic::Streaming<pb::BulkRefundEvent>) -> Vec<pb::BulkRefundEvent> {
+    let mut events = Vec::new();
+    while let Some(event) = stream.next().await {
+        events.push(event.expect("stream item"));
+    }
+    events
+}
+
+fn results(events: &[pb::BulkRefundEvent]) -> Vec<pb::BulkJobResult> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::Result(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn summary(events: &[pb::BulkRefundEvent]) -> pb::BulkSummary {
+    match events.last().and_then(|e| e.event.clone()) {
+        Some(Event::Summary(s)) => s,
+        other => panic!("last event is not a summary: {other:?}"),
+    }
+}
+
+fn accepted(events: &[pb::BulkRefundEvent]) -> pb::BulkAccepted {
+    match events.first().and_then(|e| e.event.clone()) {
+        Some(Event::Accepted(a)) => a,
+        other => panic!("first event is not accepted: {other:?}"),
+    }
+}
+
+fn assert_sequences_are_gapless(events: &[pb::BulkRefundEvent], from: u64) {
+    let seqs: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+    let expected: Vec<u64> = (from..from + events.len() as u64).collect();
+    assert_eq!(seqs, expected);
+}
+
+fn job(payment: &str, amount: Option<i64>) -> pb::CreateRefundRequest {
+    refund_request(payment, amount, "USD")
+}
+
+async fn seed_many(app: &TestApp, n: u32, amount: i64) -> Vec<String> {
+    app.sandbox
+        .create_payments(&NewPayments {
+            amount,
+            currency: "USD".into(),
+            id: None,
+            count: Some(n),
+            status: None,
+            fail_refunds: false,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect()
+}
+
+#[tokio::test]
+async fn streams_one_result_per_job_then_a_summary_and_partial_failures_do_not_abort() {
+    let (mut app, _db) = spawn_app().await;
+    let payments = seed_many(&app, 16, 1_000).await;
+    let mut jobs: Vec<_> = payments.iter().map(|p| job(p, Some(400))).collect();
+    jobs.push(job("ch_unknown", Some(1))); // 16: not found at the provider
+    jobs.push(job("", Some(1))); // 17: invalid
+    jobs.push(job(&payments[0], Some(5_000))); // 18: over-refund
+    let total = jobs.len();
+
+    let stream = app
+        .client
+        .bulk_refund(pb::BulkRefundRequest {
+            jobs,
+            max_concurrency: 4,
+            ..Default::default()
+        })
+        .await
+        .expect("accepted")
+        .into_inner();
+    let events = collect(stream).await;
+    assert_sequences_are_gapless(&events, 1);
+    assert_eq!(accepted(&events).total as usize, total);
+    assert!(accepted(&events).bulk_id.starts_with("bulk_"));
+
+    let results = results(&events);
+    let indices: BTreeSet<i32> = results.iter().map(|r| r.index).collect();
+    assert_eq!(indices, (0..total as i32).collect(), "one result per job");
+    assert_eq!(results.len(), total);
+    for r in &results {
+        match r.index {
+            0..=15 => {
+                assert!(r.success, "{r:?}");
+                let refund = r.refund.as_ref().expect("refund");
+                assert_eq!(refund.amount, 400);
+                assert_eq!(refund.payment_id, payments[r.index as usize]);
+                assert_eq!(r.status, i32::from(pb::BulkItemStatus::Succeeded));
+                assert_eq!(r.provider, "sandbox");
+            }
+            16 => assert_eq!(r.error.as_ref().unwrap().code, "NOT_FOUND"),
+            17 => {
+                let e = r.error.as_ref().unwrap();
+                assert_eq!(e.code, "INVALID_ARGUMENT");
+                assert!(e.message.contains("jobs[17].payment_id"), "{}", e.message);
+                assert!(!e.retryable);
+            }
+            18 => assert_eq!(r.error.as_ref().unwrap().code, "OVER_REFUND"),
+            _ => unreachable!(),
+        }
+        if r.index >= 16 {
+            assert!(!r.success);
+            assert_eq!(r.status, i32::from(pb::BulkItemStatus::Failed));
+        }
+    }
+    let s = summary(&events);
+    assert_eq!(
+        (s.total, s.succeeded, s.failed, s.skipped, s.canceled),
+        (19, 16, 3, 0, 0)
+    );
+    assert_eq!(s.state, i32::from(pb::BulkRefundState::Completed));
+    assert!(s.duration.is_some());
+
+    for p in &payments {
+        let ledger = app.ledger(p).await;
+        assert_eq!(ledger.len(), 1, "{p}");
+        assert_eq!(ledger[0].amount, 400);
+    }
+}
+
+#[tokio::test]
+async fn abort_on_error_skips_the_rest_after_the_first_failure() {
+    let (mut app, _db) = spawn_app().await;
+    let payments = seed_many(&app, 4, 1_000).await;
+    let jobs = vec![
+        job(&payments[0], Some(100)),
+        job("ch_missing", Some(100)),
+        job(&payments[1], Some(100)),
+        job(&payments[2], Some(100)),
+        job(&payments[3], Some(100)),
+    ];
+    let events = collect(
+        app.client
+            .bulk_refund(pb::BulkRefundRequest {
+                jobs,
+                abort_on_error: true,
+                max_concurrency: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert_sequences_are_gapless(&events, 1);
+    let results = results(&events);
+    let status_of_index = |i: i32| {
+        results
+            .iter()
+            .find(|r| r.index == i)
+            .map(|r| pb::BulkItemStatus::try_from(r.status).unwrap())
+    };
+    assert_eq!(status_of_index(0), Some(pb::BulkItemStatus::Succeeded));
+    assert_eq!(status_of_index(1), Some(pb::BulkItemStatus::Failed));
+    for i in 2..5 {
+        assert_eq!(
+            status_of_index(i),
+            Some(pb::BulkItemStatus::Skipped),
+            "job {i}"
+        );
+    }
+    let s = summary(&events);
+    assert_eq!((s.succeeded, s.failed, s.skipped), (1, 1, 3));
+    assert_eq!(s.state, i32::from(pb::BulkRefundState::Aborted));
+    assert!(
+        app.ledger(&payments[1]).await.is_empty(),
+        "skipped jobs never reach the provider"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_can_watch_from_where_it_left_off() {
+    let (sandbox_url, _sandbox) = spawn_sandbox(FaultConfig {
+        latency_ms: 30,
+        ..FaultConfig::default()
+    })
+    .await;
+    let db = TestDb::new().await;
+    let mut app = spawn_app_with(&db, |s| s.sandbox_url = Some(sandbox_url)).await;
+    let payments = seed_many(&app, 12, 1_000).await;
+    let jobs = payments.iter().map(|p| job(p, None)).collect();
+
+    let mut stream = app
+        .client
+        .bulk_refund(pb::BulkRefundRequest {
+            jobs,
+            max_concurrency: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(stream.next().await.unwrap().unwrap());
+    }
+    drop(stream); // the client goes away mid-batch
+    let bulk_id = accepted(&seen).bulk_id;
+
+    let rest = collect(
+        app.client
+            .watch_bulk_refund(pb::WatchBulkRefundRequest {
+                bulk_id: bulk_id.clone(),
+                after_sequence: 3,
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert_sequences_are_gapless(&rest, 4);
+    seen.extend(rest);
+    assert_eq!(results(&seen).len(), 12);
+    assert_eq!(summary(&seen).succeeded, 12);
+
+    // From the start, the whole stream again, identical.
+    let replay = collect(
+        app.client
+            .watch_bulk_refund(pb::WatchBulkRefundRequest {
+                bulk_id: bulk_id.clone(),
+                after_sequence: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    let ids = |evs: &[pb::BulkRefundEvent]| evs.iter().map(|e| e.sequence).collect::<Vec<_>>();
+    assert_eq!(ids(&replay), ids(&seen));
+    assert_eq!(results(&replay).len(), 12);
+
+    let batch = app
+        .client
+        .get_bulk_refund(pb::GetBulkRefundRequest { bulk_id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(batch.state, i32::from(pb::BulkRefundState::Completed));
+    assert_eq!((batch.total, batch.succeeded, batch.pending), (12, 12, 0));
+    assert_eq!(batch.last_sequence, seen.last().unwrap().sequence);
+    assert!(batch.finished_at.is_some());
+    for p in &payments {
+        assert_eq!(app.ledger(p).await.len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn cancel_stops_dispatching_and_keeps_what_finished() {
+    let (sandbox_url, _sandbox) = spawn_sandbox(FaultConfig {
+        latency_ms: 40,
+        ..FaultConfig::default()
+    })
+    .await;
+    let db = TestDb::new().await;
+    let mut app = spawn_app_with(&db, |s| s.sandbox_url = Some(sandbox_url)).await;
+    let payments = seed_many(&app, 30, 1_000).await;
+    let jobs = payments.iter().map(|p| job(p, Some(10))).collect();
+    let mut stream = app
+        .client
+        .bulk_refund(pb::BulkRefundRequest {
+            jobs,
+            max_concurrency: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = vec![stream.next().await.unwrap().unwrap()];
+    events.push(stream.next().await.unwrap().unwrap()); // the first result
+    let bulk_id = accepted(&events).bulk_id;
+    let canceled = app
+        .client
+        .cancel_bulk_refund(pb::CancelBulkRefundRequest {
+            bulk_id: bulk_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(canceled.id, bulk_id);
+    while let Some(e) = stream.next().await {
+        events.push(e.unwrap());
+    }
+    assert_sequences_are_gapless(&events, 1);
+    let s = summary(&events);
+    assert_eq!(s.state, i32::from(pb::BulkRefundState::Canceled));
+    assert!(s.canceled > 0, "{s:?}");
+    assert_eq!(s.succeeded + s.canceled, 30, "{s:?}");
+    assert_eq!(results(&events).len(), 30);
+
+    let mut refunded = 0;
+    for p in &payments {
+        refunded += app.ledger(p).await.len() as i32;
+    }
+    assert_eq!(
+        refunded, s.succeeded,
+        "only finished jobs reached the provider"
+    );
+
+    // The canceled jobs, for a dead-letter queue.
+    let page = app
+        .client
+        .list_bulk_refund_items(pb::ListBulkRefundItemsRequest {
+            bulk_id,
+            status: pb::BulkItemStatus::Canceled.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.items.len() as i32, s.canceled);
+    assert!(page.items.iter().all(|i| !i.success && i.refund.is_none()));
+}
+
+#[tokio::test]
+async fn the_same_batch_key_re_attaches_instead_of_refunding_again() {
+    let (mut app, _db) = spawn_app().await;
+    let payments = seed_many(&app, 5, 1_000).await;
+    let request = pb::BulkRefundRequest {
+        jobs: payments.iter().map(|p| job(p, Some(250))).collect(),
+        idempotency_key: "nightly-2026-11-23".into(),
+        ..Default::default()
+    };
+    let first = collect(
+        app.client
+            .bulk_refund(request.clone())
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    let again = collect(
+        app.client
+            .bulk_refund(request.clone())
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(accepted(&first).bulk_id, accepted(&again).bulk_id);
+    assert_eq!(results(&again).len(), 5);
+    for p in &payments {
+        assert_eq!(app.ledger(p).await.len(), 1, "no second refund");
+    }
+
+    // The same key for a different batch is refused.
+    let mut different = request;
+    different.jobs.pop();
+    let err = app
+        .client
+        .bulk_refund(different)
+        .await
+        .expect_err("reused key");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(error_reason(&err), "IDEMPOTENCY_KEY_REUSED");
+}
+
+#[tokio::test]
+async fn re_running_jobs_with_their_derived_keys_never_refunds_twice() {
+    // Two batches with different batch keys but the same explicit job keys: the second batch's
+    // jobs return the first batch's refunds.
+    let (mut app, _db) = spawn_app().await;
+    let payments = seed_many(&app, 3, 1_000).await;
+    let jobs: Vec<_> = payments
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut j = job(p, Some(300));
+            j.idempotency_key = format!("order-{i}");
+            j
+        })
+        .collect();
+    for key in ["run-1", "run-2"] {
+        let events = collect(
+            app.client
+                .bulk_refund(pb::BulkRefundRequest {
+                    jobs: jobs.clone(),
+                    idempotency_key: key.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner(),
+        )
+        .await;
+        assert_eq!(summary(&events).succeeded, 3);
+    }
+    for p in &payments {
+        assert_eq!(app.ledger(p).await.len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn oversize_and_empty_batches_are_invalid() {
+    let db = TestDb::new().await;
+    let mut app = spawn_app_with(&db, |s| s.refunds.bulk.max_jobs = 5).await;
+    let err = app
+        .client
+        .bulk_refund(pb::BulkRefundRequest {
+            jobs: (0..6).map(|_| job("ch_1", Some(1))).collect(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("too many jobs");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("at most 5 jobs"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(violated_fields(&err), ["jobs"]);
+
+    let err = app
+        .client
+        .bulk_refund(pb::BulkRefundRequest::default())
+        .await
+        .expect_err("no jobs");
+    assert_eq!(violated_fields(&err), ["jobs"]);
+
+    let err = app
+        .client
+        .bulk_refund(pb::BulkRefundRequest {
+            jobs: vec![job("ch_1", Some(1))],
+            max_concurrency: -1,
+            idempotency_key: "bad key".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad batch fields");
+    let mut fields = violated_fields(&err);
+    fields.sort();
+    assert_eq!(fields, ["idempotency_key", "max_concurrency"]);
+}
+
+#[tokio::test]
+async fn items_list_pages_in_request_order_and_filters_by_status() {
+    let (mut app, _db) = spawn_app().await;
+    let payments = seed_many(&app, 7, 1_000).await;
+    let mut jobs: Vec<_> = payments.iter().map(|p| job(p, Some(1))).collect();
+    jobs.insert(2, job("ch_missing_a", Some(1)));
+    jobs.insert(5, job("ch_missing_b", Some(1)));
+    let events = collect(
+        app.client
+            .bulk_refund(pb::BulkRefundRequest {
+                jobs,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    let bulk_id = accepted(&events).bulk_id;
+
+    let mut indices = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = app
+            .client
+            .list_bulk_refund_items(pb::ListBulkRefundItemsRequest {
+                bulk_id: bulk_id.clone(),
+                page_size: 4,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        indices.extend(page.items.iter().map(|i| i.index));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(indices, (0..9).collect::<Vec<_>>());
+
+    let failed = app
+        .client
+        .list_bulk_refund_items(pb::ListBulkRefundItemsRequest {
+            bulk_id: bulk_id.clone(),
+            status: pb::BulkItemStatus::Failed.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let failed: Vec<_> = failed
+        .items
+        .iter()
+        .map(|i| (i.index, i.payment_id.clone()))
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            (2, "ch_missing_a".to_owned()),
+            (5, "ch_missing_b".to_owned())
+        ]
+    );
+
+    for (bulk_id, code) in [
+        ("bulk_nope", Code::InvalidArgument),
+        ("bulk_0190c5f4a4f07c3e9e2b7b6a1e1d2c3b", Code::NotFound),
+    ] {
+        let err = app
+            .client
+            .get_bulk_refund(pb::GetBulkRefundRequest {
+                bulk_id: bulk_id.into(),
+            })
+            .await
+            .expect_err("bad id");
+        assert_eq!(err.code(), code);
+    }
+}
