@@ -7,6 +7,7 @@ mod helpers;
 mod bulk;
 mod cli;
 mod concurrency;
+mod crash;
 mod create;
 mod idempotency;
 mod list;
