@@ -152,7 +152,8 @@ pub struct FaultArgs {
     /// Fraction of API requests answered 500 (0.0 to 1.0).
     #[arg(long, env = "SANDBOX_ERROR_RATE", default_value_t = 0.0)]
     pub error_rate: f64,
-    /// API requests per second before 429 with Retry-After; 0 = unlimited.
+    /// Requests per second before 429 with Retry-After, for reads and for writes separately
+    /// (as Stripe counts them); 0 = unlimited.
     #[arg(long, env = "SANDBOX_RATE_LIMIT", default_value_t = 0)]
     pub rate_limit: u32,
     /// Fraction of refund creations that succeed but answer only after --hang-ms.

@@ -86,7 +86,9 @@ pub struct FaultConfig {
     /// without processing anything.
     pub error_rate: f64,
     /// API requests per second allowed by a token bucket; 0 means unlimited.
-    /// Requests over the limit get a 429 `rate_limit` with a retry delay.
+    /// Like Stripe's, the limit applies to reads and to writes (refund
+    /// creations) separately: each has a bucket of this rate. Requests over
+    /// the limit get a 429 `rate_limit` with a retry delay.
     pub rate_limit_per_sec: u32,
     /// Fraction (0.0..=1.0) of refund creations that succeed, and are recorded
     /// in the ledger, but whose answer is delayed by `hang_ms`: "succeed but
@@ -256,6 +258,17 @@ pub struct Stats {
     pub idempotent_replays: u64,
     /// Highest number of API requests seen in any sliding 1-second window.
     pub max_requests_per_sec: u64,
+    /// Highest number of writes (refund creations, 429s included) seen in any
+    /// sliding 1-second window.
+    #[serde(default)]
+    pub max_writes_per_sec: u64,
+}
+
+/// Which of the two rate limits a request counts against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Read,
+    Write,
 }
 
 /// An error answered by the sandbox, shaped like a PSP's error responses.
@@ -340,7 +353,8 @@ impl RefundRecord {
 #[derive(Default)]
 struct State {
     faults: FaultConfig,
-    limiter: Option<Limiter>,
+    read_limiter: Option<Limiter>,
+    write_limiter: Option<Limiter>,
     payments: HashMap<String, Payment>,
     /// All refunds, oldest first; the indexes below point into it.
     refunds: Vec<RefundRecord>,
@@ -351,6 +365,8 @@ struct State {
     stats: Stats,
     /// Clock readings of the API requests of the last second.
     window: VecDeque<Duration>,
+    /// Clock readings of the writes of the last second.
+    write_window: VecDeque<Duration>,
 }
 
 impl State {
@@ -408,12 +424,16 @@ impl Sandbox {
     /// limiter is rebuilt, with a full bucket.
     pub fn set_faults(&self, faults: FaultConfig) {
         let faults = faults.sanitized();
-        let limiter = NonZeroU32::new(faults.rate_limit_per_sec).map(|rate| {
-            RateLimiter::direct_with_clock(Quota::per_second(rate), self.clock.clone())
-        });
+        let limiter = || {
+            NonZeroU32::new(faults.rate_limit_per_sec).map(|rate| {
+                RateLimiter::direct_with_clock(Quota::per_second(rate), self.clock.clone())
+            })
+        };
+        let (read_limiter, write_limiter) = (limiter(), limiter());
         let mut state = self.lock();
         state.faults = faults;
-        state.limiter = limiter;
+        state.read_limiter = read_limiter;
+        state.write_limiter = write_limiter;
     }
 
     /// Seeds payments; no faults are applied. All or nothing: on error,
@@ -485,7 +505,7 @@ impl Sandbox {
 
     /// Retrieves a payment. Faults applied.
     pub async fn get_payment(&self, id: &str) -> Result<Payment, SandboxError> {
-        self.admit().await?;
+        self.admit(Op::Read).await?;
         self.lock()
             .payments
             .get(id)
@@ -501,7 +521,7 @@ impl Sandbox {
         req: NewRefund,
         idempotency_key: Option<&str>,
     ) -> Result<Refund, SandboxError> {
-        let faults = self.admit().await?;
+        let faults = self.admit(Op::Write).await?;
         let refund = self.record_refund(req, idempotency_key)?;
         if roll(faults.timeout_rate) {
             self.lock().stats.timeouts_injected += 1;
@@ -512,7 +532,7 @@ impl Sandbox {
 
     /// Retrieves a refund. Faults applied.
     pub async fn get_refund(&self, id: &str) -> Result<Refund, SandboxError> {
-        self.admit().await?;
+        self.admit(Op::Read).await?;
         let now = self.clock.elapsed();
         let state = self.lock();
         state
@@ -527,7 +547,7 @@ impl Sandbox {
     /// oldest first. An unknown payment or key yields an empty list. Faults
     /// applied.
     pub async fn list_refunds(&self, filter: RefundFilter) -> Result<Vec<Refund>, SandboxError> {
-        self.admit().await?;
+        self.admit(Op::Read).await?;
         let now = self.clock.elapsed();
         let state = self.lock();
         let by_key = filter
@@ -573,24 +593,23 @@ impl Sandbox {
     /// the request, rate limit, latency, injected error. Returns the fault
     /// configuration the request runs under, so it sees one consistent
     /// configuration even if the faults change while it sleeps.
-    async fn admit(&self) -> Result<FaultConfig, SandboxError> {
+    async fn admit(&self, op: Op) -> Result<FaultConfig, SandboxError> {
         let faults = {
             let mut state = self.lock();
             let now = self.clock.elapsed();
             state.stats.requests += 1;
-            state.window.push_back(now);
-            while state
-                .window
-                .front()
-                .is_some_and(|&t| t + Duration::from_secs(1) <= now)
-            {
-                state.window.pop_front();
-            }
-            let in_window = state.window.len() as u64;
+            let in_window = slide(&mut state.window, now);
             state.stats.max_requests_per_sec = state.stats.max_requests_per_sec.max(in_window);
+            if op == Op::Write {
+                let writes = slide(&mut state.write_window, now);
+                state.stats.max_writes_per_sec = state.stats.max_writes_per_sec.max(writes);
+            }
 
-            let refused = state
-                .limiter
+            let limiter = match op {
+                Op::Read => &state.read_limiter,
+                Op::Write => &state.write_limiter,
+            };
+            let refused = limiter
                 .as_ref()
                 .and_then(|limiter| limiter.check().err())
                 .map(|not_until| not_until.wait_time_from(self.clock.now()));
@@ -866,4 +885,16 @@ fn validate_refund_request(req: &NewRefund) -> Result<(), SandboxError> {
         }
     }
     Ok(())
+}
+
+/// Records a request at `now` in a one-second sliding window; returns how many it holds.
+fn slide(window: &mut VecDeque<Duration>, now: Duration) -> u64 {
+    window.push_back(now);
+    while window
+        .front()
+        .is_some_and(|&t| t + Duration::from_secs(1) <= now)
+    {
+        window.pop_front();
+    }
+    window.len() as u64
 }

@@ -456,16 +456,27 @@ async fn rate_limit_answers_with_retry_after() {
     let id = seed(&sandbox, 1_000);
     sandbox.get_payment(&id).await.expect("first");
     sandbox.get_payment(&id).await.expect("second");
-    match sandbox.create_refund(refund(&id, None), None).await {
+    assert_eq!(code(sandbox.get_payment(&id).await), "rate_limit");
+    // Writes have a bucket of their own, as at Stripe.
+    sandbox
+        .create_refund(refund(&id, Some(10)), None)
+        .await
+        .expect("first write");
+    sandbox
+        .create_refund(refund(&id, Some(10)), None)
+        .await
+        .expect("second write");
+    match sandbox.create_refund(refund(&id, Some(10)), None).await {
         Err(SandboxError::RateLimited { retry_after_secs }) => assert!(retry_after_secs >= 1),
         other => panic!("expected a rate limit, got {other:?}"),
     }
     // Nothing was processed by the refused request.
-    assert!(sandbox.ledger(None).is_empty());
+    assert_eq!(sandbox.ledger(None).len(), 2);
     // Seeding, ledger, stats and faults are never limited.
     seed(&sandbox, 1);
     let stats = sandbox.stats();
-    assert_eq!((stats.requests, stats.rate_limited), (3, 1));
+    assert_eq!((stats.requests, stats.rate_limited), (6, 2));
+    assert_eq!(stats.max_writes_per_sec, 3);
 
     sandbox.clock.advance(Duration::from_secs(1));
     sandbox
