@@ -50,6 +50,9 @@ expect '"nextPageToken"\|"refunds": \['
 expect 'OVER_REFUND'
 expect '"remaining_amount":"7500"'
 expect '"amount":2500'
+expect '"code": "NOT_FOUND"'
+expect '"succeeded": 3'
+expect 'BULK_REFUND_STATE_COMPLETED'
 
 # SIGTERM drains and exits cleanly.
 kill -TERM "$server_pid"

@@ -170,6 +170,7 @@ pub fn refund_to_pb(r: Refund) -> pb::Refund {
         metadata,
         failure,
         idempotency_key,
+        attempts: _,
         created_at,
         updated_at,
     } = r;

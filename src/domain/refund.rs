@@ -189,6 +189,8 @@ pub struct Refund {
     pub metadata: BTreeMap<String, String>,
     pub failure: Option<Failure>,
     pub idempotency_key: Option<super::IdempotencyKey>,
+    /// Provider calls made for it: the creation, and look-ups or re-sends by the reconciler.
+    pub attempts: u32,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }

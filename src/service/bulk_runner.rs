@@ -190,15 +190,15 @@ impl Job {
             Ok(refund) if refund.status == RefundStatus::Failed => ItemOutcome {
                 status: ItemStatus::Failed,
                 error: Some(JobError::from_failed_refund(&refund)),
+                attempts: refund.attempts,
                 refund_id: Some(refund.id),
-                attempts: 1,
             },
             // Succeeded, or PENDING at the provider (the reconciler settles it).
             Ok(refund) => ItemOutcome {
                 status: ItemStatus::Succeeded,
-                refund_id: Some(refund.id),
                 error: None,
-                attempts: 1,
+                attempts: refund.attempts,
+                refund_id: Some(refund.id),
             },
             Err(e) => {
                 if let RefundError::Internal(cause) = &e {

@@ -46,7 +46,10 @@ impl RefundService {
     }
 
     async fn reconcile_one(&self, p: PendingRefund) -> Result<(), RefundError> {
-        let attempts = p.attempts + 1; // counting the claim just made
+        // Counting the claim just made.
+        let attempts = i32::try_from(p.refund.attempts)
+            .unwrap_or(i32::MAX)
+            .saturating_add(1);
         let refund = p.refund;
         let Some(provider) = self.providers().get(&refund.provider).cloned() else {
             tracing::warn!(refund_id = %refund.id, provider = %refund.provider, "provider is not configured; refund stays PENDING");

@@ -74,7 +74,6 @@ pub struct ListFilter {
 #[derive(Debug, Clone)]
 pub struct PendingRefund {
     pub refund: Refund,
-    pub attempts: i32,
     pub next_check_at: Option<i64>,
 }
 
@@ -257,10 +256,9 @@ impl Store {
             .await?;
         rows.into_iter()
             .map(|row| {
-                let (attempts, next_check_at) = (row.attempts, row.next_check_at);
+                let next_check_at = row.next_check_at;
                 to_domain(row).map(|refund| PendingRefund {
                     refund,
-                    attempts,
                     next_check_at,
                 })
             })
@@ -286,7 +284,9 @@ impl Store {
             )
             .filter(refund::Column::Id.eq(p.refund.id.as_str()))
             .filter(refund::Column::Status.eq(RefundStatus::Pending.as_str()))
-            .filter(refund::Column::Attempts.eq(p.attempts));
+            .filter(
+                refund::Column::Attempts.eq(i32::try_from(p.refund.attempts).unwrap_or(i32::MAX)),
+            );
         update = match p.next_check_at {
             Some(at) => update.filter(refund::Column::NextCheckAt.eq(at)),
             None => update.filter(refund::Column::NextCheckAt.is_null()),
@@ -669,6 +669,7 @@ pub(super) fn to_domain(row: refund::Model) -> Result<Refund, StoreError> {
         metadata,
         failure,
         idempotency_key: row.idempotency_key.map(IdempotencyKey::from_trusted),
+        attempts: u32::try_from(row.attempts).unwrap_or(0),
         created_at: Timestamp::from_micros(row.created_at),
         updated_at: Timestamp::from_micros(row.updated_at),
     })
