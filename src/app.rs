@@ -15,6 +15,7 @@ use crate::config::ServeSettings;
 use crate::domain::ProviderName;
 use crate::providers::Providers;
 use crate::providers::sandbox::SandboxProvider;
+use crate::providers::traffic::ControlledProvider;
 use crate::sandbox::{FaultConfig, Sandbox, client::SandboxClient};
 use crate::service::{RefundService, run_bulk_runner, run_reconciler};
 use crate::store::Store;
@@ -32,7 +33,7 @@ pub struct Application {
 impl Application {
     /// Connects and migrates the store, sets up providers, binds both ports. Fails before
     /// serving anything if any of that fails.
-    pub async fn build(settings: ServeSettings) -> anyhow::Result<Self> {
+    pub async fn build(mut settings: ServeSettings) -> anyhow::Result<Self> {
         let store = Store::connect(settings.database_url.expose(), &settings.store)
             .await
             .with_context(|| {
@@ -48,7 +49,7 @@ impl Application {
 
         let (sandbox_provider, sandbox) = match &settings.sandbox_url {
             Some(url) => {
-                let client = SandboxClient::new(url, settings.refunds.provider_timeout)
+                let client = SandboxClient::new(url, settings.sandbox_traffic.call_timeout)
                     .with_context(|| format!("bad --sandbox-url {url}"))?;
                 (SandboxProvider::Remote(client), None)
             }
@@ -57,9 +58,14 @@ impl Application {
                 (SandboxProvider::Local(sandbox.clone()), Some(sandbox))
             }
         };
+        settings.refunds.provider_budget = settings.sandbox_traffic.budget();
         let providers = Providers::new(
             ProviderName::from_trusted("sandbox".to_owned()),
-            Arc::new(sandbox_provider),
+            Arc::new(ControlledProvider::new(
+                "sandbox",
+                Arc::new(sandbox_provider),
+                settings.sandbox_traffic.clone(),
+            )),
         );
         let service = RefundService::new(store, providers, settings.refunds.clone());
 

@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::providers::traffic::TrafficConfig;
 use crate::service::RefundsConfig;
 use crate::store::StoreOptions;
 
@@ -19,6 +20,8 @@ pub struct ServeSettings {
     pub database_url: Secret,
     /// A standalone sandbox's base URL; `None` runs the sandbox in-process.
     pub sandbox_url: Option<String>,
+    /// Rate limit, concurrency, timeouts, retries and circuit breaker for the sandbox provider.
+    pub sandbox_traffic: TrafficConfig,
     pub store: StoreOptions,
     pub refunds: RefundsConfig,
     /// How long in-flight calls may take to finish after SIGTERM.
@@ -33,6 +36,7 @@ impl ServeSettings {
             http_addr: ([127, 0, 0, 1], 0).into(),
             database_url: Secret::new(database_url.into()),
             sandbox_url: None,
+            sandbox_traffic: TrafficConfig::default(),
             store: StoreOptions::default(),
             refunds: RefundsConfig::default(),
             shutdown_grace: Duration::from_secs(5),

@@ -33,8 +33,9 @@ pub use reconciler::run_reconciler;
 /// Tunables of the refund use cases.
 #[derive(Debug, Clone)]
 pub struct RefundsConfig {
-    /// Longest wait for one provider call. Past it the outcome is unknown, not failed.
-    pub provider_timeout: Duration,
+    /// Longest wait for one provider operation, its retries included. Past it the outcome is
+    /// unknown, not failed: the refund stays PENDING for the reconciler.
+    pub provider_budget: Duration,
     /// How long an idempotency key is remembered.
     pub idempotency_ttl: Duration,
     /// First look-up of a refund left PENDING; later look-ups back off exponentially.
@@ -52,7 +53,7 @@ pub struct RefundsConfig {
 impl Default for RefundsConfig {
     fn default() -> Self {
         Self {
-            provider_timeout: Duration::from_secs(10),
+            provider_budget: Duration::from_secs(60),
             idempotency_ttl: Duration::from_secs(24 * 60 * 60),
             reconcile_delay: Duration::from_secs(60),
             reconcile_max_delay: Duration::from_secs(60 * 60),
@@ -236,18 +237,18 @@ impl RefundService {
     }
 
     /// How long the request path owns a refund it just stored before the reconciler may take it
-    /// over: long enough for the provider call to finish or time out.
+    /// over: long enough for its provider call, retries included, to finish or give up.
     fn request_lease(&self) -> Duration {
-        self.inner.config.provider_timeout * 2 + Duration::from_secs(5)
+        self.inner.config.provider_budget + Duration::from_secs(5)
     }
 
-    /// A provider call bounded by the provider timeout. Running out of time is `Timeout`:
+    /// A provider operation bounded by the provider budget. Running out of time is `Timeout`:
     /// the provider may still have acted.
     async fn call<T>(
         &self,
         fut: impl Future<Output = Result<T, ProviderError>>,
     ) -> Result<T, ProviderError> {
-        tokio::time::timeout(self.inner.config.provider_timeout, fut)
+        tokio::time::timeout(self.inner.config.provider_budget, fut)
             .await
             .unwrap_or(Err(ProviderError::Timeout))
     }

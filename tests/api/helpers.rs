@@ -82,7 +82,7 @@ pub async fn spawn_app_with(db: &TestDb, configure: impl FnOnce(&mut ServeSettin
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut settings = ServeSettings::local(db.url.clone());
-    settings.refunds.provider_timeout = Duration::from_secs(5);
+    settings.sandbox_traffic.call_timeout = Duration::from_secs(5);
     configure(&mut settings);
     let sandbox_url = settings.sandbox_url.clone();
     let app = Application::build(settings).await.expect("build app");

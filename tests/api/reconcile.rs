@@ -45,7 +45,9 @@ async fn a_timeout_leaves_the_refund_pending_and_the_reconciler_settles_it_once(
     let db = TestDb::new().await;
     let mut app = spawn_app_with(&db, |s| {
         s.sandbox_url = Some(sandbox_url);
-        s.refunds.provider_timeout = Duration::from_millis(300);
+        s.sandbox_traffic.call_timeout = Duration::from_millis(300);
+        // One attempt: no in-line look-up, so the reconciler is the one that settles it.
+        s.sandbox_traffic.max_attempts = 1;
         s.refunds.reconcile_delay = Duration::from_millis(200);
         s.refunds.reconcile_interval = Duration::from_millis(50);
     })
@@ -73,21 +75,35 @@ async fn a_timeout_leaves_the_refund_pending_and_the_reconciler_settles_it_once(
 
 #[tokio::test]
 async fn a_rate_limited_refund_is_looked_up_then_sent_again_with_the_same_key() {
-    // One request per second: the pre-flight passes, the refund creation right after it is
-    // refused with 429 before the provider processes anything.
+    // One write per second, and someone else just used it: the pre-flight (a read) passes, the
+    // refund creation right after it is refused with 429 before the provider processes anything.
     let (sandbox_url, sandbox) = spawn_sandbox(FaultConfig::default()).await;
     let db = TestDb::new().await;
     let mut app = spawn_app_with(&db, |s| {
         s.sandbox_url = Some(sandbox_url);
+        s.sandbox_traffic.max_attempts = 1;
         s.refunds.reconcile_delay = Duration::from_millis(200);
         s.refunds.reconcile_interval = Duration::from_millis(50);
     })
     .await;
     let payment = app.seed(5_000, "USD").await;
+    let other = app.seed(5_000, "USD").await;
     sandbox.set_faults(FaultConfig {
         rate_limit_per_sec: 1,
         ..FaultConfig::default()
     });
+    sandbox
+        .create_refund(
+            refund_service::sandbox::NewRefund {
+                payment: other,
+                amount: Some(1),
+                reason: None,
+                metadata: Default::default(),
+            },
+            None,
+        )
+        .await
+        .expect("uses this second's write");
 
     let refund = app
         .client
@@ -126,7 +142,8 @@ async fn a_refund_left_pending_by_a_stopped_service_is_settled_after_restart() {
     let configure = |url: String, interval: Duration| {
         move |s: &mut refund_service::config::ServeSettings| {
             s.sandbox_url = Some(url);
-            s.refunds.provider_timeout = Duration::from_millis(200);
+            s.sandbox_traffic.call_timeout = Duration::from_millis(200);
+            s.sandbox_traffic.max_attempts = 1;
             s.refunds.reconcile_delay = Duration::from_millis(500);
             s.refunds.reconcile_interval = interval;
         }
@@ -152,4 +169,36 @@ async fn a_refund_left_pending_by_a_stopped_service_is_settled_after_restart() {
     let settled = wait_for_status(&mut second, &refund.id, pb::RefundStatus::Succeeded).await;
     assert_eq!(settled.amount, 5_000);
     assert_eq!(second.ledger(&payment).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_timeout_is_resolved_in_line_by_a_lookup_when_retries_are_allowed() {
+    // With retries, the timed-out creation is looked up at the provider right away: found, so
+    // the refund settles in the same call, and it is never sent twice.
+    let (sandbox_url, sandbox) = spawn_sandbox(FaultConfig {
+        timeout_rate: 1.0,
+        hang_ms: 3_000,
+        ..FaultConfig::default()
+    })
+    .await;
+    let db = TestDb::new().await;
+    let mut app = spawn_app_with(&db, |s| {
+        s.sandbox_url = Some(sandbox_url);
+        s.sandbox_traffic.call_timeout = Duration::from_millis(300);
+        s.sandbox_traffic.max_attempts = 3;
+        s.sandbox_traffic.base_backoff = Duration::from_millis(50);
+    })
+    .await;
+    let payment = app.seed(5_000, "USD").await;
+    let refund = app
+        .client
+        .create_refund(refund_request(&payment, Some(900), "USD"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status_of(&refund), pb::RefundStatus::Succeeded);
+    let ledger = app.ledger(&payment).await;
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(refund.provider_refund_id, ledger[0].id);
+    assert_eq!(sandbox.stats().refunds_created, 1);
 }

@@ -1,0 +1,1400 @@
+//! Traffic control in front of one payment provider: a token-bucket rate limit, a bound on calls
+//! in flight, a timeout per attempt, retries with exponential back-off and a circuit breaker.
+//!
+//! [`ControlledProvider`] wraps any [`Provider`] and is itself one, so the service does not know
+//! whether a provider is controlled. What it adds must never break the money rules:
+//!
+//! - Reads (`get_payment`, `get_refund`, `find_refund`) are repeated freely on anything that may
+//!   be transient.
+//! - A creation is repeated only with the *same* [`RefundCall`] (so the same idempotency key), and
+//!   only when the provider certainly did not process it (429, 5xx before processing). After an
+//!   ambiguous failure (timeout, lost answer) the refund is looked up first; it is sent again only
+//!   when the provider says it has never seen it. When it cannot be looked up, or attempts run
+//!   out, the ambiguous error is returned so the caller leaves the refund PENDING for the
+//!   reconciler. A timeout is never reported as a failure.
+//!
+//! Everything here reads time through `tokio::time` (including the rate limiter's clock), so the
+//! tests run on paused time and are deterministic.
+
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::{BackoffBuilder as _, ExponentialBuilder};
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::{Provider, ProviderError, ProviderPayment, ProviderRefund, RefundCall};
+use crate::domain::PaymentRef;
+
+/// How much traffic one provider gets, and how hard we try before giving up.
+#[derive(Debug, Clone)]
+pub struct TrafficConfig {
+    /// Calls per second to this provider (retries and look-ups included), for reads and for
+    /// writes (refund creations) separately, as Stripe counts them; 0 means unlimited. A refund
+    /// is a read (its pre-flight) plus a write, so one shared bucket would halve the refund rate
+    /// the provider allows. Each bucket holds `max(1, rate / 10)` tokens, i.e. a tenth of a second
+    /// worth of calls: enough to absorb a small burst, small enough that a queue of waiting
+    /// calls is released evenly instead of in one spike that would itself draw 429s.
+    pub rate_per_sec: u32,
+    /// Calls in flight at once to this provider. 0 is treated as 1.
+    pub max_concurrency: usize,
+    /// Longest wait for one attempt; past it the attempt is a [`ProviderError::Timeout`].
+    pub call_timeout: Duration,
+    /// Attempts per operation, the first one included. 0 is treated as 1.
+    pub max_attempts: u32,
+    /// Delay before the first retry; it doubles for each further retry, with up to 100% random
+    /// jitter so that callers failing together do not retry together, and never exceeds
+    /// `max_backoff`.
+    pub base_backoff: Duration,
+    /// Upper bound of a retry delay. A provider asking (with `Retry-After`) for a longer pause
+    /// than this gets no retry from here: the 429 is returned, with its `retry_after`, to the
+    /// caller, which can schedule the work later instead of holding a request open.
+    pub max_backoff: Duration,
+    /// Consecutive "provider is down" failures (unavailable, timeout, ambiguous) that open the
+    /// circuit. 0 disables the breaker.
+    pub breaker_threshold: u32,
+    /// How long an open circuit fails calls fast before one probe is let through.
+    pub breaker_open_for: Duration,
+}
+
+impl TrafficConfig {
+    /// The longest one operation can take here, every attempt, back-off and the look-up after an
+    /// ambiguous failure included: what a caller should wait before treating it as timed out.
+    pub fn budget(&self) -> Duration {
+        let attempts = self.max_attempts.max(1);
+        (self.call_timeout + self.max_backoff)
+            .saturating_mul(attempts)
+            .saturating_add(self.call_timeout)
+    }
+}
+
+impl Default for TrafficConfig {
+    fn default() -> Self {
+        Self {
+            rate_per_sec: 0,
+            max_concurrency: 64,
+            call_timeout: Duration::from_secs(10),
+            max_attempts: 4,
+            base_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+            breaker_threshold: 5,
+            breaker_open_for: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The circuit breaker's state as reported by [`ControlledProvider::health`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CircuitState {
+    /// Calls go through.
+    Closed,
+    /// Calls fail fast without reaching the provider.
+    Open,
+    /// The open period is over: the next call (or the one in flight) is the probe that decides
+    /// whether the circuit closes again; other calls still fail fast.
+    HalfOpen,
+}
+
+/// What a future `ListProviders` RPC can show about one provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderHealth {
+    pub circuit: CircuitState,
+    /// "Down" failures since the last clear answer.
+    pub consecutive_failures: u32,
+    /// The most recent "down" failure, kept after recovery for diagnosis.
+    pub last_error: Option<String>,
+}
+
+/// Counters since the provider was wrapped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrafficStats {
+    /// Attempts that reached the provider, look-ups included.
+    pub calls: u64,
+    /// Attempts made after a first one, in any operation (a look-up that settles an ambiguous
+    /// creation is counted in `ambiguous_lookups`, not here).
+    pub retries: u64,
+    /// Calls our own rate limiter made wait.
+    pub rate_limit_waits: u64,
+    /// 429 answers from the provider.
+    pub rate_limited_by_provider: u64,
+    /// Times the circuit opened (re-opening after a failed probe included).
+    pub breaker_opened: u64,
+    /// Look-ups made to resolve an ambiguous creation.
+    pub ambiguous_lookups: u64,
+    /// Calls failed fast by the open circuit, without reaching the provider.
+    pub short_circuited: u64,
+}
+
+/// A [`Provider`] with traffic control in front of another one. See the module documentation.
+pub struct ControlledProvider {
+    /// For logs only.
+    name: String,
+    inner: Arc<dyn Provider>,
+    config: TrafficConfig,
+    /// `None` when the rate is unlimited.
+    read_limiter: Option<Limiter>,
+    write_limiter: Option<Limiter>,
+    permits: Semaphore,
+    breaker: Mutex<Breaker>,
+    stats: Counters,
+}
+
+/// The one write operation; every other operation is a read.
+const CREATE_REFUND: &str = "create_refund";
+
+/// governor's token bucket, on tokio's clock.
+type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
+
+impl ControlledProvider {
+    /// Wraps `inner`. Out-of-range settings are clamped (see [`TrafficConfig`]) rather than
+    /// rejected: none of them can make a call unsafe, only slower or faster.
+    pub fn new(name: &str, inner: Arc<dyn Provider>, mut config: TrafficConfig) -> Self {
+        config.max_attempts = config.max_attempts.max(1);
+        config.max_concurrency = config.max_concurrency.clamp(1, Semaphore::MAX_PERMITS);
+        config.base_backoff = config.base_backoff.min(config.max_backoff);
+        let limiter = || {
+            NonZeroU32::new(config.rate_per_sec).map(|rate| {
+                let burst = NonZeroU32::new(rate.get() / 10).unwrap_or(NonZeroU32::MIN);
+                let quota = Quota::per_second(rate).allow_burst(burst);
+                RateLimiter::direct_with_clock(quota, TokioClock::new())
+            })
+        };
+        Self {
+            name: name.to_owned(),
+            inner,
+            permits: Semaphore::new(config.max_concurrency),
+            read_limiter: limiter(),
+            write_limiter: limiter(),
+            breaker: Mutex::new(Breaker::new()),
+            stats: Counters::default(),
+            config,
+        }
+    }
+
+    /// The circuit's state, for operators.
+    pub fn health(&self) -> ProviderHealth {
+        let breaker = self.breaker();
+        let circuit = match breaker.state {
+            BreakerState::Closed => CircuitState::Closed,
+            BreakerState::HalfOpen => CircuitState::HalfOpen,
+            BreakerState::Open { since } if since.elapsed() >= self.config.breaker_open_for => {
+                CircuitState::HalfOpen
+            }
+            BreakerState::Open { .. } => CircuitState::Open,
+        };
+        ProviderHealth {
+            circuit,
+            consecutive_failures: breaker.consecutive_failures,
+            last_error: breaker.last_error.clone(),
+        }
+    }
+
+    /// Counters since this wrapper was made, for metrics and operators.
+    pub fn stats(&self) -> TrafficStats {
+        let c = &self.stats;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        TrafficStats {
+            calls: get(&c.calls),
+            retries: get(&c.retries),
+            rate_limit_waits: get(&c.rate_limit_waits),
+            rate_limited_by_provider: get(&c.rate_limited_by_provider),
+            breaker_opened: get(&c.breaker_opened),
+            ambiguous_lookups: get(&c.ambiguous_lookups),
+            short_circuited: get(&c.short_circuited),
+        }
+    }
+
+    /// A read, repeated on anything that may be transient: repeating a read cannot move money.
+    async fn read<T, F, Fut>(&self, op: &'static str, mut call: F) -> Result<T, ProviderError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        let mut backoff = self.backoff();
+        let mut attempt = 1;
+        loop {
+            let error = match self.attempt(op, &mut call).await {
+                Ok(value) => return Ok(value),
+                Err(Attempt::ShortCircuited(e)) => return Err(e),
+                Err(Attempt::Failed(e)) => e,
+            };
+            let retryable = match &error {
+                ProviderError::NotFound(_) | ProviderError::Rejected { .. } => false,
+                ProviderError::RateLimited { .. }
+                | ProviderError::Unavailable(_)
+                | ProviderError::Timeout
+                | ProviderError::Ambiguous(_) => true,
+            };
+            if !retryable {
+                return Err(error);
+            }
+            let Some(delay) = self.retry_delay(op, attempt, &error, &mut backoff) else {
+                return Err(error);
+            };
+            tokio::time::sleep(delay).await;
+            self.stats.bump(&self.stats.retries);
+            attempt += 1;
+        }
+    }
+
+    /// A creation. Re-sent (always the same `call`, so the same idempotency key) only when the
+    /// provider certainly did not process the previous attempt: it said so (429, unavailable),
+    /// or a look-up after an ambiguous failure found nothing.
+    async fn create(&self, call: &RefundCall) -> Result<ProviderRefund, ProviderError> {
+        const OP: &str = CREATE_REFUND;
+        let mut backoff = self.backoff();
+        let mut attempt = 1;
+        loop {
+            // Invariant: every earlier attempt is known not to have been processed, so failing
+            // fast here (circuit open) or with `Unavailable` tells the caller the truth.
+            let error = match self.attempt(OP, || self.inner.create_refund(call)).await {
+                Ok(refund) => return Ok(refund),
+                Err(Attempt::ShortCircuited(e)) => return Err(e),
+                Err(Attempt::Failed(e)) => e,
+            };
+            match &error {
+                ProviderError::NotFound(_) | ProviderError::Rejected { .. } => return Err(error),
+                ProviderError::RateLimited { .. } | ProviderError::Unavailable(_) => {
+                    let Some(delay) = self.retry_delay(OP, attempt, &error, &mut backoff) else {
+                        return Err(error);
+                    };
+                    tokio::time::sleep(delay).await;
+                }
+                ProviderError::Timeout | ProviderError::Ambiguous(_) => {
+                    let Some(delay) = self.retry_delay(OP, attempt, &error, &mut backoff) else {
+                        // The caller leaves the refund PENDING; the reconciler looks it up.
+                        return Err(error);
+                    };
+                    // Waiting first also gives a slow provider time to finish what it may
+                    // still be processing, so the look-up is more likely to see it.
+                    tokio::time::sleep(delay).await;
+                    self.stats.bump(&self.stats.ambiguous_lookups);
+                    let lookup = || self.inner.find_refund(&call.payment, &call.idempotency_key);
+                    match self.attempt("find_refund", lookup).await {
+                        Ok(Some(refund)) => {
+                            tracing::info!(provider = %self.name, attempt, "the refund whose creation was ambiguous was found at the provider");
+                            return Ok(refund);
+                        }
+                        Ok(None) => {
+                            tracing::info!(provider = %self.name, attempt, "the provider never received the ambiguous creation; sending it again with the same idempotency key");
+                        }
+                        Err(
+                            Attempt::ShortCircuited(lookup_error) | Attempt::Failed(lookup_error),
+                        ) => {
+                            // Sending again without knowing could only be safe if every
+                            // provider honoured idempotency keys perfectly; we do not rely on it.
+                            tracing::warn!(provider = %self.name, attempt, error = %error, lookup_error = %lookup_error, "the ambiguous creation could not be looked up; not sending it again");
+                            return Err(error);
+                        }
+                    }
+                }
+            }
+            self.stats.bump(&self.stats.retries);
+            attempt += 1;
+        }
+    }
+
+    /// One attempt: circuit, concurrency permit, rate limit, then the call under the timeout.
+    async fn attempt<T, Fut>(
+        &self,
+        op: &'static str,
+        call: impl FnOnce() -> Fut,
+    ) -> Result<T, Attempt>
+    where
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        // Fail fast before queueing for a permit or a token: an open circuit must cost nothing.
+        let precheck = self.breaker().precheck(Instant::now(), &self.config);
+        precheck.map_err(|e| self.short_circuit(op, e))?;
+        let _permit = self.permits.acquire().await.map_err(|_| {
+            // The semaphore is never closed; if it were, nothing was sent.
+            Attempt::Failed(ProviderError::Unavailable(
+                "concurrency limiter closed".to_owned(),
+            ))
+        })?;
+        self.wait_for_rate_limit(op).await;
+        // Decided again now that we are about to call: the circuit may have opened while we
+        // waited, and only here is the half-open probe claimed, so the probe cannot sit in a
+        // queue while every other call fails fast.
+        let admitted = self.breaker().admit(Instant::now(), &self.config);
+        let ticket = Ticket {
+            owner: self,
+            admission: admitted.map_err(|e| self.short_circuit(op, e))?,
+            settled: false,
+        };
+        self.stats.bump(&self.stats.calls);
+        let result = tokio::time::timeout(self.config.call_timeout, call())
+            .await
+            .unwrap_or(Err(ProviderError::Timeout));
+        if let Err(ProviderError::RateLimited { .. }) = &result {
+            self.stats.bump(&self.stats.rate_limited_by_provider);
+        }
+        ticket.settle(result.as_ref().err());
+        result.map_err(Attempt::Failed)
+    }
+
+    fn short_circuit(&self, op: &'static str, error: ProviderError) -> Attempt {
+        self.stats.bump(&self.stats.short_circuited);
+        tracing::debug!(provider = %self.name, operation = op, "circuit open; failing fast");
+        Attempt::ShortCircuited(error)
+    }
+
+    /// Waits until our own token bucket lets one call through. governor's `until_ready` sleeps
+    /// on a real-time timer, so we check and sleep with tokio instead: with `TokioClock` this
+    /// follows `tokio::time::pause` in tests.
+    async fn wait_for_rate_limit(&self, op: &'static str) {
+        let limiter = if op == CREATE_REFUND {
+            &self.write_limiter
+        } else {
+            &self.read_limiter
+        };
+        let Some(limiter) = limiter else {
+            return;
+        };
+        let mut waited = false;
+        while let Err(not_until) = limiter.check() {
+            waited = true;
+            tokio::time::sleep(not_until.wait_time_from(limiter.clock().now())).await;
+        }
+        if waited {
+            self.stats.bump(&self.stats.rate_limit_waits);
+        }
+    }
+
+    /// Exponential, jittered delays for one operation's retries.
+    fn backoff(&self) -> impl Iterator<Item = Duration> + Send + use<> {
+        ExponentialBuilder::default()
+            .with_min_delay(self.config.base_backoff)
+            .with_max_delay(self.config.max_backoff)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    /// The delay before attempt `attempt + 1`, or `None` when there is to be no such attempt.
+    /// Logs the decision.
+    fn retry_delay(
+        &self,
+        op: &'static str,
+        attempt: u32,
+        error: &ProviderError,
+        backoff: &mut impl Iterator<Item = Duration>,
+    ) -> Option<Duration> {
+        if attempt >= self.config.max_attempts {
+            tracing::debug!(provider = %self.name, operation = op, attempt, error = %error, "no attempts left");
+            return None;
+        }
+        // Waiting out the back-off only to be failed fast would hide the real error.
+        if self
+            .breaker()
+            .precheck(Instant::now(), &self.config)
+            .is_err()
+        {
+            tracing::debug!(provider = %self.name, operation = op, attempt, error = %error, "circuit open; not retrying");
+            return None;
+        }
+        // backon's jitter can add up to one more delay on top: cap after it.
+        let backoff = backoff
+            .next()
+            .unwrap_or(self.config.max_backoff)
+            .min(self.config.max_backoff);
+        let delay = match error {
+            ProviderError::RateLimited {
+                retry_after: Some(retry_after),
+            } => {
+                if *retry_after > self.config.max_backoff {
+                    tracing::debug!(provider = %self.name, operation = op, attempt, retry_after = ?retry_after, "the provider asks for a longer pause than we wait for; giving up");
+                    return None;
+                }
+                *retry_after
+            }
+            ProviderError::NotFound(_)
+            | ProviderError::Rejected { .. }
+            | ProviderError::RateLimited { retry_after: None }
+            | ProviderError::Unavailable(_)
+            | ProviderError::Timeout
+            | ProviderError::Ambiguous(_) => backoff,
+        };
+        if let ProviderError::RateLimited { .. } = error {
+            tracing::debug!(provider = %self.name, operation = op, attempt, error = %error, retry_in = ?delay, "rate limited by the provider; retrying");
+        } else {
+            tracing::warn!(provider = %self.name, operation = op, attempt, error = %error, ambiguous = error.is_ambiguous(), retry_in = ?delay, "provider call failed; trying again");
+        }
+        Some(delay)
+    }
+
+    fn breaker(&self) -> MutexGuard<'_, Breaker> {
+        // Nothing panics while holding the lock; if something did, the state is still usable.
+        self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl Provider for ControlledProvider {
+    async fn get_payment(&self, payment: &PaymentRef) -> Result<ProviderPayment, ProviderError> {
+        self.read("get_payment", || self.inner.get_payment(payment))
+            .await
+    }
+
+    async fn create_refund(&self, call: &RefundCall) -> Result<ProviderRefund, ProviderError> {
+        self.create(call).await
+    }
+
+    async fn get_refund(&self, provider_refund_id: &str) -> Result<ProviderRefund, ProviderError> {
+        self.read("get_refund", || self.inner.get_refund(provider_refund_id))
+            .await
+    }
+
+    async fn find_refund(
+        &self,
+        payment: &PaymentRef,
+        idempotency_key: &str,
+    ) -> Result<Option<ProviderRefund>, ProviderError> {
+        self.read("find_refund", || {
+            self.inner.find_refund(payment, idempotency_key)
+        })
+        .await
+    }
+}
+
+/// Why an attempt produced no value.
+enum Attempt {
+    /// The circuit is open: the provider was not called, and retrying now would not call it
+    /// either, so the operation ends here.
+    ShortCircuited(ProviderError),
+    /// The provider was called (or timed out).
+    Failed(ProviderError),
+}
+
+#[derive(Default)]
+struct Counters {
+    calls: AtomicU64,
+    retries: AtomicU64,
+    rate_limit_waits: AtomicU64,
+    rate_limited_by_provider: AtomicU64,
+    breaker_opened: AtomicU64,
+    ambiguous_lookups: AtomicU64,
+    short_circuited: AtomicU64,
+}
+
+impl Counters {
+    fn bump(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// governor's clock over `tokio::time::Instant`, as an offset from when it was made.
+#[derive(Debug, Clone)]
+struct TokioClock {
+    origin: Instant,
+}
+
+impl TokioClock {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(self.origin.elapsed())
+    }
+}
+
+/// Whether an error says the provider is down (or unreachable), as opposed to an answer it gave
+/// on purpose. Only the former counts towards opening the circuit; a 429 shows the provider is
+/// up and is paced by `retry_after` instead.
+fn is_down(error: &ProviderError) -> bool {
+    match error {
+        ProviderError::Unavailable(_) | ProviderError::Timeout | ProviderError::Ambiguous(_) => {
+            true
+        }
+        ProviderError::NotFound(_)
+        | ProviderError::Rejected { .. }
+        | ProviderError::RateLimited { .. } => false,
+    }
+}
+
+/// The circuit breaker's bookkeeping. Pure (time comes in as an argument) and never held across
+/// an `.await`.
+#[derive(Debug)]
+struct Breaker {
+    state: BreakerState,
+    /// Bumped on every change of state, so that an attempt admitted before the change cannot
+    /// close or re-open the circuit with a stale answer.
+    generation: u64,
+    consecutive_failures: u32,
+    last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum BreakerState {
+    Closed,
+    /// Failing fast since `since`. Stored as a start rather than an end so that no configured
+    /// duration can overflow an `Instant`.
+    Open {
+        since: Instant,
+    },
+    /// The one probe is in flight.
+    HalfOpen,
+}
+
+/// A call the breaker let through.
+#[derive(Debug, Clone, Copy)]
+struct Admission {
+    generation: u64,
+    probe: bool,
+}
+
+/// What became of the circuit after an attempt's outcome was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transition {
+    Opened,
+    Closed,
+}
+
+impl Breaker {
+    fn new() -> Self {
+        Self {
+            state: BreakerState::Closed,
+            generation: 0,
+            consecutive_failures: 0,
+            last_error: None,
+        }
+    }
+
+    fn open_error(&self) -> ProviderError {
+        ProviderError::Unavailable(match &self.last_error {
+            Some(last) => format!("circuit open: {last}"),
+            None => "circuit open".to_owned(),
+        })
+    }
+
+    /// Whether a call may start waiting for a permit. Claims nothing.
+    fn precheck(&self, now: Instant, config: &TrafficConfig) -> Result<(), ProviderError> {
+        match self.state {
+            BreakerState::Closed => Ok(()),
+            BreakerState::Open { since }
+                if now.duration_since(since) >= config.breaker_open_for =>
+            {
+                Ok(())
+            }
+            BreakerState::Open { .. } | BreakerState::HalfOpen => Err(self.open_error()),
+        }
+    }
+
+    /// Whether a call may go to the provider now; the first call after the open period becomes
+    /// the probe.
+    fn admit(&mut self, now: Instant, config: &TrafficConfig) -> Result<Admission, ProviderError> {
+        match self.state {
+            BreakerState::Closed => Ok(Admission {
+                generation: self.generation,
+                probe: false,
+            }),
+            BreakerState::Open { since }
+                if now.duration_since(since) >= config.breaker_open_for =>
+            {
+                self.change(BreakerState::HalfOpen);
+                Ok(Admission {
+                    generation: self.generation,
+                    probe: true,
+                })
+            }
+            BreakerState::Open { .. } | BreakerState::HalfOpen => Err(self.open_error()),
+        }
+    }
+
+    /// Records an admitted attempt's outcome (`None` is success).
+    fn record(
+        &mut self,
+        admission: Admission,
+        error: Option<&ProviderError>,
+        now: Instant,
+        config: &TrafficConfig,
+    ) -> Option<Transition> {
+        if admission.generation != self.generation {
+            return None;
+        }
+        match error.filter(|e| is_down(e)) {
+            None => {
+                self.consecutive_failures = 0;
+                if admission.probe {
+                    self.change(BreakerState::Closed);
+                    return Some(Transition::Closed);
+                }
+                None
+            }
+            Some(error) => {
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                self.last_error = Some(error.to_string());
+                let open = admission.probe
+                    || (config.breaker_threshold > 0
+                        && self.consecutive_failures >= config.breaker_threshold);
+                if open {
+                    self.change(BreakerState::Open { since: now });
+                    return Some(Transition::Opened);
+                }
+                None
+            }
+        }
+    }
+
+    /// The probe was abandoned (its caller dropped the future): let the next call probe again
+    /// rather than staying half-open forever.
+    fn abandon_probe(&mut self, admission: Admission, now: Instant, config: &TrafficConfig) {
+        if admission.probe && admission.generation == self.generation {
+            // An open period that is already over: the next call is admitted as the probe.
+            let since = now.checked_sub(config.breaker_open_for).unwrap_or(now);
+            self.change(BreakerState::Open { since });
+        }
+    }
+
+    fn change(&mut self, state: BreakerState) {
+        self.state = state;
+        self.generation = self.generation.wrapping_add(1);
+    }
+}
+
+/// An admitted attempt. Settled with its outcome; dropped unsettled (cancelled), it releases the
+/// half-open probe.
+struct Ticket<'a> {
+    owner: &'a ControlledProvider,
+    admission: Admission,
+    settled: bool,
+}
+
+impl Ticket<'_> {
+    fn settle(mut self, error: Option<&ProviderError>) {
+        self.settled = true;
+        let owner = self.owner;
+        let transition =
+            owner
+                .breaker()
+                .record(self.admission, error, Instant::now(), &owner.config);
+        match transition {
+            Some(Transition::Opened) => {
+                owner.stats.bump(&owner.stats.breaker_opened);
+                tracing::warn!(provider = %owner.name, error = ?error.map(ToString::to_string), open_for = ?owner.config.breaker_open_for, "circuit opened; calls fail fast");
+            }
+            Some(Transition::Closed) => {
+                tracing::info!(provider = %owner.name, "probe succeeded; circuit closed");
+            }
+            None => {}
+        }
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            let owner = self.owner;
+            owner
+                .breaker()
+                .abandon_probe(self.admission, Instant::now(), &owner.config);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, VecDeque};
+    use std::sync::atomic::AtomicUsize;
+
+    use tokio::task::JoinSet;
+
+    use super::*;
+    use crate::domain::{Amount, Currency, RefundReason};
+    use crate::providers::{PaymentStatus, ProviderRefundStatus};
+
+    const KEY: &str = "rf_0123456789abcdef0123456789abcdef";
+
+    /// One scripted answer, given after `delay` (the fake's latency when `None`).
+    struct Step<T> {
+        delay: Option<Duration>,
+        answer: Result<T, ProviderError>,
+    }
+
+    fn ok<T>(value: T) -> Step<T> {
+        Step {
+            delay: None,
+            answer: Ok(value),
+        }
+    }
+
+    fn err<T>(error: ProviderError) -> Step<T> {
+        Step {
+            delay: None,
+            answer: Err(error),
+        }
+    }
+
+    fn after<T>(delay: Duration, answer: Result<T, ProviderError>) -> Step<T> {
+        Step {
+            delay: Some(delay),
+            answer,
+        }
+    }
+
+    /// An answer that comes far too late: the attempt times out.
+    fn hang<T>() -> Step<T> {
+        after(
+            Duration::from_secs(3600),
+            Err(ProviderError::Unavailable("too late".into())),
+        )
+    }
+
+    fn unavailable() -> ProviderError {
+        ProviderError::Unavailable("503".into())
+    }
+
+    /// Answers per operation, in order. When a queue is empty, `get_payment` succeeds and the
+    /// others say "not found".
+    #[derive(Default)]
+    struct Script {
+        payments: VecDeque<Step<ProviderPayment>>,
+        creates: VecDeque<Step<ProviderRefund>>,
+        refunds: VecDeque<Step<ProviderRefund>>,
+        finds: VecDeque<Step<Option<ProviderRefund>>>,
+    }
+
+    #[derive(Debug, Clone)]
+    struct Seen {
+        op: &'static str,
+        at: Instant,
+        key: Option<String>,
+    }
+
+    /// A scripted provider that records every call it receives.
+    #[derive(Default)]
+    struct Fake {
+        latency: Duration,
+        script: Mutex<Script>,
+        seen: Mutex<Vec<Seen>>,
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
+    }
+
+    impl Fake {
+        fn new(script: Script) -> Arc<Self> {
+            Self::with_latency(Duration::ZERO, script)
+        }
+
+        fn with_latency(latency: Duration, script: Script) -> Arc<Self> {
+            Arc::new(Self {
+                latency,
+                script: Mutex::new(script),
+                ..Self::default()
+            })
+        }
+
+        fn seen(&self) -> Vec<Seen> {
+            self.seen.lock().unwrap().clone()
+        }
+
+        fn ops(&self) -> Vec<&'static str> {
+            self.seen().iter().map(|s| s.op).collect()
+        }
+
+        fn count(&self) -> usize {
+            self.seen.lock().unwrap().len()
+        }
+
+        /// Time between consecutive calls.
+        fn gaps(&self) -> Vec<Duration> {
+            self.seen()
+                .windows(2)
+                .map(|w| w[1].at.duration_since(w[0].at))
+                .collect()
+        }
+
+        async fn serve<T>(
+            &self,
+            op: &'static str,
+            key: Option<&str>,
+            step: Option<Step<T>>,
+            default: Result<T, ProviderError>,
+        ) -> Result<T, ProviderError> {
+            self.seen.lock().unwrap().push(Seen {
+                op,
+                at: Instant::now(),
+                key: key.map(str::to_owned),
+            });
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            let _in_flight = InFlight(&self.in_flight);
+            let (delay, answer) = match step {
+                Some(step) => (step.delay.unwrap_or(self.latency), step.answer),
+                None => (self.latency, default),
+            };
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            answer
+        }
+    }
+
+    /// Decrements the in-flight count even when the call is dropped by a timeout.
+    struct InFlight<'a>(&'a AtomicUsize);
+
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn unscripted() -> ProviderError {
+        ProviderError::NotFound("unscripted".into())
+    }
+
+    #[async_trait]
+    impl Provider for Fake {
+        async fn get_payment(&self, _: &PaymentRef) -> Result<ProviderPayment, ProviderError> {
+            let step = self.script.lock().unwrap().payments.pop_front();
+            self.serve("get_payment", None, step, Ok(payment())).await
+        }
+
+        async fn create_refund(&self, call: &RefundCall) -> Result<ProviderRefund, ProviderError> {
+            let step = self.script.lock().unwrap().creates.pop_front();
+            let key = Some(call.idempotency_key.as_str());
+            self.serve("create_refund", key, step, Err(unscripted()))
+                .await
+        }
+
+        async fn get_refund(&self, _: &str) -> Result<ProviderRefund, ProviderError> {
+            let step = self.script.lock().unwrap().refunds.pop_front();
+            self.serve("get_refund", None, step, Err(unscripted()))
+                .await
+        }
+
+        async fn find_refund(
+            &self,
+            _: &PaymentRef,
+            idempotency_key: &str,
+        ) -> Result<Option<ProviderRefund>, ProviderError> {
+            let step = self.script.lock().unwrap().finds.pop_front();
+            self.serve("find_refund", Some(idempotency_key), step, Ok(None))
+                .await
+        }
+    }
+
+    fn payment() -> ProviderPayment {
+        ProviderPayment {
+            id: "pay_1".into(),
+            captured: 1000,
+            refunded: 0,
+            currency: Currency::parse("EUR").unwrap(),
+            status: PaymentStatus::Captured,
+        }
+    }
+
+    fn payment_ref() -> PaymentRef {
+        PaymentRef::parse("pay_1").unwrap()
+    }
+
+    fn refund(id: &str) -> ProviderRefund {
+        ProviderRefund {
+            id: id.into(),
+            amount: 500,
+            status: ProviderRefundStatus::Succeeded,
+        }
+    }
+
+    fn call() -> RefundCall {
+        RefundCall {
+            payment: payment_ref(),
+            amount: Amount::new(500).unwrap(),
+            currency: Currency::parse("EUR").unwrap(),
+            reason: RefundReason::RequestedByCustomer,
+            metadata: BTreeMap::new(),
+            idempotency_key: KEY.into(),
+        }
+    }
+
+    /// Unlimited rate, a breaker that does not get in the way, short delays.
+    fn config() -> TrafficConfig {
+        TrafficConfig {
+            rate_per_sec: 0,
+            max_concurrency: 64,
+            call_timeout: Duration::from_secs(1),
+            max_attempts: 4,
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            breaker_threshold: 100,
+            breaker_open_for: Duration::from_secs(30),
+        }
+    }
+
+    fn controlled(fake: &Arc<Fake>, config: TrafficConfig) -> Arc<ControlledProvider> {
+        Arc::new(ControlledProvider::new("fake", fake.clone(), config))
+    }
+
+    /// Runs `n` concurrent `get_payment` calls and returns when all are done.
+    async fn concurrent_reads(provider: &Arc<ControlledProvider>, n: usize) {
+        let mut tasks = JoinSet::new();
+        for _ in 0..n {
+            let provider = provider.clone();
+            tasks.spawn(async move { provider.get_payment(&payment_ref()).await });
+        }
+        while let Some(done) = tasks.join_next().await {
+            assert_eq!(done.unwrap(), Ok(payment()));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_paces_calls_and_never_exceeds_burst_plus_rate() {
+        let fake = Fake::new(Script::default());
+        let rate = 20;
+        let provider = controlled(
+            &fake,
+            TrafficConfig {
+                rate_per_sec: rate,
+                ..config()
+            },
+        );
+        let burst = 2; // rate / 10
+        let n = 40;
+        let start = Instant::now();
+        concurrent_reads(&provider, n).await;
+
+        // (n - burst) calls at `rate` per second after the burst.
+        let expected = Duration::from_millis(50) * (n as u32 - burst);
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed >= expected && elapsed <= expected + Duration::from_millis(50),
+            "{elapsed:?}"
+        );
+        let mut starts: Vec<Duration> = fake.seen().iter().map(|s| s.at - start).collect();
+        starts.sort();
+        assert_eq!(starts.len(), n);
+        for (i, at) in starts.iter().enumerate() {
+            let started = i as u128 + 1;
+            // started <= burst + rate * t, in integer nanoseconds.
+            assert!(
+                started.saturating_sub(burst.into()) * 1_000_000_000
+                    <= u128::from(rate) * at.as_nanos(),
+                "call {started} started at {at:?}"
+            );
+        }
+        let stats = provider.stats();
+        assert_eq!(stats.calls, n as u64);
+        assert_eq!(stats.rate_limit_waits, (n - burst as usize) as u64);
+        assert_eq!(stats.retries, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrency_is_bounded() {
+        let fake = Fake::with_latency(Duration::from_millis(100), Script::default());
+        let provider = controlled(
+            &fake,
+            TrafficConfig {
+                max_concurrency: 3,
+                ..config()
+            },
+        );
+        let start = Instant::now();
+        concurrent_reads(&provider, 10).await;
+
+        assert_eq!(fake.max_in_flight.load(Ordering::SeqCst), 3);
+        assert_eq!(fake.count(), 10);
+        // Four waves of at most three calls.
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(400) && elapsed < Duration::from_millis(450),
+            "{elapsed:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_is_retried_no_earlier_than_retry_after() {
+        let retry_after = Duration::from_secs(2);
+        let fake = Fake::new(Script {
+            payments: [
+                err(ProviderError::RateLimited {
+                    retry_after: Some(retry_after),
+                }),
+                ok(payment()),
+            ]
+            .into(),
+            ..Script::default()
+        });
+        let provider = controlled(&fake, config());
+
+        assert_eq!(provider.get_payment(&payment_ref()).await, Ok(payment()));
+        assert_eq!(fake.count(), 2);
+        assert!(fake.gaps()[0] >= retry_after, "{:?}", fake.gaps());
+        let stats = provider.stats();
+        assert_eq!(stats.rate_limited_by_provider, 1);
+        assert_eq!(stats.retries, 1);
+        assert_eq!(provider.health().circuit, CircuitState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_beyond_max_backoff_is_returned_to_the_caller() {
+        let error = ProviderError::RateLimited {
+            retry_after: Some(Duration::from_secs(60)),
+        };
+        let fake = Fake::new(Script {
+            payments: [err(error.clone()), ok(payment())].into(),
+            ..Script::default()
+        });
+        let provider = controlled(&fake, config());
+
+        assert_eq!(provider.get_payment(&payment_ref()).await, Err(error));
+        assert_eq!(fake.count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unavailable_is_retried_with_growing_delays_then_returned() {
+        let fake = Fake::new(Script {
+            payments: (0..5).map(|_| err(unavailable())).collect(),
+            ..Script::default()
+        });
+        let provider = controlled(&fake, config());
+
+        assert_eq!(
+            provider.get_payment(&payment_ref()).await,
+            Err(unavailable())
+        );
+        assert_eq!(fake.count(), 4, "max_attempts");
+        // Delay i is base * 2^i plus up to 100% jitter (tokio rounds sleeps up to the ms).
+        let base = config().base_backoff;
+        for (i, gap) in fake.gaps().into_iter().enumerate() {
+            let low = base * 2u32.pow(i as u32);
+            assert!(
+                gap >= low && gap <= low * 2 + Duration::from_millis(1),
+                "retry {i} after {gap:?}"
+            );
+        }
+        assert_eq!(provider.stats().retries, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_is_capped_at_max_backoff() {
+        let fake = Fake::new(Script {
+            refunds: (0..6).map(|_| err(unavailable())).collect(),
+            ..Script::default()
+        });
+        let max_backoff = Duration::from_millis(300);
+        let provider = controlled(
+            &fake,
+            TrafficConfig {
+                max_attempts: 6,
+                max_backoff,
+                ..config()
+            },
+        );
+
+        assert_eq!(provider.get_refund("re_1").await, Err(unavailable()));
+        assert_eq!(fake.count(), 6);
+        for gap in fake.gaps() {
+            assert!(gap <= max_backoff + Duration::from_millis(1), "{gap:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_are_retried_after_a_timeout() {
+        let fake = Fake::new(Script {
+            finds: [hang(), ok(Some(refund("re_1")))].into(),
+            ..Script::default()
+        });
+        let provider = controlled(&fake, config());
+
+        let found = provider.find_refund(&payment_ref(), KEY).await;
+        assert_eq!(found, Ok(Some(refund("re_1"))));
+        assert_eq!(fake.count(), 2);
+        assert!(fake.gaps()[0] >= config().call_timeout + config().base_backoff);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn create_timeout_then_lookup_finds_the_refund() {
+        let fake = Fake::new(Script {
+            creates: [hang(), ok(refund("re_2"))].into(),
+            finds: [ok(Some(refund("re_1")))].into(),
+            ..Script::default()
+        });
+        let provider = controlled(&fake, config());
+
+        assert_eq!(provider.create_refund(&call()).await, Ok(refund("re_1")));
+        assert_eq!(fake.ops(), ["create_refund", "find_refund"]);
+        assert!(fake.seen().iter().all(|s| s.key.as_deref() == Some(KEY)));
+        let stats = provider.stats();
+        assert_eq!(stats.ambiguous_lookups, 1);
+        assert_eq!(stats.calls, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn create_timeout_then_lookup_finds_nothing_resends_with_the_same_key() {
+        let fake = Fake::new(Script {
+            creates: [hang(), ok(refund("re_1"))].into(),
+            finds: [ok(None)].into(),
+            ..Script::default()
+        });
+        let provider = controlled(&fake, config());
+
+        assert_eq!(provider.create_refund(&call()).await, Ok(refund("re_1")));
+        assert_eq!(
+            fake.ops(),
+            ["create_refund", "find_refund", "create_refund"]
+        );
+        assert!(fake.seen().iter().all(|s| s.key.as_deref() == Some(KEY)));
+        assert_eq!(provider.stats().retries, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn create_ambiguous_and_lookup_failing_returns_the_ambiguous_error() {
+        let lost = ProviderError::Ambiguous("connection reset".into());
+        let fake = Fake::new(Script {
+            creates: [err(lost.clone()), ok(refund("re_1"))].into(),
+            finds: [err(unavailable())].into(),
+            ..Script::default()
+        });
+        let provider = controlled(&fake, config());
+
+        assert_eq!(provider.create_refund(&call()).await, Err(lost));
+        assert_eq!(fake.ops(), ["create_refund", "find_refund"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn create_ambiguous_on_the_last_attempt_returns_the_ambiguous_error() {
+        let fake = Fake::new(Script {
+            creates: [hang(), hang(), ok(refund("re_1"))].into(),
+            finds: [ok(None)].into(),
+            ..Script::default()
+        });
+        let provider = controlled(
+            &fake,
+            TrafficConfig {
+                max_attempts: 2,
+                ..config()
+            },
+        );
+
+        assert_eq!(
+            provider.create_refund(&call()).await,
+            Err(ProviderError::Timeout)
+        );
+        assert_eq!(
+            fake.ops(),
+            ["create_refund", "find_refund", "create_refund"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn create_not_processed_is_resent_with_the_same_key_without_lookup() {
+        let fake = Fake::new(Script {
+            creates: [
+                err(unavailable()),
+                err(ProviderError::RateLimited { retry_after: None }),
+                ok(refund("re_1")),
+            ]
+            .into(),
+            ..Script::default()
+        });
+        let provider = controlled(&fake, config());
+
+        assert_eq!(provider.create_refund(&call()).await, Ok(refund("re_1")));
+        assert_eq!(fake.ops(), ["create_refund"; 3]);
+        assert!(fake.seen().iter().all(|s| s.key.as_deref() == Some(KEY)));
+        assert_eq!(provider.stats().ambiguous_lookups, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn not_found_and_rejected_are_never_retried() {
+        let not_found = ProviderError::NotFound("no such payment".into());
+        let rejected = ProviderError::Rejected {
+            code: "refund_exceeds_payment".into(),
+            message: "too much".into(),
+        };
+        let fake = Fake::new(Script {
+            payments: [err(not_found.clone())].into(),
+            creates: [err(rejected.clone())].into(),
+            refunds: [err(not_found.clone())].into(),
+            finds: [err(rejected.clone())].into(),
+        });
+        let provider = controlled(&fake, config());
+
+        let payment = provider.get_payment(&payment_ref()).await;
+        assert_eq!(payment, Err(not_found.clone()));
+        assert_eq!(provider.create_refund(&call()).await, Err(rejected.clone()));
+        assert_eq!(provider.get_refund("re_1").await, Err(not_found));
+        let found = provider.find_refund(&payment_ref(), KEY).await;
+        assert_eq!(found, Err(rejected));
+        assert_eq!(
+            fake.ops(),
+            ["get_payment", "create_refund", "get_refund", "find_refund"]
+        );
+        assert_eq!(provider.stats().retries, 0);
+        assert_eq!(provider.health().consecutive_failures, 0);
+    }
+
+    /// One attempt per call, so each call is one breaker outcome.
+    fn breaker_config(threshold: u32) -> TrafficConfig {
+        TrafficConfig {
+            max_attempts: 1,
+            breaker_threshold: threshold,
+            ..config()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn breaker_opens_fails_fast_and_closes_after_a_successful_probe() {
+        let fake = Fake::new(Script {
+            payments: [
+                err(unavailable()),
+                err(unavailable()),
+                err(unavailable()),
+                after(Duration::from_secs(1), Ok(payment())),
+            ]
+            .into(),
+            ..Script::default()
+        });
+        let provider = controlled(&fake, breaker_config(3));
+        for _ in 0..3 {
+            let answer = provider.get_payment(&payment_ref()).await;
+            assert_eq!(answer, Err(unavailable()));
+        }
+        let health = provider.health();
+        assert_eq!(health.circuit, CircuitState::Open);
+        assert_eq!(health.consecutive_failures, 3);
+        assert_eq!(
+            health.last_error.as_deref(),
+            Some("provider unavailable: 503")
+        );
+
+        // Open: no call reaches the provider, and failing takes no time.
+        let start = Instant::now();
+        let answer = provider.get_payment(&payment_ref()).await;
+        assert_eq!(
+            answer,
+            Err(ProviderError::Unavailable(
+                "circuit open: provider unavailable: 503".into()
+            ))
+        );
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(fake.count(), 3);
+
+        // After open_for, one probe goes through; others still fail fast meanwhile.
+        tokio::time::sleep(config().breaker_open_for).await;
+        assert_eq!(provider.health().circuit, CircuitState::HalfOpen);
+        let probe = tokio::spawn({
+            let provider = provider.clone();
+            async move { provider.get_payment(&payment_ref()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(provider.get_payment(&payment_ref()).await.is_err());
+        assert_eq!(fake.count(), 4);
+        assert_eq!(probe.await.unwrap(), Ok(payment()));
+
+        let health = provider.health();
+        assert_eq!(health.circuit, CircuitState::Closed);
+        assert_eq!(health.consecutive_failures, 0);
+        assert_eq!(provider.get_payment(&payment_ref()).await, Ok(payment()));
+        assert_eq!(fake.count(), 5);
+        let stats = provider.stats();
+        assert_eq!(stats.breaker_opened, 1);
+        assert_eq!(stats.short_circuited, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_reopens_the_circuit() {
+        let fake = Fake::new(Script {
+            payments: [err(unavailable()), err(unavailable()), hang()].into(),
+            ..Script::default()
+        });
+        let provider = controlled(&fake, breaker_config(2));
+        for _ in 0..2 {
+            assert!(provider.get_payment(&payment_ref()).await.is_err());
+        }
+        tokio::time::sleep(config().breaker_open_for).await;
+
+        let probe = provider.get_payment(&payment_ref()).await;
+        assert_eq!(probe, Err(ProviderError::Timeout));
+        assert_eq!(provider.health().circuit, CircuitState::Open);
+        assert!(provider.get_payment(&payment_ref()).await.is_err());
+        assert_eq!(fake.count(), 3);
+        assert_eq!(provider.stats().breaker_opened, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_probe_lets_the_next_call_probe() {
+        let fake = Fake::new(Script {
+            payments: [
+                err(unavailable()),
+                after(Duration::from_millis(500), Ok(payment())),
+            ]
+            .into(),
+            ..Script::default()
+        });
+        let provider = controlled(&fake, breaker_config(1));
+        assert!(provider.get_payment(&payment_ref()).await.is_err());
+        tokio::time::sleep(config().breaker_open_for).await;
+
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(100),
+            provider.get_payment(&payment_ref()),
+        )
+        .await;
+        assert!(abandoned.is_err());
+        assert_eq!(provider.get_payment(&payment_ref()).await, Ok(payment()));
+        assert_eq!(fake.count(), 3);
+        assert_eq!(provider.health().circuit, CircuitState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_once_the_circuit_opens() {
+        let fake = Fake::new(Script {
+            payments: (0..4).map(|_| err(unavailable())).collect(),
+            ..Script::default()
+        });
+        let provider = controlled(
+            &fake,
+            TrafficConfig {
+                breaker_threshold: 2,
+                ..config()
+            },
+        );
+
+        let start = Instant::now();
+        let answer = provider.get_payment(&payment_ref()).await;
+        assert_eq!(answer, Err(unavailable()));
+        assert_eq!(fake.count(), 2);
+        assert!(start.elapsed() < config().base_backoff * 2);
+        assert_eq!(provider.health().circuit, CircuitState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clear_answers_do_not_count_towards_opening() {
+        let fake = Fake::new(Script {
+            payments: [
+                err(unavailable()),
+                err(ProviderError::NotFound("gone".into())),
+                err(unavailable()),
+                err(ProviderError::RateLimited { retry_after: None }),
+                err(unavailable()),
+            ]
+            .into(),
+            ..Script::default()
+        });
+        let provider = controlled(&fake, breaker_config(2));
+        for _ in 0..5 {
+            assert!(provider.get_payment(&payment_ref()).await.is_err());
+        }
+        let health = provider.health();
+        assert_eq!(health.circuit, CircuitState::Closed);
+        assert_eq!(health.consecutive_failures, 1);
+        assert_eq!(provider.stats().breaker_opened, 0);
+    }
+}

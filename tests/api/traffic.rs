@@ -1,0 +1,102 @@
+//! Provider traffic control under a batch: our own rate limit keeps the provider's busiest
+//! second below it, and the provider's 429s are retried (honouring Retry-After) without
+//! refunding anything twice.
+
+use std::time::Duration;
+
+use refund_service::api::pb;
+use refund_service::api::pb::bulk_refund_event::Event;
+use refund_service::sandbox::{FaultConfig, NewPayments};
+use tokio_stream::StreamExt as _;
+
+use crate::helpers::*;
+
+async fn run_batch(app: &mut TestApp, payments: &[String], concurrency: i32) -> pb::BulkSummary {
+    let mut stream = app
+        .client
+        .bulk_refund(pb::BulkRefundRequest {
+            jobs: payments
+                .iter()
+                .map(|p| refund_request(p, Some(100), "USD"))
+                .collect(),
+            max_concurrency: concurrency,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut summary = None;
+    while let Some(e) = stream.next().await {
+        if let Some(Event::Summary(s)) = e.unwrap().event {
+            summary = Some(s);
+        }
+    }
+    summary.expect("summary")
+}
+
+async fn seed(app: &TestApp, n: u32) -> Vec<String> {
+    app.sandbox
+        .create_payments(&NewPayments {
+            amount: 1_000,
+            currency: "USD".into(),
+            id: None,
+            count: Some(n),
+            status: None,
+            fail_refunds: false,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect()
+}
+
+#[tokio::test]
+async fn our_rate_limit_keeps_the_provider_below_it() {
+    let (sandbox_url, sandbox) = spawn_sandbox(FaultConfig::default()).await;
+    let db = TestDb::new().await;
+    let rate = 20;
+    let mut app = spawn_app_with(&db, |s| {
+        s.sandbox_url = Some(sandbox_url);
+        s.sandbox_traffic.rate_per_sec = rate;
+    })
+    .await;
+    let payments = seed(&app, 50).await;
+    let summary = run_batch(&mut app, &payments, 32).await;
+    assert_eq!(summary.succeeded, 50);
+    let stats = sandbox.stats();
+    // The busiest second of refund creations stays within our rate (plus the bucket's burst).
+    let burst = u64::from(rate / 10).max(1);
+    assert!(
+        stats.max_writes_per_sec <= u64::from(rate) + burst,
+        "busiest second saw {} writes for a limit of {rate}/s",
+        stats.max_writes_per_sec
+    );
+    assert_eq!(stats.rate_limited, 0);
+}
+
+#[tokio::test]
+async fn provider_429s_are_retried_after_retry_after_and_nothing_is_refunded_twice() {
+    // The provider allows 5 writes a second; we do not limit ourselves, so we run into 429s.
+    let (sandbox_url, sandbox) = spawn_sandbox(FaultConfig {
+        rate_limit_per_sec: 5,
+        ..FaultConfig::default()
+    })
+    .await;
+    let db = TestDb::new().await;
+    let mut app = spawn_app_with(&db, |s| {
+        s.sandbox_url = Some(sandbox_url);
+        s.sandbox_traffic.max_attempts = 10;
+    })
+    .await;
+    let payments = seed(&app, 12).await;
+    let summary = tokio::time::timeout(Duration::from_secs(60), run_batch(&mut app, &payments, 12))
+        .await
+        .expect("the batch ends");
+    assert_eq!(summary.succeeded, 12, "{summary:?}");
+    let stats = sandbox.stats();
+    assert!(stats.rate_limited > 0, "the provider did refuse some calls");
+    for p in &payments {
+        assert_eq!(app.ledger(p).await.len(), 1, "{p}");
+    }
+}
