@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, and the sandbox's `serve`, `seed` and `ledger`.
+//! The command line: `serve`, `migrate`, `bulk`, and the sandbox's `serve`, `seed` and `ledger`.
 //! Every setting has a flag and an environment variable.
 
 use std::net::SocketAddr;
@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::app::{Application, shutdown_signal};
 use crate::config::{DEFAULT_DATABASE_URL, Secret, ServeSettings};
+use crate::providers::traffic::TrafficConfig;
 use crate::sandbox::{self, FaultConfig, Sandbox, client::SandboxClient};
 use crate::service::{BulkConfig, RefundsConfig};
 use crate::store::{Store, StoreOptions};
@@ -39,12 +40,18 @@ pub enum LogFormatArg {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service: gRPC and HTTP servers, reconciler.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
     /// The built-in sandbox payment provider.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
+    /// Refund every row of a CSV file through BulkRefund.
+    ///
+    /// Shows progress, writes the rows that did not succeed to a dead-letter file, and prints a
+    /// summary. Exit status: 0 all succeeded, 1 some did not, 2 usage, file, connection or
+    /// server error, 130 interrupted.
+    Bulk(crate::bulk_cli::BulkArgs),
 }
 
 #[derive(Debug, Args)]
@@ -76,9 +83,40 @@ pub struct ServeArgs {
     #[arg(long, env = "REFUND_SANDBOX_URL")]
     pub sandbox_url: Option<String>,
 
-    /// Longest wait for one provider call; past it the refund stays PENDING and is looked up later.
+    /// Longest wait for one provider call; past it the outcome is unknown: the refund is looked
+    /// up at the provider before anything is sent again.
     #[arg(long, env = "REFUND_PROVIDER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub provider_timeout: Duration,
+
+    /// Our own limit on calls per second to the sandbox provider, for reads and for writes
+    /// separately; 0 = unlimited.
+    #[arg(long, env = "REFUND_SANDBOX_RATE_LIMIT", default_value_t = 0)]
+    pub sandbox_rate_limit: u32,
+
+    /// Provider calls in flight at once, per provider.
+    #[arg(long, env = "REFUND_PROVIDER_CONCURRENCY", default_value_t = 64)]
+    pub provider_concurrency: usize,
+
+    /// Attempts per provider operation (retries on 429, 5xx and connection errors), first included.
+    #[arg(long, env = "REFUND_PROVIDER_MAX_ATTEMPTS", default_value_t = 4)]
+    pub provider_max_attempts: u32,
+
+    /// First retry delay; it doubles per retry, with jitter.
+    #[arg(long, env = "REFUND_PROVIDER_BACKOFF", default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub provider_backoff: Duration,
+
+    /// Longest retry delay. A provider asking (Retry-After) for more is retried later by the
+    /// reconciler instead.
+    #[arg(long, env = "REFUND_PROVIDER_MAX_BACKOFF", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub provider_max_backoff: Duration,
+
+    /// Consecutive failures (unavailable, timeout) that open a provider's circuit; 0 = never.
+    #[arg(long, env = "REFUND_PROVIDER_BREAKER_THRESHOLD", default_value_t = 5)]
+    pub provider_breaker_threshold: u32,
+
+    /// How long an open circuit fails calls fast before one probe goes through.
+    #[arg(long, env = "REFUND_PROVIDER_BREAKER_OPEN_FOR", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub provider_breaker_open_for: Duration,
 
     /// How long idempotency keys are remembered (at least 24h is recommended).
     #[arg(long, env = "REFUND_IDEMPOTENCY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
@@ -236,6 +274,13 @@ impl ServeArgs {
             database,
             sandbox_url,
             provider_timeout,
+            sandbox_rate_limit,
+            provider_concurrency,
+            provider_max_attempts,
+            provider_backoff,
+            provider_max_backoff,
+            provider_breaker_threshold,
+            provider_breaker_open_for,
             idempotency_ttl,
             reconcile_delay,
             reconcile_max_delay,
@@ -262,6 +307,18 @@ impl ServeArgs {
         );
         anyhow::ensure!(max_attempts >= 1, "--max-attempts must be at least 1");
         anyhow::ensure!(
+            provider_concurrency >= 1,
+            "--provider-concurrency must be at least 1"
+        );
+        anyhow::ensure!(
+            provider_max_attempts >= 1,
+            "--provider-max-attempts must be at least 1"
+        );
+        anyhow::ensure!(
+            provider_backoff <= provider_max_backoff,
+            "--provider-backoff must not exceed --provider-max-backoff"
+        );
+        anyhow::ensure!(
             (1..=1_000_000).contains(&bulk_max_jobs),
             "--bulk-max-jobs must be between 1 and 1000000"
         );
@@ -287,9 +344,20 @@ impl ServeArgs {
             http_addr,
             database_url: Secret::new(database.database_url),
             sandbox_url,
+            sandbox_traffic: TrafficConfig {
+                rate_per_sec: sandbox_rate_limit,
+                max_concurrency: provider_concurrency,
+                call_timeout: provider_timeout,
+                max_attempts: provider_max_attempts,
+                base_backoff: provider_backoff,
+                max_backoff: provider_max_backoff,
+                breaker_threshold: provider_breaker_threshold,
+                breaker_open_for: provider_breaker_open_for,
+            },
             store: store_options(database.db_max_connections)?,
             refunds: RefundsConfig {
-                provider_timeout,
+                // Set from the providers' traffic configuration when the app is built.
+                provider_budget: Duration::ZERO,
                 idempotency_ttl,
                 reconcile_delay,
                 reconcile_max_delay,
@@ -353,6 +421,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sandbox(SandboxCommand::Serve(args)) => sandbox_serve(args).await,
         Command::Sandbox(SandboxCommand::Seed(args)) => sandbox_seed(args).await,
         Command::Sandbox(SandboxCommand::Ledger(args)) => sandbox_ledger(args).await,
+        Command::Bulk(args) => crate::bulk_cli::run(args).await,
     }
 }
 

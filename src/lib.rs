@@ -3,6 +3,7 @@
 //!
 //! Layout (dependencies point down the list; see ARCHITECTURE.md):
 //! - [`cli`], [`app`], [`config`], [`telemetry`]: process wiring — flags, settings, start, drain.
+//! - [`bulk_cli`]: the `bulk` command, a gRPC client that refunds the rows of a CSV file.
 //! - [`api`]: the gRPC surface (tonic). [`http`]: the HTTP port (probes, embedded sandbox).
 //! - [`service`]: the refund use cases and the reconciler.
 //! - [`domain`]: money, requests, refunds, the status machine, errors. No I/O.
@@ -14,6 +15,7 @@
 
 pub mod api;
 pub mod app;
+pub mod bulk_cli;
 pub mod cli;
 pub mod config;
 pub mod domain;

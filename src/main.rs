@@ -8,7 +8,10 @@ async fn main() -> std::process::ExitCode {
         Err(e) => {
             // The whole cause chain, one cause per line.
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // `bulk` tells failed jobs (1) from bad input, connection or server errors (2) and
+            // an interruption (130).
+            e.downcast_ref::<refund_service::bulk_cli::BulkError>()
+                .map_or(std::process::ExitCode::FAILURE, |e| e.exit_code().into())
         }
     }
 }

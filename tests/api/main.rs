@@ -5,6 +5,7 @@
 mod helpers;
 
 mod bulk;
+mod bulk_cli;
 mod cli;
 mod concurrency;
 mod crash;
@@ -13,3 +14,4 @@ mod idempotency;
 mod list;
 mod reconcile;
 mod server;
+mod traffic;
