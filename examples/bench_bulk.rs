@@ -1,0 +1,244 @@
+//! Bulk refund benchmark (run by `scripts/bench-bulk.sh`; not a test).
+//!
+//! Starts a standalone sandbox with provider latency L and rate limit R, starts the service (both
+//! as processes of the release binary) on a fresh database, seeds N payments, refunds them in one
+//! BulkRefund at concurrency C, and prints: N, L, R, C, wall time, jobs/s, the bound
+//! min(R, C/L) and our ratio to it, and the service's peak RSS. With `--sequential M` it also
+//! refunds M payments one CreateRefund at a time, like the seed's loop, for comparison.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use refund_service::api::max_message_bytes;
+use refund_service::api::pb;
+use refund_service::api::pb::bulk_refund_event::Event;
+use refund_service::api::pb::refund_service_client::RefundServiceClient;
+use refund_service::sandbox::NewPayments;
+use refund_service::sandbox::client::SandboxClient;
+use tokio_stream::StreamExt as _;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Path of the refund-service binary (release build).
+    #[arg(long)]
+    bin: String,
+    /// `sqlite` or a PostgreSQL admin URL (a fresh database is created through it).
+    #[arg(long, default_value = "sqlite")]
+    store: String,
+    #[arg(long, default_value_t = 10_000)]
+    jobs: u32,
+    /// Provider latency L in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    latency_ms: u64,
+    /// Provider rate limit R in requests per second (the service paces itself below it).
+    #[arg(long, default_value_t = 1_000)]
+    rate: u32,
+    /// Concurrency C of the batch.
+    #[arg(long, default_value_t = 64)]
+    concurrency: u32,
+    /// Also refund this many payments one at a time (the seed's sequential loop).
+    #[arg(long, default_value_t = 0)]
+    sequential: u32,
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Peak resident set size of a process (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .context("no VmHWM")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kib / 1024.0)
+}
+
+async fn wait_ready(url: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    for _ in 0..300 {
+        if let Ok(r) = http.get(url).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("{url} never became ready")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let work = tempfile::tempdir()?;
+    let (database_url, store_name) = if args.store == "sqlite" {
+        (
+            format!(
+                "sqlite://{}?mode=rwc",
+                work.path().join("bench.db").display()
+            ),
+            "sqlite".to_owned(),
+        )
+    } else {
+        let name = format!("refund_bench_{}", uuid::Uuid::new_v4().simple());
+        let admin = sea_orm::Database::connect(&args.store).await?;
+        sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("CREATE DATABASE {name}"))
+            .await?;
+        let base = args
+            .store
+            .rsplit_once('/')
+            .context("admin URL ends in /DB")?
+            .0;
+        (format!("{base}/{name}"), "postgres".to_owned())
+    };
+
+    let sandbox_port = free_port()?;
+    let _sandbox = Proc(
+        Command::new(&args.bin)
+            .args([
+                "sandbox",
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{sandbox_port}"),
+            ])
+            .args(["--latency-ms", &args.latency_ms.to_string()])
+            .args(["--rate-limit", &args.rate.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let sandbox_url = format!("http://127.0.0.1:{sandbox_port}/sandbox");
+    wait_ready(&format!("{sandbox_url}/stats")).await?;
+
+    let (grpc, http) = (free_port()?, free_port()?);
+    let max_jobs = args.jobs.max(args.sequential).max(10_000);
+    let service = Proc(
+        Command::new(&args.bin)
+            .args(["serve", "--grpc-addr", &format!("127.0.0.1:{grpc}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http}")])
+            .args(["--database-url", &database_url])
+            .args(["--sandbox-url", &sandbox_url])
+            .args(["--sandbox-rate-limit", &args.rate.to_string()])
+            .args(["--bulk-max-jobs", &max_jobs.to_string()])
+            .args([
+                "--bulk-max-concurrency",
+                &args.concurrency.max(1).to_string(),
+            ])
+            .args([
+                "--bulk-default-concurrency",
+                &args.concurrency.max(1).to_string(),
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    wait_ready(&format!("http://127.0.0.1:{http}/readyz")).await?;
+
+    let sandbox = SandboxClient::new(&sandbox_url, Duration::from_secs(120))?;
+    let seed = |count: u32| NewPayments {
+        amount: 10_000,
+        currency: "USD".into(),
+        id: None,
+        count: Some(count),
+        status: None,
+        fail_refunds: false,
+    };
+    let payments = sandbox.create_payments(&seed(args.jobs)).await?;
+    let mut client = RefundServiceClient::connect(format!("http://127.0.0.1:{grpc}"))
+        .await?
+        .max_encoding_message_size(max_message_bytes(max_jobs))
+        .max_decoding_message_size(max_message_bytes(max_jobs));
+    let jobs = payments
+        .iter()
+        .map(|p| pb::CreateRefundRequest {
+            payment_id: p.id.clone(),
+            amount: Some(2_500),
+            currency: "USD".into(),
+            ..Default::default()
+        })
+        .collect();
+    drop(payments);
+
+    let started = Instant::now();
+    let mut stream = client
+        .bulk_refund(pb::BulkRefundRequest {
+            jobs,
+            max_concurrency: i32::try_from(args.concurrency)?,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut summary = None;
+    while let Some(event) = stream.next().await {
+        if let Some(Event::Summary(s)) = event?.event {
+            summary = Some(s);
+        }
+    }
+    let wall = started.elapsed();
+    let summary = summary.context("stream ended without a summary")?;
+    let rss = peak_rss_mib(service.0.id())?;
+    let stats = sandbox.stats().await?;
+
+    let jobs_per_sec = f64::from(args.jobs) / wall.as_secs_f64();
+    let by_latency = f64::from(args.concurrency) / (args.latency_ms.max(1) as f64 / 1000.0);
+    let bound = f64::from(args.rate).min(by_latency);
+    println!(
+        "store={store_name} N={} L={}ms R={}/s C={} wall={:.2}s jobs/s={:.0} bound=min(R,C/L)={:.0} ratio={:.1}% succeeded={} failed={} peak_rss={:.1}MiB provider_max_rps={} provider_429s={}",
+        args.jobs,
+        args.latency_ms,
+        args.rate,
+        args.concurrency,
+        wall.as_secs_f64(),
+        jobs_per_sec,
+        bound,
+        100.0 * jobs_per_sec / bound,
+        summary.succeeded,
+        summary.failed,
+        rss,
+        stats.max_requests_per_sec,
+        stats.rate_limited,
+    );
+
+    if args.sequential > 0 {
+        let payments = sandbox.create_payments(&seed(args.sequential)).await?;
+        let started = Instant::now();
+        for p in &payments {
+            client
+                .create_refund(pb::CreateRefundRequest {
+                    payment_id: p.id.clone(),
+                    amount: Some(2_500),
+                    currency: "USD".into(),
+                    ..Default::default()
+                })
+                .await?;
+        }
+        let wall = started.elapsed();
+        println!(
+            "store={store_name} sequential loop (one CreateRefund at a time, as the seed's session.loop) N={} L={}ms wall={:.2}s jobs/s={:.1}",
+            args.sequential,
+            args.latency_ms,
+            wall.as_secs_f64(),
+            f64::from(args.sequential) / wall.as_secs_f64(),
+        );
+    }
+    Ok(())
+}
