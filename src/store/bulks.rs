@@ -275,7 +275,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let txn = self.db.begin().await?;
-        let mut claimed: Vec<i32> = Vec::new();
+        let mut rows: Vec<bulk_item::Model> = Vec::new();
 
         let expired = bulk_item::Entity::find()
             .filter(bulk_item::Column::BulkId.eq(bulk_id.as_str()))
@@ -296,16 +296,15 @@ impl Store {
                 .filter(bulk_item::Column::Idx.eq(item.idx))
                 .filter(bulk_item::Column::Status.eq(ItemStatus::Running.as_str()))
                 .filter(bulk_item::Column::LeaseUntil.eq(item.lease_until))
-                .exec(&txn)
-                .await?
-                .rows_affected;
-            if taken == 1 {
+                .exec_with_returning(&txn)
+                .await?;
+            if !taken.is_empty() {
                 tracing::info!(bulk_id = %bulk_id, index = item.idx, "taking over a job whose worker's lease expired");
-                claimed.push(item.idx);
+                rows.extend(taken);
             }
         }
 
-        let room = limit.saturating_sub(claimed.len() as u32) as i32;
+        let room = limit.saturating_sub(rows.len() as u32) as i32;
         if room > 0 {
             let row = bulk::Entity::find_by_id(bulk_id.as_str().to_owned())
                 .one(&txn)
@@ -323,7 +322,7 @@ impl Store {
                     .await?
                     .rows_affected;
                 if moved == 1 {
-                    bulk_item::Entity::update_many()
+                    let fresh = bulk_item::Entity::update_many()
                         .col_expr(
                             bulk_item::Column::Status,
                             Expr::value(ItemStatus::Running.as_str()),
@@ -337,26 +336,19 @@ impl Store {
                         .filter(bulk_item::Column::Idx.gte(from))
                         .filter(bulk_item::Column::Idx.lt(to))
                         .filter(bulk_item::Column::Status.eq(ItemStatus::Queued.as_str()))
-                        .exec(&txn)
+                        .exec_with_returning(&txn)
                         .await?;
-                    claimed.extend(from..to);
+                    rows.extend(fresh);
                 }
             }
         }
 
-        if claimed.is_empty() {
+        if rows.is_empty() {
             txn.rollback().await?;
             return Ok(Vec::new());
         }
-        let rows = bulk_item::Entity::find()
-            .filter(bulk_item::Column::BulkId.eq(bulk_id.as_str()))
-            .filter(bulk_item::Column::Idx.is_in(claimed))
-            .filter(bulk_item::Column::Status.eq(ItemStatus::Running.as_str()))
-            .filter(bulk_item::Column::LeaseOwner.eq(owner))
-            .order_by_asc(bulk_item::Column::Idx)
-            .all(&txn)
-            .await?;
         txn.commit().await?;
+        rows.sort_by_key(|r| r.idx);
         rows.into_iter()
             .map(|row| {
                 let json = row
@@ -737,21 +729,13 @@ async fn next_sequences(
     if let Some(counter) = counter {
         update = update.col_expr(counter, Expr::col(counter).add(n));
     }
-    let moved = update
+    update
         .filter(bulk::Column::Id.eq(bulk_id.as_str()))
-        .exec(txn)
+        .exec_with_returning(txn)
         .await?
-        .rows_affected;
-    if moved != 1 {
-        return Err(corrupt("bulks", "sequencing an event of a missing batch"));
-    }
-    let last: Option<i64> = bulk::Entity::find_by_id(bulk_id.as_str().to_owned())
-        .select_only()
-        .column(bulk::Column::LastSequence)
-        .into_tuple()
-        .one(txn)
-        .await?;
-    last.ok_or_else(|| corrupt("bulks", "batch vanished while sequencing"))
+        .pop()
+        .map(|b| b.last_sequence)
+        .ok_or_else(|| corrupt("bulks", "sequencing an event of a missing batch"))
 }
 
 fn event_row(

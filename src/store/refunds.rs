@@ -164,23 +164,16 @@ impl Store {
                     Expr::value(failure.reason.clone()),
                 );
         }
-        let moved = update
+        let Some(row) = update
             .filter(refund::Column::Id.eq(id.as_str()))
             .filter(refund::Column::Status.eq(s.from.as_str()))
-            .exec(&txn)
+            .exec_with_returning(&txn)
             .await?
-            .rows_affected;
-        if moved == 0 {
+            .pop()
+        else {
             txn.rollback().await?;
             return Ok(None);
-        }
-        let row = refund::Entity::find_by_id(id.as_str().to_owned())
-            .one(&txn)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt {
-                table: "refunds",
-                detail: format!("{id} vanished inside its own transaction"),
-            })?;
+        };
         if s.from.holds_reservation() && !s.to.holds_reservation() {
             let released = payment::Entity::update_many()
                 .col_expr(
@@ -479,85 +472,12 @@ async fn begin_in(
         }
     }
 
-    // 2. Make sure the payment's balance row exists. Its captured amount comes from the provider.
-    insert_ignoring_conflict(
-        txn,
-        payment::Entity::insert(payment::ActiveModel {
-            account_id: Set(account.to_owned()),
-            provider: Set(r.provider.as_str().to_owned()),
-            payment_id: Set(r.payment.as_str().to_owned()),
-            currency: Set(r.currency.code().to_owned()),
-            captured_amount: Set(b.captured),
-            reserved_amount: Set(0),
-            created_at: Set(now),
-            updated_at: Set(now),
-        })
-        .on_conflict_do_nothing_on([
-            payment::Column::AccountId,
-            payment::Column::Provider,
-            payment::Column::PaymentId,
-        ]),
-    )
-    .await?;
-
-    // 3. Reserve the amount with one conditional write. For an explicit amount the condition is
-    //    `reserved + amount <= captured`; for "the whole remainder" it is a compare-and-set on the
-    //    reserved amount we read, retried if another refund got there first.
-    let pk = (
-        account.to_owned(),
-        r.provider.as_str().to_owned(),
-        r.payment.as_str().to_owned(),
-    );
-    let mut tries = 0;
-    let amount = loop {
-        tries += 1;
-        let row = payment::Entity::find_by_id(pk.clone())
-            .one(txn)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt {
-                table: "payments",
-                detail: "balance row missing after insert".into(),
-            })?;
-        let remaining = Ord::min(
-            row.captured_amount - row.reserved_amount,
-            b.provider_remaining,
-        );
-        if remaining <= 0 {
-            return Ok(BeginOutcome::AlreadyRefunded);
-        }
-        let amount = match r.amount {
-            Some(a) if a.minor_units() > remaining => {
-                return Ok(BeginOutcome::OverRefund { remaining });
-            }
-            Some(a) => a.minor_units(),
-            None => remaining,
-        };
-        let mut reserve = payment::Entity::update_many()
-            .col_expr(
-                payment::Column::ReservedAmount,
-                Expr::col(payment::Column::ReservedAmount).add(amount),
-            )
-            .col_expr(payment::Column::UpdatedAt, Expr::value(now))
-            .filter(payment::Column::AccountId.eq(account))
-            .filter(payment::Column::Provider.eq(r.provider.as_str()))
-            .filter(payment::Column::PaymentId.eq(r.payment.as_str()));
-        reserve = match r.amount {
-            Some(_) => reserve.filter(
-                Expr::col(payment::Column::ReservedAmount)
-                    .add(amount)
-                    .lte(Expr::col(payment::Column::CapturedAmount)),
-            ),
-            None => reserve.filter(payment::Column::ReservedAmount.eq(row.reserved_amount)),
-        };
-        if reserve.exec(txn).await?.rows_affected == 1 {
-            break amount;
-        }
-        if tries >= 16 {
-            return Err(StoreError::Corrupt {
-                table: "payments",
-                detail: "balance kept changing while reserving".into(),
-            });
-        }
+    // 2-3. Reserve the amount with one conditional write on the payment's balance row, creating
+    //      the row (captured amount from the provider's pre-flight) on the payment's first refund.
+    let amount = match reserve(txn, b).await? {
+        Reservation::Reserved(amount) => amount,
+        Reservation::OverRefund { remaining } => return Ok(BeginOutcome::OverRefund { remaining }),
+        Reservation::NothingLeft => return Ok(BeginOutcome::AlreadyRefunded),
     };
 
     // 4. The refund itself, PENDING, with the key it will be sent to the provider with (its id).
@@ -586,18 +506,135 @@ async fn begin_in(
         created_at: Set(now),
         updated_at: Set(now),
     };
-    refund::Entity::insert(model)
-        .exec_without_returning(txn)
+    let row = refund::Entity::insert(model)
+        .exec_with_returning(txn)
         .await?;
-    let row = refund::Entity::find_by_id(b.id.as_str().to_owned())
-        .one(txn)
-        .await?
-        .ok_or_else(|| StoreError::Corrupt {
-            table: "refunds",
-            detail: "refund missing after insert".into(),
-        })?;
     insert_event(txn, &row, None, RefundStatus::Pending, "api", now).await?;
     Ok(BeginOutcome::Created(to_domain(row)?))
+}
+
+enum Reservation {
+    Reserved(i64),
+    OverRefund { remaining: i64 },
+    NothingLeft,
+}
+
+/// Reserves the refund's amount against the payment's balance.
+///
+/// An explicit amount is one conditional `UPDATE` (`reserved + amount <= captured`); on a
+/// payment's first refund the row does not exist yet and is inserted with the amount already
+/// reserved (a concurrent first refund loses the insert race and retries the update). "The whole
+/// remainder" is a compare-and-set on the reserved amount read, retried if another refund got
+/// there first. Either way no write depends on a value read earlier without re-checking it.
+async fn reserve(
+    txn: &DatabaseTransaction,
+    b: &BeginRefund<'_>,
+) -> Result<Reservation, StoreError> {
+    let account = b.account.as_str();
+    let r = b.request;
+    let now = b.now.as_micros();
+    let pk = (
+        account.to_owned(),
+        r.provider.as_str().to_owned(),
+        r.payment.as_str().to_owned(),
+    );
+    let first_row = |reserved: i64| {
+        payment::Entity::insert(payment::ActiveModel {
+            account_id: Set(account.to_owned()),
+            provider: Set(r.provider.as_str().to_owned()),
+            payment_id: Set(r.payment.as_str().to_owned()),
+            currency: Set(r.currency.code().to_owned()),
+            captured_amount: Set(b.captured),
+            reserved_amount: Set(reserved),
+            created_at: Set(now),
+            updated_at: Set(now),
+        })
+        .on_conflict_do_nothing_on([
+            payment::Column::AccountId,
+            payment::Column::Provider,
+            payment::Column::PaymentId,
+        ])
+    };
+    // Ours and the provider's view; the provider's also counts refunds made elsewhere.
+    let remaining_of = |row: Option<&payment::Model>| {
+        let ours = row.map_or(b.captured, |p| p.captured_amount - p.reserved_amount);
+        Ord::min(ours, b.provider_remaining)
+    };
+    let balance = || {
+        payment::Entity::update_many()
+            .col_expr(payment::Column::UpdatedAt, Expr::value(now))
+            .filter(payment::Column::AccountId.eq(account))
+            .filter(payment::Column::Provider.eq(r.provider.as_str()))
+            .filter(payment::Column::PaymentId.eq(r.payment.as_str()))
+    };
+
+    for _ in 0..16 {
+        match r.amount {
+            Some(amount) => {
+                let amount = amount.minor_units();
+                if amount <= b.provider_remaining {
+                    let reserved = balance()
+                        .col_expr(
+                            payment::Column::ReservedAmount,
+                            Expr::col(payment::Column::ReservedAmount).add(amount),
+                        )
+                        .filter(
+                            Expr::col(payment::Column::ReservedAmount)
+                                .add(amount)
+                                .lte(Expr::col(payment::Column::CapturedAmount)),
+                        )
+                        .exec(txn)
+                        .await?
+                        .rows_affected;
+                    if reserved == 1 {
+                        return Ok(Reservation::Reserved(amount));
+                    }
+                }
+                let row = payment::Entity::find_by_id(pk.clone()).one(txn).await?;
+                if row.is_none() && amount <= Ord::min(b.captured, b.provider_remaining) {
+                    if insert_ignoring_conflict(txn, first_row(amount)).await? {
+                        return Ok(Reservation::Reserved(amount));
+                    }
+                    continue; // another first refund created the row: reserve against it
+                }
+                let remaining = remaining_of(row.as_ref());
+                return Ok(if remaining <= 0 {
+                    Reservation::NothingLeft
+                } else {
+                    Reservation::OverRefund { remaining }
+                });
+            }
+            None => {
+                let row = payment::Entity::find_by_id(pk.clone()).one(txn).await?;
+                let remaining = remaining_of(row.as_ref());
+                if remaining <= 0 {
+                    return Ok(Reservation::NothingLeft);
+                }
+                let taken = match row {
+                    None => insert_ignoring_conflict(txn, first_row(remaining)).await?,
+                    Some(row) => {
+                        balance()
+                            .col_expr(
+                                payment::Column::ReservedAmount,
+                                Expr::value(row.reserved_amount + remaining),
+                            )
+                            .filter(payment::Column::ReservedAmount.eq(row.reserved_amount))
+                            .exec(txn)
+                            .await?
+                            .rows_affected
+                            == 1
+                    }
+                };
+                if taken {
+                    return Ok(Reservation::Reserved(remaining));
+                }
+            }
+        }
+    }
+    Err(StoreError::Corrupt {
+        table: "payments",
+        detail: "balance kept changing while reserving".into(),
+    })
 }
 
 async fn insert_ignoring_conflict<A>(
