@@ -11,7 +11,12 @@ use tokio_stream::StreamExt as _;
 
 use crate::helpers::*;
 
-async fn run_batch(app: &mut TestApp, payments: &[String], concurrency: i32) -> pb::BulkSummary {
+/// Runs one batch to its end: its id and summary.
+async fn run_batch(
+    app: &mut TestApp,
+    payments: &[String],
+    concurrency: i32,
+) -> (String, pb::BulkSummary) {
     let mut stream = app
         .client
         .bulk_refund(pb::BulkRefundRequest {
@@ -25,13 +30,15 @@ async fn run_batch(app: &mut TestApp, payments: &[String], concurrency: i32) -> 
         .await
         .unwrap()
         .into_inner();
-    let mut summary = None;
+    let (mut bulk_id, mut summary) = (String::new(), None);
     while let Some(e) = stream.next().await {
-        if let Some(Event::Summary(s)) = e.unwrap().event {
-            summary = Some(s);
+        match e.unwrap().event {
+            Some(Event::Accepted(a)) => bulk_id = a.bulk_id,
+            Some(Event::Summary(s)) => summary = Some(s),
+            _ => {}
         }
     }
-    summary.expect("summary")
+    (bulk_id, summary.expect("summary"))
 }
 
 async fn seed(app: &TestApp, n: u32) -> Vec<String> {
@@ -62,7 +69,7 @@ async fn our_rate_limit_keeps_the_provider_below_it() {
     })
     .await;
     let payments = seed(&app, 50).await;
-    let summary = run_batch(&mut app, &payments, 32).await;
+    let (_, summary) = run_batch(&mut app, &payments, 32).await;
     assert_eq!(summary.succeeded, 50);
     let stats = sandbox.stats();
     // The busiest second of refund creations stays within our rate (plus the bucket's burst).
@@ -90,13 +97,63 @@ async fn provider_429s_are_retried_after_retry_after_and_nothing_is_refunded_twi
     })
     .await;
     let payments = seed(&app, 12).await;
-    let summary = tokio::time::timeout(Duration::from_secs(60), run_batch(&mut app, &payments, 12))
-        .await
-        .expect("the batch ends");
+    let (_, summary) =
+        tokio::time::timeout(Duration::from_secs(60), run_batch(&mut app, &payments, 12))
+            .await
+            .expect("the batch ends");
     assert_eq!(summary.succeeded, 12, "{summary:?}");
     let stats = sandbox.stats();
     assert!(stats.rate_limited > 0, "the provider did refuse some calls");
     for p in &payments {
         assert_eq!(app.ledger(p).await.len(), 1, "{p}");
+    }
+}
+
+#[tokio::test]
+async fn a_provider_that_is_down_is_detected_once_not_once_per_job() {
+    // Every call fails with 500. After a few failures the circuit opens and the rest of the
+    // batch fails fast, without calling the provider again.
+    let (sandbox_url, sandbox) = spawn_sandbox(FaultConfig::default()).await;
+    let db = TestDb::new().await;
+    let mut app = spawn_app_with(&db, |s| {
+        s.sandbox_url = Some(sandbox_url);
+        s.sandbox_traffic.max_attempts = 2;
+        s.sandbox_traffic.base_backoff = Duration::from_millis(10);
+        s.sandbox_traffic.breaker_threshold = 3;
+        s.sandbox_traffic.breaker_open_for = Duration::from_secs(60);
+    })
+    .await;
+    let payments = seed(&app, 40).await;
+    sandbox.set_faults(FaultConfig {
+        error_rate: 1.0,
+        ..FaultConfig::default()
+    });
+    let (bulk_id, summary) = run_batch(&mut app, &payments, 4).await;
+    assert_eq!((summary.succeeded, summary.failed), (0, 40));
+    let calls = sandbox.stats().requests;
+    assert!(calls < 10, "the provider saw {calls} calls for 40 jobs");
+
+    let failed = app
+        .client
+        .list_bulk_refund_items(pb::ListBulkRefundItemsRequest {
+            bulk_id,
+            status: pb::BulkItemStatus::Failed.into(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(failed.items.len(), 40);
+    for item in &failed.items {
+        let e = item.error.as_ref().unwrap();
+        assert_eq!(e.code, "UNAVAILABLE");
+        assert!(
+            e.retryable,
+            "a job that failed because the provider is down can be retried"
+        );
+    }
+    for p in &payments {
+        assert!(app.ledger(p).await.is_empty());
     }
 }
