@@ -138,6 +138,10 @@ async fn main() -> anyhow::Result<()> {
             .args(["--database-url", &database_url])
             .args(["--sandbox-url", &sandbox_url])
             .args(["--sandbox-rate-limit", &args.rate.to_string()])
+            .args([
+                "--provider-concurrency",
+                &args.concurrency.max(1).to_string(),
+            ])
             .args(["--bulk-max-jobs", &max_jobs.to_string()])
             .args([
                 "--bulk-max-concurrency",

@@ -47,6 +47,8 @@ impl Default for BulkConfig {
 
 /// Events read from the store per query while streaming.
 const EVENT_PAGE: u64 = 256;
+/// How long a stream waits after being woken before it reads, to read several events at once.
+const EVENT_COALESCE: Duration = Duration::from_millis(10);
 
 impl RefundService {
     /// Stores a batch and wakes the runner. Returns the batch and whether it is new (`false`:
@@ -194,7 +196,11 @@ impl RefundService {
             }
             tokio::select! {
                 () = tx.closed() => return,
-                _ = changed.changed() => {}
+                _ = changed.changed() => {
+                    // Let a few more results land, then read them in one query: a batch writes
+                    // hundreds of events a second and each read competes with its writes.
+                    tokio::time::sleep(EVENT_COALESCE).await;
+                }
                 () = tokio::time::sleep(poll) => {}
             }
         }

@@ -187,7 +187,7 @@ impl Job {
         let index = item.index;
         let outcome = match self
             .service
-            .create_refund(&self.bulk.account, item.request)
+            .create(&self.bulk.account, item.request, false)
             .await
         {
             Ok(refund) if refund.status == RefundStatus::Failed => ItemOutcome {

@@ -110,6 +110,18 @@ impl RefundService {
         account: &AccountId,
         request: NewRefund,
     ) -> Result<Refund, RefundError> {
+        self.create(account, request, true).await
+    }
+
+    /// `replay_first`: answer a known idempotency key from the store before calling the
+    /// provider. Bulk jobs skip that read: their keys are almost never known yet, and the store
+    /// still returns the original refund (without a second provider call) when one is.
+    pub(super) async fn create(
+        &self,
+        account: &AccountId,
+        request: NewRefund,
+        replay_first: bool,
+    ) -> Result<Refund, RefundError> {
         let Inner {
             store,
             providers,
@@ -131,7 +143,8 @@ impl RefundService {
         let now = Timestamp::now();
         let fingerprint = request.fingerprint();
 
-        if let Some(key) = &request.idempotency_key
+        if replay_first
+            && let Some(key) = &request.idempotency_key
             && let Some((stored, refund)) = store
                 .find_idempotent(account, key, now)
                 .await

@@ -361,21 +361,6 @@ impl Store {
         .map(|p| (p.captured_amount, p.reserved_amount)))
     }
 
-    /// Status changes of one refund, oldest first: (from, to, source).
-    pub async fn refund_history(
-        &self,
-        id: &RefundId,
-    ) -> Result<Vec<(Option<String>, String, String)>, StoreError> {
-        Ok(refund_event::Entity::find()
-            .filter(refund_event::Column::RefundId.eq(id.as_str()))
-            .order_by_asc(refund_event::Column::Id)
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(|e| (e.from_status, e.to_status, e.source))
-            .collect())
-    }
-
     /// Deletes idempotency keys past their expiry. Returns how many.
     pub async fn purge_expired_idempotency_keys(&self, now: Timestamp) -> Result<u64, StoreError> {
         Ok(idempotency_key::Entity::delete_many()
@@ -509,7 +494,6 @@ async fn begin_in(
     let row = refund::Entity::insert(model)
         .exec_with_returning(txn)
         .await?;
-    insert_event(txn, &row, None, RefundStatus::Pending, "api", now).await?;
     Ok(BeginOutcome::Created(to_domain(row)?))
 }
 
@@ -521,11 +505,11 @@ enum Reservation {
 
 /// Reserves the refund's amount against the payment's balance.
 ///
-/// An explicit amount is one conditional `UPDATE` (`reserved + amount <= captured`); on a
-/// payment's first refund the row does not exist yet and is inserted with the amount already
-/// reserved (a concurrent first refund loses the insert race and retries the update). "The whole
-/// remainder" is a compare-and-set on the reserved amount read, retried if another refund got
-/// there first. Either way no write depends on a value read earlier without re-checking it.
+/// An explicit amount is reserved when the payment's balance row is created (its first refund;
+/// a concurrent first refund loses the insert race) or by one conditional `UPDATE`
+/// (`reserved + amount <= captured`). "The whole remainder" is a compare-and-set on the reserved
+/// amount read, retried if another refund got there first. Either way no write depends on a
+/// value read earlier without re-checking it.
 async fn reserve(
     txn: &DatabaseTransaction,
     b: &BeginRefund<'_>,
@@ -572,6 +556,13 @@ async fn reserve(
         match r.amount {
             Some(amount) => {
                 let amount = amount.minor_units();
+                // A payment's first refund creates its balance row with the amount reserved;
+                // later ones reserve with the conditional UPDATE.
+                if amount <= Ord::min(b.captured, b.provider_remaining)
+                    && insert_ignoring_conflict(txn, first_row(amount)).await?
+                {
+                    return Ok(Reservation::Reserved(amount));
+                }
                 if amount <= b.provider_remaining {
                     let reserved = balance()
                         .col_expr(
@@ -591,12 +582,6 @@ async fn reserve(
                     }
                 }
                 let row = payment::Entity::find_by_id(pk.clone()).one(txn).await?;
-                if row.is_none() && amount <= Ord::min(b.captured, b.provider_remaining) {
-                    if insert_ignoring_conflict(txn, first_row(amount)).await? {
-                        return Ok(Reservation::Reserved(amount));
-                    }
-                    continue; // another first refund created the row: reserve against it
-                }
                 let remaining = remaining_of(row.as_ref());
                 return Ok(if remaining <= 0 {
                     Reservation::NothingLeft
