@@ -38,6 +38,9 @@ struct Args {
     /// Concurrency C of the batch.
     #[arg(long, default_value_t = 64)]
     concurrency: u32,
+    /// PostgreSQL connection pool size of the service.
+    #[arg(long, default_value_t = 16)]
+    db_connections: u32,
     /// Also refund this many payments one at a time (the seed's sequential loop).
     #[arg(long, default_value_t = 0)]
     sequential: u32,
