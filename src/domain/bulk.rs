@@ -5,7 +5,9 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-use super::{AccountId, FieldViolation, IdempotencyKey, NewRefund, Refund, RefundError, Timestamp};
+use super::{
+    AccountId, FieldViolation, IdempotencyKey, NewRefund, Refund, RefundError, RefundId, Timestamp,
+};
 
 /// `bulk_` followed by the 32 hex digits of a UUIDv7.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -212,6 +214,85 @@ impl JobError {
             message,
             retryable: false,
         }
+    }
+}
+
+/// How a dispatched job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobOutcome {
+    pub status: ItemStatus,
+    pub refund_id: Option<RefundId>,
+    pub error: Option<JobError>,
+    pub attempts: u32,
+}
+
+impl JobOutcome {
+    /// A job whose refund was made: it succeeded unless the provider rejected the refund. A
+    /// refund still PENDING at the provider counts as done; the reconciler settles it.
+    pub fn of_refund(refund: &Refund) -> Self {
+        let failed = refund.status == super::RefundStatus::Failed;
+        Self {
+            status: if failed {
+                ItemStatus::Failed
+            } else {
+                ItemStatus::Succeeded
+            },
+            refund_id: Some(refund.id.clone()),
+            error: failed.then(|| JobError::from_failed_refund(refund)),
+            attempts: refund.attempts,
+        }
+    }
+
+    /// A job whose refund could not be made.
+    pub fn of_error(e: &RefundError) -> Self {
+        let attempts = match e {
+            RefundError::ProviderUnavailable { .. } => 1,
+            RefundError::InvalidArgument(_)
+            | RefundError::PaymentNotFound { .. }
+            | RefundError::PaymentNotRefundable { .. }
+            | RefundError::OverRefund { .. }
+            | RefundError::AlreadyRefunded { .. }
+            | RefundError::IdempotencyKeyReused { .. }
+            | RefundError::RefundNotFound { .. }
+            | RefundError::BulkNotFound { .. }
+            | RefundError::Internal(_) => 0,
+        };
+        Self {
+            status: ItemStatus::Failed,
+            refund_id: None,
+            error: Some(JobError::from_refund_error(e)),
+            attempts,
+        }
+    }
+}
+
+/// A claimed bulk job: which one, and the worker holding its lease. Passed along with the job's
+/// refund so that the refund's settlement and the job's result are written in one transaction.
+#[derive(Debug)]
+pub struct JobRef {
+    pub bulk_id: BulkId,
+    pub index: u32,
+    pub owner: String,
+    /// Set once the job's result has been written (with its refund's settlement).
+    pub done: std::sync::atomic::AtomicBool,
+}
+
+impl JobRef {
+    pub fn new(bulk_id: BulkId, index: u32, owner: String) -> Self {
+        Self {
+            bulk_id,
+            index,
+            owner,
+            done: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn mark_done(&self) {
+        self.done.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 

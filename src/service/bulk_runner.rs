@@ -17,9 +17,9 @@ use backon::{ExponentialBuilder, Retryable as _};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::{RefundService, internal};
-use crate::domain::{Bulk, BulkId, ItemStatus, JobError, RefundError, RefundStatus, Timestamp};
-use crate::store::{ClaimedItem, ItemOutcome};
+use super::{Origin, RefundService, internal};
+use crate::domain::{Bulk, BulkId, JobOutcome, JobRef, RefundError, Timestamp};
+use crate::store::ClaimedItem;
 
 /// Runs batches until `shutdown` completes; then stops dispatching, lets the jobs in flight
 /// finish and returns.
@@ -185,49 +185,30 @@ struct Job {
 impl Job {
     async fn run(self, item: ClaimedItem) {
         let index = item.index;
-        let outcome = match self
+        let job = JobRef::new(self.bulk.id.clone(), index, self.owner.clone());
+        let result = self
             .service
-            .create(&self.bulk.account, item.request, false)
-            .await
-        {
-            Ok(refund) if refund.status == RefundStatus::Failed => ItemOutcome {
-                status: ItemStatus::Failed,
-                error: Some(JobError::from_failed_refund(&refund)),
-                attempts: refund.attempts,
-                refund_id: Some(refund.id),
-            },
-            // Succeeded, or PENDING at the provider (the reconciler settles it).
-            Ok(refund) => ItemOutcome {
-                status: ItemStatus::Succeeded,
-                error: None,
-                attempts: refund.attempts,
-                refund_id: Some(refund.id),
-            },
+            .create(&self.bulk.account, item.request, Origin::job(&job))
+            .await;
+        if job.is_done() {
+            // Written with the refund's settlement.
+            self.service.events_changed();
+            return;
+        }
+        let outcome = match result {
+            // Replayed, or still PENDING at the provider (the reconciler settles it).
+            Ok(refund) => JobOutcome::of_refund(&refund),
             Err(e) => {
                 if let RefundError::Internal(cause) = &e {
                     tracing::error!(bulk_id = %self.bulk.id, index, error = ?cause, "bulk job failed internally");
                 }
-                let attempts = match &e {
-                    RefundError::ProviderUnavailable { .. } => 1,
-                    _ => 0,
-                };
-                ItemOutcome {
-                    status: ItemStatus::Failed,
-                    refund_id: None,
-                    error: Some(JobError::from_refund_error(&e)),
-                    attempts,
-                }
+                JobOutcome::of_error(&e)
             }
         };
         // The refund is stored whatever happens here; what remains is recording the job's
         // result. A database hiccup must not leave the job leased (and heart-beaten) forever,
         // so keep trying; the refund's idempotency key makes a re-run harmless meanwhile.
-        let record = || async {
-            self.service
-                .store()
-                .complete_item(&self.bulk.id, index, &self.owner, &outcome)
-                .await
-        };
+        let record = || async { self.service.store().complete_item(&job, &outcome).await };
         let recorded = record
             .retry(
                 ExponentialBuilder::default()

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::{
-    AccountId, Failure, NewRefund, Refund, RefundError, RefundId, RefundStatus, Timestamp,
+    AccountId, Failure, JobRef, NewRefund, Refund, RefundError, RefundId, RefundStatus, Timestamp,
 };
 use crate::providers::{
     PaymentStatus, Provider, ProviderError, ProviderRefund, ProviderRefundStatus, Providers,
@@ -110,17 +110,18 @@ impl RefundService {
         account: &AccountId,
         request: NewRefund,
     ) -> Result<Refund, RefundError> {
-        self.create(account, request, true).await
+        self.create(account, request, Origin::API).await
     }
 
-    /// `replay_first`: answer a known idempotency key from the store before calling the
-    /// provider. Bulk jobs skip that read: their keys are almost never known yet, and the store
-    /// still returns the original refund (without a second provider call) when one is.
+    /// A refund for a request (`origin` says whose). A bulk job skips the read of its idempotency
+    /// key up front — its key is almost never known yet, and the store still returns the original
+    /// refund (without a second provider call) when it is — and gets its result written with its
+    /// refund's settlement.
     pub(super) async fn create(
         &self,
         account: &AccountId,
         request: NewRefund,
-        replay_first: bool,
+        origin: Origin<'_>,
     ) -> Result<Refund, RefundError> {
         let Inner {
             store,
@@ -143,7 +144,7 @@ impl RefundService {
         let now = Timestamp::now();
         let fingerprint = request.fingerprint();
 
-        if replay_first
+        if origin.job.is_none()
             && let Some(key) = &request.idempotency_key
             && let Some((stored, refund)) = store
                 .find_idempotent(account, key, now)
@@ -213,7 +214,7 @@ impl RefundService {
             .await
             .map_err(internal)?;
         match outcome {
-            BeginOutcome::Created(refund) => self.submit(provider.as_ref(), refund, "api").await,
+            BeginOutcome::Created(refund) => self.submit(provider.as_ref(), refund, origin).await,
             BeginOutcome::Replayed(refund) => Ok(refund),
             BeginOutcome::KeyReused => Err(RefundError::IdempotencyKeyReused {
                 key: request
@@ -271,7 +272,7 @@ impl RefundService {
         &self,
         provider: &dyn Provider,
         refund: Refund,
-        source: &'static str,
+        origin: Origin<'_>,
     ) -> Result<Refund, RefundError> {
         let mut metadata = refund.metadata.clone();
         metadata.insert("refund_id".to_owned(), refund.id.as_str().to_owned());
@@ -285,7 +286,7 @@ impl RefundService {
         };
         let answer = self.call(provider.create_refund(&call)).await;
         match answer {
-            Ok(provider_refund) => self.apply(refund, provider_refund, 0, source).await,
+            Ok(provider_refund) => self.apply(refund, provider_refund, 0, origin).await,
             Err(ProviderError::Rejected { code, message }) => {
                 self.finish(
                     refund,
@@ -293,7 +294,7 @@ impl RefundService {
                         code,
                         reason: message,
                     },
-                    source,
+                    origin,
                 )
                 .await
             }
@@ -302,7 +303,7 @@ impl RefundService {
                     code: "payment_not_found".to_owned(),
                     reason: message,
                 };
-                self.finish(refund, failure, source).await
+                self.finish(refund, failure, origin).await
             }
             Err(
                 e @ (ProviderError::RateLimited { .. }
@@ -342,7 +343,7 @@ impl RefundService {
         refund: Refund,
         provider_refund: ProviderRefund,
         attempts: i32,
-        source: &'static str,
+        origin: Origin<'_>,
     ) -> Result<Refund, RefundError> {
         let to = match &provider_refund.status {
             ProviderRefundStatus::Pending => {
@@ -371,8 +372,9 @@ impl RefundService {
                 to,
                 provider_refund_id: Some(provider_refund.id),
                 failure,
-                source,
+                source: origin.source,
             },
+            origin.job,
         )
         .await
     }
@@ -381,7 +383,7 @@ impl RefundService {
         &self,
         refund: Refund,
         failure: Failure,
-        source: &'static str,
+        origin: Origin<'_>,
     ) -> Result<Refund, RefundError> {
         self.settle(
             refund,
@@ -390,17 +392,23 @@ impl RefundService {
                 to: RefundStatus::Failed,
                 provider_refund_id: None,
                 failure: Some(failure),
-                source,
+                source: origin.source,
             },
+            origin.job,
         )
         .await
     }
 
-    async fn settle(&self, refund: Refund, s: Settlement) -> Result<Refund, RefundError> {
+    async fn settle(
+        &self,
+        refund: Refund,
+        s: Settlement,
+        job: Option<&JobRef>,
+    ) -> Result<Refund, RefundError> {
         match self
             .inner
             .store
-            .settle(&refund.id, s, None)
+            .settle(&refund.id, s, job)
             .await
             .map_err(internal)?
         {
@@ -433,6 +441,32 @@ fn backoff(c: &RefundsConfig, attempts: i32) -> Duration {
     c.reconcile_delay
         .saturating_mul(1u32 << doublings)
         .min(c.reconcile_max_delay)
+}
+
+/// Who asked for a refund's provider call, for its status history — and, for a bulk job, which
+/// job, so that the job's result is written with the refund's settlement.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Origin<'a> {
+    source: &'static str,
+    job: Option<&'a JobRef>,
+}
+
+impl<'a> Origin<'a> {
+    const API: Self = Self {
+        source: "api",
+        job: None,
+    };
+    const RECONCILER: Self = Self {
+        source: "reconciler",
+        job: None,
+    };
+
+    fn job(job: &'a JobRef) -> Self {
+        Self {
+            source: "bulk",
+            job: Some(job),
+        }
+    }
 }
 
 fn internal(e: StoreError) -> RefundError {

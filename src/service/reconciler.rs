@@ -8,7 +8,7 @@
 
 use std::future::Future;
 
-use super::{RefundService, internal};
+use super::{Origin, RefundService, internal};
 use crate::domain::{Failure, RefundError, RefundStatus, Timestamp};
 use crate::providers::ProviderError;
 use crate::store::{PendingRefund, Settlement};
@@ -64,7 +64,7 @@ impl RefundService {
         };
         match found {
             Ok(Some(provider_refund)) => {
-                self.apply(refund, provider_refund, attempts, "reconciler")
+                self.apply(refund, provider_refund, attempts, Origin::RECONCILER)
                     .await?;
             }
             // The provider has no trace of it: the request never arrived, so sending it again
@@ -87,11 +87,13 @@ impl RefundService {
                             failure: Some(failure),
                             source: "reconciler",
                         },
+                        None,
                     )
                     .await?;
                 } else {
                     tracing::info!(refund_id = %refund.id, attempts, "provider never received the refund; sending it again");
-                    self.submit(provider.as_ref(), refund, "reconciler").await?;
+                    self.submit(provider.as_ref(), refund, Origin::RECONCILER)
+                        .await?;
                 }
             }
             Ok(None) | Err(_) => {

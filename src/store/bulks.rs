@@ -18,8 +18,8 @@ use super::refunds::to_domain as refund_to_domain;
 use super::{Store, StoreError};
 use crate::domain::{
     AccountId, Amount, Bulk, BulkCounts, BulkEvent, BulkId, BulkState, Currency, IdempotencyKey,
-    ItemResult, ItemStatus, JobError, NewBulk, NewRefund, PaymentRef, ProviderName, Refund,
-    RefundId, RefundReason, SequencedEvent, StopReason, Timestamp, derived_job_key,
+    ItemResult, ItemStatus, JobError, JobOutcome, JobRef, NewBulk, NewRefund, PaymentRef,
+    ProviderName, Refund, RefundReason, SequencedEvent, StopReason, Timestamp, derived_job_key,
 };
 
 /// Rows per INSERT: well under SQLite's limit of bound parameters.
@@ -83,15 +83,6 @@ pub enum CreateBulkOutcome {
 pub struct ClaimedItem {
     pub index: u32,
     pub request: NewRefund,
-}
-
-/// How a dispatched job ended.
-#[derive(Debug)]
-pub struct ItemOutcome {
-    pub status: ItemStatus,
-    pub refund_id: Option<RefundId>,
-    pub error: Option<JobError>,
-    pub attempts: u32,
 }
 
 impl Store {
@@ -380,90 +371,21 @@ impl Store {
             .rows_affected)
     }
 
-    /// Records a job's result, its event and the batch's counters in one transaction, if `owner`
-    /// still holds the job. A failure in a batch that aborts on error stops its dispatching.
-    /// Returns the event's sequence, or `None` if the job was no longer ours.
+    /// Records a job's result, its event and the batch's counters in one transaction, if the
+    /// worker still holds the job. A failure in a batch that aborts on error stops its
+    /// dispatching. Returns the event's sequence, or `None` if the job was no longer ours.
     pub async fn complete_item(
         &self,
-        bulk_id: &BulkId,
-        index: u32,
-        owner: &str,
-        outcome: &ItemOutcome,
+        job: &JobRef,
+        outcome: &JobOutcome,
     ) -> Result<Option<u64>, StoreError> {
-        let now = Timestamp::now().as_micros();
-        let idx = index as i32;
         let txn = self.db.begin().await?;
-        let mut update = bulk_item::Entity::update_many()
-            .col_expr(
-                bulk_item::Column::Status,
-                Expr::value(outcome.status.as_str()),
-            )
-            .col_expr(
-                bulk_item::Column::RefundId,
-                Expr::value(outcome.refund_id.as_ref().map(|r| r.as_str().to_owned())),
-            )
-            .col_expr(
-                bulk_item::Column::Attempts,
-                Expr::value(outcome.attempts as i32),
-            )
-            .col_expr(
-                bulk_item::Column::LeaseOwner,
-                Expr::value(Option::<String>::None),
-            )
-            .col_expr(
-                bulk_item::Column::LeaseUntil,
-                Expr::value(Option::<i64>::None),
-            )
-            .col_expr(bulk_item::Column::UpdatedAt, Expr::value(now));
-        if let Some(e) = &outcome.error {
-            update = update
-                .col_expr(bulk_item::Column::ErrorCode, Expr::value(e.code.clone()))
-                .col_expr(
-                    bulk_item::Column::ErrorMessage,
-                    Expr::value(e.message.clone()),
-                )
-                .col_expr(bulk_item::Column::Retryable, Expr::value(e.retryable));
+        let sequence = complete_item_in(&txn, job, outcome).await?;
+        match sequence {
+            Some(_) => txn.commit().await?,
+            None => txn.rollback().await?,
         }
-        let mine = update
-            .filter(bulk_item::Column::BulkId.eq(bulk_id.as_str()))
-            .filter(bulk_item::Column::Idx.eq(idx))
-            .filter(bulk_item::Column::Status.eq(ItemStatus::Running.as_str()))
-            .filter(bulk_item::Column::LeaseOwner.eq(owner))
-            .exec(&txn)
-            .await?
-            .rows_affected;
-        if mine != 1 {
-            txn.rollback().await?;
-            return Ok(None);
-        }
-        let counter = match outcome.status {
-            ItemStatus::Succeeded => bulk::Column::Succeeded,
-            ItemStatus::Failed => bulk::Column::Failed,
-            ItemStatus::Skipped => bulk::Column::Skipped,
-            ItemStatus::Canceled => bulk::Column::Canceled,
-            ItemStatus::Queued | ItemStatus::Running => {
-                txn.rollback().await?;
-                return Err(corrupt("bulk_items", "a job cannot end queued or running"));
-            }
-        };
-        let sequence = next_sequences(&txn, bulk_id, Some(counter), 1, now).await?;
-        if outcome.status == ItemStatus::Failed {
-            bulk::Entity::update_many()
-                .col_expr(
-                    bulk::Column::StopReason,
-                    Expr::value(StopReason::Abort.as_str()),
-                )
-                .filter(bulk::Column::Id.eq(bulk_id.as_str()))
-                .filter(bulk::Column::AbortOnError.eq(true))
-                .filter(bulk::Column::StopReason.is_null())
-                .exec(&txn)
-                .await?;
-        }
-        bulk_event::Entity::insert(event_row(bulk_id, sequence, "result", Some(idx), now))
-            .exec_without_returning(&txn)
-            .await?;
-        txn.commit().await?;
-        Ok(Some(sequence as u64))
+        Ok(sequence)
     }
 
     /// Asks a running batch to stop dispatching. Returns the batch (unchanged if it had already
@@ -708,6 +630,87 @@ impl Store {
             .map(|r| refund_to_domain(r).map(|r| (r.id.as_str().to_owned(), r)))
             .collect()
     }
+}
+
+/// [`Store::complete_item`] inside the caller's transaction (also used to complete a job in the
+/// transaction that settles its refund). Writes nothing and returns `None` if the job is no
+/// longer running under `job.owner`.
+pub(super) async fn complete_item_in(
+    txn: &DatabaseTransaction,
+    job: &JobRef,
+    outcome: &JobOutcome,
+) -> Result<Option<u64>, StoreError> {
+    let now = Timestamp::now().as_micros();
+    let idx = job.index as i32;
+    let bulk_id = &job.bulk_id;
+    let counter = match outcome.status {
+        ItemStatus::Succeeded => bulk::Column::Succeeded,
+        ItemStatus::Failed => bulk::Column::Failed,
+        ItemStatus::Skipped => bulk::Column::Skipped,
+        ItemStatus::Canceled => bulk::Column::Canceled,
+        ItemStatus::Queued | ItemStatus::Running => {
+            return Err(corrupt("bulk_items", "a job cannot end queued or running"));
+        }
+    };
+    let mut update = bulk_item::Entity::update_many()
+        .col_expr(
+            bulk_item::Column::Status,
+            Expr::value(outcome.status.as_str()),
+        )
+        .col_expr(
+            bulk_item::Column::RefundId,
+            Expr::value(outcome.refund_id.as_ref().map(|r| r.as_str().to_owned())),
+        )
+        .col_expr(
+            bulk_item::Column::Attempts,
+            Expr::value(i32::try_from(outcome.attempts).unwrap_or(i32::MAX)),
+        )
+        .col_expr(
+            bulk_item::Column::LeaseOwner,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(
+            bulk_item::Column::LeaseUntil,
+            Expr::value(Option::<i64>::None),
+        )
+        .col_expr(bulk_item::Column::UpdatedAt, Expr::value(now));
+    if let Some(e) = &outcome.error {
+        update = update
+            .col_expr(bulk_item::Column::ErrorCode, Expr::value(e.code.clone()))
+            .col_expr(
+                bulk_item::Column::ErrorMessage,
+                Expr::value(e.message.clone()),
+            )
+            .col_expr(bulk_item::Column::Retryable, Expr::value(e.retryable));
+    }
+    let mine = update
+        .filter(bulk_item::Column::BulkId.eq(bulk_id.as_str()))
+        .filter(bulk_item::Column::Idx.eq(idx))
+        .filter(bulk_item::Column::Status.eq(ItemStatus::Running.as_str()))
+        .filter(bulk_item::Column::LeaseOwner.eq(job.owner.as_str()))
+        .exec(txn)
+        .await?
+        .rows_affected;
+    if mine != 1 {
+        return Ok(None);
+    }
+    let sequence = next_sequences(txn, bulk_id, Some(counter), 1, now).await?;
+    if outcome.status == ItemStatus::Failed {
+        bulk::Entity::update_many()
+            .col_expr(
+                bulk::Column::StopReason,
+                Expr::value(StopReason::Abort.as_str()),
+            )
+            .filter(bulk::Column::Id.eq(bulk_id.as_str()))
+            .filter(bulk::Column::AbortOnError.eq(true))
+            .filter(bulk::Column::StopReason.is_null())
+            .exec(txn)
+            .await?;
+    }
+    bulk_event::Entity::insert(event_row(bulk_id, sequence, "result", Some(idx), now))
+        .exec_without_returning(txn)
+        .await?;
+    Ok(Some(sequence as u64))
 }
 
 /// Reserves `n` event sequences (adding `n` to `counter`, if given); returns the last one.

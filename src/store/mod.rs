@@ -15,7 +15,7 @@ use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 use sea_orm_migration::MigratorTrait;
 
-pub use bulks::{ClaimedItem, CreateBulkOutcome, ItemOutcome};
+pub use bulks::{ClaimedItem, CreateBulkOutcome};
 pub use refunds::{BeginOutcome, BeginRefund, ListFilter, PendingRefund, Settlement};
 
 #[derive(Debug, thiserror::Error)]
