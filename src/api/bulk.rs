@@ -2,8 +2,6 @@
 
 use std::pin::Pin;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tokio_stream::Stream;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,9 +18,6 @@ use crate::domain::{
 use crate::service::RefundService;
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::BulkRefundEvent, Status>> + Send>>;
-
-const DEFAULT_ITEMS_PAGE: u32 = 100;
-const MAX_ITEMS_PAGE: u32 = 1000;
 
 pub async fn bulk_refund(
     service: &RefundService,
@@ -108,62 +103,18 @@ pub async fn list_bulk_refund_items(
         page_size,
         page_token,
     } = request.into_inner();
-    let mut v = Violations::default();
-    let status = match pb::BulkItemStatus::try_from(status) {
-        Ok(s) => item_status_from_pb(s),
-        Err(_) => {
-            v.push("status", "status is not a known BulkItemStatus");
-            None
-        }
-    };
-    let limit = match page_size {
-        0 => DEFAULT_ITEMS_PAGE,
-        n if n < 0 => {
-            v.push("page_size", "page_size must not be negative");
-            DEFAULT_ITEMS_PAGE
-        }
-        n => u32::try_from(n)
-            .unwrap_or(MAX_ITEMS_PAGE)
-            .min(MAX_ITEMS_PAGE),
-    };
-    let filter_tag = status.map_or("all", ItemStatus::as_str);
-    let after = if page_token.is_empty() {
-        None
-    } else {
-        match decode_items_token(&page_token) {
-            Some((index, tag)) if tag == filter_tag => Some(index),
-            Some(_) => {
-                v.push(
-                    "page_token",
-                    "page_token was made for a different status filter",
-                );
-                None
-            }
-            None => {
-                v.push(
-                    "page_token",
-                    "page_token is not a token this service issued",
-                );
-                None
-            }
-        }
-    };
-    if let Err(violations) = v.into_result(|| Some(())) {
-        return Err(to_status(RefundError::InvalidArgument(violations)));
-    }
-    let mut items = service
-        .list_bulk_items(&account, &bulk_id, status, after, limit + 1)
+    let status = pb::BulkItemStatus::try_from(status)
+        .map(item_status_from_pb)
+        .map_err(|_| {
+            to_status(RefundError::invalid(
+                "status",
+                "status is not a known BulkItemStatus",
+            ))
+        })?;
+    let (items, next_page_token) = service
+        .list_bulk_items(&account, &bulk_id, status, page_size, &page_token)
         .await
         .map_err(to_status)?;
-    let next_page_token = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items
-            .last()
-            .map(|i| encode_items_token(i.index, filter_tag))
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
     Ok(Response::new(pb::ListBulkRefundItemsResponse {
         items: items.into_iter().map(item_to_pb).collect(),
         next_page_token,
@@ -350,15 +301,4 @@ pub fn bulk_to_pb(b: Bulk) -> pb::BulkRefundBatch {
         updated_at: Some(timestamp_to_pb(updated_at)),
         finished_at: finished_at.map(timestamp_to_pb),
     }
-}
-
-fn encode_items_token(last_index: u32, filter: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("i1.{last_index}.{filter}"))
-}
-
-fn decode_items_token(token: &str) -> Option<(u32, String)> {
-    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(token).ok()?).ok()?;
-    let rest = text.strip_prefix("i1.")?;
-    let (index, filter) = rest.split_once('.')?;
-    Some((index.parse().ok()?, filter.to_owned()))
 }

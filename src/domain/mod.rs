@@ -24,6 +24,22 @@ pub use request::{
     Violations, parse_metadata,
 };
 
+/// `prefix` followed by the 32 lower-case hex digits of a new UUIDv7: unique, and sorting the
+/// strings sorts them by creation time.
+fn new_prefixed_id(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Whether `s` has exactly the shape [`new_prefixed_id`] makes.
+fn is_prefixed_id(s: &str, prefix: &str) -> bool {
+    s.strip_prefix(prefix).is_some_and(|hex| {
+        hex.len() == 32
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 /// A point in time, as whole microseconds since the Unix epoch (UTC). Stored as an integer so that
 /// both SQLite and PostgreSQL compare and index it the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -34,17 +34,12 @@ impl RefundId {
     pub const PREFIX: &'static str = "rf_";
 
     pub fn generate() -> Self {
-        Self(format!("{}{}", Self::PREFIX, uuid::Uuid::now_v7().simple()))
+        Self(super::new_prefixed_id(Self::PREFIX))
     }
 
     /// Accepts exactly the shape [`RefundId::generate`] makes.
     pub fn parse(s: &str) -> Option<Self> {
-        let hex = s.strip_prefix(Self::PREFIX)?;
-        let valid = hex.len() == 32
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        valid.then(|| Self(s.to_owned()))
+        super::is_prefixed_id(s, Self::PREFIX).then(|| Self(s.to_owned()))
     }
 
     /// For ids read back from the store, which only ever holds generated ids.

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::{RefundService, internal};
+use super::{RefundService, internal, page};
 use crate::domain::{
     AccountId, Bulk, BulkEvent, BulkId, ItemResult, ItemStatus, NewBulk, RefundError,
-    SequencedEvent, Timestamp,
+    SequencedEvent, Timestamp, Violations,
 };
 use crate::store::CreateBulkOutcome;
 
@@ -44,6 +44,10 @@ impl Default for BulkConfig {
         }
     }
 }
+
+const ITEMS_TOKEN_KIND: &str = "i1";
+const DEFAULT_ITEMS_PAGE: u32 = 100;
+const MAX_ITEMS_PAGE: u32 = 1000;
 
 /// Events read from the store per query while streaming.
 const EVENT_PAGE: u64 = 256;
@@ -129,20 +133,48 @@ impl RefundService {
         Ok(bulk)
     }
 
-    /// One page of a batch's jobs, in request order, after `after_index`.
+    /// One page of a batch's jobs in request order, optionally only those in `status`; the
+    /// second value is the next page's token, empty on the last page.
     pub async fn list_bulk_items(
         &self,
         account: &AccountId,
         id: &str,
         status: Option<ItemStatus>,
-        after_index: Option<u32>,
-        limit: u32,
-    ) -> Result<Vec<ItemResult>, RefundError> {
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<ItemResult>, String), RefundError> {
+        let mut v = Violations::default();
+        let limit = page::page_size(page_size, DEFAULT_ITEMS_PAGE, MAX_ITEMS_PAGE, &mut v);
+        let filters = status.map_or("all", ItemStatus::as_str);
+        let after =
+            page::decode_token(page_token, ITEMS_TOKEN_KIND, filters, &mut v).and_then(|cursor| {
+                let index = cursor.parse::<u32>().ok();
+                if index.is_none() {
+                    v.push(
+                        "page_token",
+                        "page_token is not a token this service issued",
+                    );
+                }
+                index
+            });
+        v.into_result(|| Some(()))
+            .map_err(RefundError::InvalidArgument)?;
         let bulk = self.get_bulk(account, id).await?;
-        self.store()
-            .list_items(&bulk.id, status, after_index, u64::from(limit))
+        let mut items = self
+            .store()
+            .list_items(&bulk.id, status, after, u64::from(limit) + 1)
             .await
-            .map_err(internal)
+            .map_err(internal)?;
+        let next = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items
+                .last()
+                .map(|i| page::encode_token(ITEMS_TOKEN_KIND, &i.index.to_string(), filters))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((items, next))
     }
 
     /// Streams the batch's events after `after`: stored ones first, then new ones as they are

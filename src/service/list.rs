@@ -4,10 +4,9 @@
 //! base64url-encoded. Ids are time-ordered and unique, so "older than the last one served" is a
 //! stable cursor: refunds created while a client pages never shift later pages.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
+use super::page::{decode_token, encode_token, page_size};
 use super::{RefundService, internal};
 use crate::domain::{
     AccountId, PaymentRef, ProviderName, Refund, RefundError, RefundId, RefundStatus, Timestamp,
@@ -15,6 +14,8 @@ use crate::domain::{
 };
 use crate::store::ListFilter;
 
+/// Tag of refund list tokens (`page` module).
+const TOKEN_KIND: &str = "v1";
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 500;
 
@@ -50,14 +51,7 @@ impl RefundService {
         let provider = (!q.provider.is_empty())
             .then(|| v.check("provider", ProviderName::parse(&q.provider)))
             .flatten();
-        let page_size = match q.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n < 0 => {
-                v.push("page_size", "page_size must not be negative");
-                DEFAULT_PAGE_SIZE
-            }
-            n => u32::try_from(n).unwrap_or(MAX_PAGE_SIZE).min(MAX_PAGE_SIZE),
-        };
+        let page_size = page_size(q.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, &mut v);
         if let (Some(from), Some(before)) = (q.created_from, q.created_before)
             && from >= before
         {
@@ -67,27 +61,17 @@ impl RefundService {
             );
         }
         let filter_digest = digest(&q);
-        let before_id = if q.page_token.is_empty() {
-            None
-        } else {
-            match decode_token(&q.page_token) {
-                Some((id, digest)) if digest == filter_digest => Some(id),
-                Some(_) => {
-                    v.push(
-                        "page_token",
-                        "page_token was made for different filters; send the same filters as the first page",
-                    );
-                    None
-                }
-                None => {
+        let before_id =
+            decode_token(&q.page_token, TOKEN_KIND, &filter_digest, &mut v).and_then(|cursor| {
+                let id = RefundId::parse(&cursor);
+                if id.is_none() {
                     v.push(
                         "page_token",
                         "page_token is not a token this service issued",
                     );
-                    None
                 }
-            }
-        };
+                id
+            });
         if let Err(violations) = v.into_result(|| Some(())) {
             return Err(RefundError::InvalidArgument(violations));
         }
@@ -110,7 +94,7 @@ impl RefundService {
             refunds.truncate(page_size as usize);
             refunds
                 .last()
-                .map(|last| encode_token(&last.id, &filter_digest))
+                .map(|last| encode_token(TOKEN_KIND, last.id.as_str(), &filter_digest))
                 .unwrap_or_default()
         } else {
             String::new()
@@ -143,30 +127,9 @@ fn digest(q: &ListQuery) -> String {
         .collect()
 }
 
-fn encode_token(last: &RefundId, digest: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("v1.{}.{digest}", last.as_str()))
-}
-
-fn decode_token(token: &str) -> Option<(RefundId, String)> {
-    let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
-    let text = String::from_utf8(bytes).ok()?;
-    let rest = text.strip_prefix("v1.")?;
-    let (id, digest) = rest.split_once('.')?;
-    Some((RefundId::parse(id)?, digest.to_owned()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_round_trip_and_reject_garbage() {
-        let id = RefundId::generate();
-        let token = encode_token(&id, "abcd");
-        assert_eq!(decode_token(&token), Some((id, "abcd".to_owned())));
-        assert_eq!(decode_token("not a token"), None);
-        assert_eq!(decode_token(&URL_SAFE_NO_PAD.encode("v1.rf_x.abcd")), None);
-    }
 
     #[test]
     fn digest_depends_on_every_filter_but_not_on_paging() {

@@ -11,6 +11,7 @@
 mod bulk;
 mod bulk_runner;
 mod list;
+mod page;
 mod reconciler;
 
 use std::sync::Arc;

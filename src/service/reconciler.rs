@@ -9,9 +9,9 @@
 use std::future::Future;
 
 use super::{Origin, RefundService, internal};
-use crate::domain::{Failure, RefundError, RefundStatus, Timestamp};
+use crate::domain::{Failure, RefundError, Timestamp};
 use crate::providers::ProviderError;
-use crate::store::{PendingRefund, Settlement};
+use crate::store::PendingRefund;
 
 /// How many due refunds one pass takes.
 const BATCH: u64 = 100;
@@ -78,18 +78,7 @@ impl RefundService {
                             attempts - 1
                         ),
                     };
-                    self.settle(
-                        refund,
-                        Settlement {
-                            from: RefundStatus::Pending,
-                            to: RefundStatus::Failed,
-                            provider_refund_id: None,
-                            failure: Some(failure),
-                            source: "reconciler",
-                        },
-                        None,
-                    )
-                    .await?;
+                    self.finish(refund, failure, Origin::RECONCILER).await?;
                 } else {
                     tracing::info!(refund_id = %refund.id, attempts, "provider never received the refund; sending it again");
                     self.submit(provider.as_ref(), refund, Origin::RECONCILER)

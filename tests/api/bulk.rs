@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use refund_service::api::pb;
 use refund_service::api::pb::bulk_refund_event::Event;
-use refund_service::sandbox::{FaultConfig, NewPayments};
+use refund_service::sandbox::FaultConfig;
 use tokio_stream::StreamExt as _;
 use tonic::Code;
 
@@ -53,27 +53,10 @@ fn job(payment: &str, amount: Option<i64>) -> pb::CreateRefundRequest {
     refund_request(payment, amount, "USD")
 }
 
-async fn seed_many(app: &TestApp, n: u32, amount: i64) -> Vec<String> {
-    app.sandbox
-        .create_payments(&NewPayments {
-            amount,
-            currency: "USD".into(),
-            id: None,
-            count: Some(n),
-            status: None,
-            fail_refunds: false,
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.id)
-        .collect()
-}
-
 #[tokio::test]
 async fn streams_one_result_per_job_then_a_summary_and_partial_failures_do_not_abort() {
     let (mut app, _db) = spawn_app().await;
-    let payments = seed_many(&app, 16, 1_000).await;
+    let payments = app.seed_many(16, 1_000).await;
     let mut jobs: Vec<_> = payments.iter().map(|p| job(p, Some(400))).collect();
     jobs.push(job("ch_unknown", Some(1))); // 16: not found at the provider
     jobs.push(job("", Some(1))); // 17: invalid
@@ -142,7 +125,7 @@ async fn streams_one_result_per_job_then_a_summary_and_partial_failures_do_not_a
 #[tokio::test]
 async fn abort_on_error_skips_the_rest_after_the_first_failure() {
     let (mut app, _db) = spawn_app().await;
-    let payments = seed_many(&app, 4, 1_000).await;
+    let payments = app.seed_many(4, 1_000).await;
     let jobs = vec![
         job(&payments[0], Some(100)),
         job("ch_missing", Some(100)),
@@ -198,7 +181,7 @@ async fn a_client_that_disconnects_can_watch_from_where_it_left_off() {
     .await;
     let db = TestDb::new().await;
     let mut app = spawn_app_with(&db, |s| s.sandbox_url = Some(sandbox_url)).await;
-    let payments = seed_many(&app, 12, 1_000).await;
+    let payments = app.seed_many(12, 1_000).await;
     let jobs = payments.iter().map(|p| job(p, None)).collect();
 
     let mut stream = app
@@ -274,7 +257,7 @@ async fn cancel_stops_dispatching_and_keeps_what_finished() {
     .await;
     let db = TestDb::new().await;
     let mut app = spawn_app_with(&db, |s| s.sandbox_url = Some(sandbox_url)).await;
-    let payments = seed_many(&app, 30, 1_000).await;
+    let payments = app.seed_many(30, 1_000).await;
     let jobs = payments.iter().map(|p| job(p, Some(10))).collect();
     let mut stream = app
         .client
@@ -335,7 +318,7 @@ async fn cancel_stops_dispatching_and_keeps_what_finished() {
 #[tokio::test]
 async fn the_same_batch_key_re_attaches_instead_of_refunding_again() {
     let (mut app, _db) = spawn_app().await;
-    let payments = seed_many(&app, 5, 1_000).await;
+    let payments = app.seed_many(5, 1_000).await;
     let request = pb::BulkRefundRequest {
         jobs: payments.iter().map(|p| job(p, Some(250))).collect(),
         idempotency_key: "nightly-2026-11-23".into(),
@@ -380,7 +363,7 @@ async fn re_running_jobs_with_their_derived_keys_never_refunds_twice() {
     // Two batches with different batch keys but the same explicit job keys: the second batch's
     // jobs return the first batch's refunds.
     let (mut app, _db) = spawn_app().await;
-    let payments = seed_many(&app, 3, 1_000).await;
+    let payments = app.seed_many(3, 1_000).await;
     let jobs: Vec<_> = payments
         .iter()
         .enumerate()
@@ -455,7 +438,7 @@ async fn oversize_and_empty_batches_are_invalid() {
 #[tokio::test]
 async fn items_list_pages_in_request_order_and_filters_by_status() {
     let (mut app, _db) = spawn_app().await;
-    let payments = seed_many(&app, 7, 1_000).await;
+    let payments = app.seed_many(7, 1_000).await;
     let mut jobs: Vec<_> = payments.iter().map(|p| job(p, Some(1))).collect();
     jobs.insert(2, job("ch_missing_a", Some(1)));
     jobs.insert(5, job("ch_missing_b", Some(1)));

@@ -6,7 +6,7 @@ use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use refund_service::sandbox::{FaultConfig, NewPayments};
+use refund_service::sandbox::FaultConfig;
 
 use crate::helpers::*;
 
@@ -68,23 +68,6 @@ fn server(app: &TestApp) -> String {
     format!("http://{}", app.grpc_addr)
 }
 
-async fn seed_many(app: &TestApp, n: u32, amount: i64) -> Vec<String> {
-    app.sandbox
-        .create_payments(&NewPayments {
-            amount,
-            currency: "USD".into(),
-            id: None,
-            count: Some(n),
-            status: None,
-            fail_refunds: false,
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.id)
-        .collect()
-}
-
 fn write_csv(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -109,7 +92,7 @@ fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
 
 /// Four seeded payments of 10.00 on lines 2, 4, 5 and 7; unknown payments on lines 3 and 6.
 async fn mixed_file(app: &TestApp, dir: &Path) -> (PathBuf, Vec<String>) {
-    let p = seed_many(app, 4, 1_000).await;
+    let p = app.seed_many(4, 1_000).await;
     let text = format!(
         "payment_id,Currency,amount,reason,metadata.order\n\
          {},USD,400,requested_by_customer,o-0\n\
@@ -218,7 +201,7 @@ async fn running_the_same_file_again_re_attaches_and_refunds_nothing_more() {
 async fn a_file_longer_than_the_batch_size_goes_as_consecutive_batches() {
     let (app, _db) = spawn_app().await;
     let dir = tempfile::tempdir().unwrap();
-    let payments = seed_many(&app, 7, 1_000).await;
+    let payments = app.seed_many(7, 1_000).await;
     let mut text = "payment_id,currency,amount\n".to_owned();
     for p in &payments {
         text.push_str(&format!("{p},USD,300\n"));
@@ -283,7 +266,7 @@ async fn a_file_longer_than_the_batch_size_goes_as_consecutive_batches() {
 async fn abort_on_error_leaves_the_rest_of_the_file_unsent() {
     let (app, _db) = spawn_app().await;
     let dir = tempfile::tempdir().unwrap();
-    let payments = seed_many(&app, 4, 1_000).await;
+    let payments = app.seed_many(4, 1_000).await;
     let mut text = "payment_id,currency\nch_missing,USD\n".to_owned();
     for p in &payments {
         text.push_str(&format!("{p},USD\n"));
@@ -333,7 +316,7 @@ async fn abort_on_error_leaves_the_rest_of_the_file_unsent() {
 async fn a_malformed_file_exits_2_naming_the_line_or_column_and_sends_nothing() {
     let (app, _db) = spawn_app().await;
     let dir = tempfile::tempdir().unwrap();
-    let payments = seed_many(&app, 3, 1_000).await;
+    let payments = app.seed_many(3, 1_000).await;
     let server = server(&app);
 
     let bad_amount = write_csv(
@@ -380,7 +363,7 @@ async fn connection_and_server_errors_exit_2_with_the_message() {
     let db = TestDb::new().await;
     let app = spawn_app_with(&db, |s| s.refunds.bulk.max_jobs = 2).await;
     let dir = tempfile::tempdir().unwrap();
-    let payments = seed_many(&app, 3, 1_000).await;
+    let payments = app.seed_many(3, 1_000).await;
     let mut text = "payment_id,currency\n".to_owned();
     for p in &payments {
         text.push_str(&format!("{p},USD\n"));
@@ -500,7 +483,7 @@ async fn ctrl_c_stops_watching_and_the_batch_can_be_resumed() {
     let db = TestDb::new().await;
     let app = spawn_app_with(&db, |s| s.sandbox_url = Some(sandbox_url)).await;
     let dir = tempfile::tempdir().unwrap();
-    let payments = seed_many(&app, 20, 1_000).await;
+    let payments = app.seed_many(20, 1_000).await;
     let mut text = "payment_id,currency\n".to_owned();
     for p in &payments {
         text.push_str(&format!("{p},USD\n"));

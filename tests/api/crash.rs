@@ -7,7 +7,6 @@ use std::time::Duration;
 use refund_service::api::pb;
 use refund_service::api::pb::bulk_refund_event::Event;
 use refund_service::api::pb::refund_service_client::RefundServiceClient;
-use refund_service::sandbox::NewPayments;
 use refund_service::sandbox::client::SandboxClient;
 use tokio_stream::StreamExt as _;
 
@@ -111,20 +110,7 @@ async fn kill_9_mid_batch_then_restart_finishes_the_batch_without_refunding_twic
     wait_http(&format!("http://127.0.0.1:{http_port}/readyz")).await;
 
     let n = 150;
-    let payments: Vec<String> = sandbox
-        .create_payments(&NewPayments {
-            amount: 2_000,
-            currency: "USD".into(),
-            id: None,
-            count: Some(n),
-            status: None,
-            fail_refunds: false,
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
+    let payments = seed_payments(&sandbox, n, 2_000).await;
 
     let url = format!("http://127.0.0.1:{grpc_port}");
     let mut client = RefundServiceClient::connect(url.clone()).await.unwrap();

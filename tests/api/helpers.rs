@@ -141,10 +141,33 @@ impl TestApp {
             .id
     }
 
+    /// Creates `n` captured payments of `amount` USD at the sandbox; their ids.
+    pub async fn seed_many(&self, n: u32, amount: i64) -> Vec<String> {
+        seed_payments(&self.sandbox, n, amount).await
+    }
+
     /// The sandbox's own ledger for one payment.
     pub async fn ledger(&self, payment: &str) -> Vec<sandbox::Refund> {
         self.sandbox.ledger(Some(payment)).await.expect("ledger")
     }
+}
+
+/// Creates `n` captured payments of `amount` USD at a sandbox; their ids.
+pub async fn seed_payments(sandbox: &SandboxClient, n: u32, amount: i64) -> Vec<String> {
+    sandbox
+        .create_payments(&NewPayments {
+            amount,
+            currency: "USD".into(),
+            id: None,
+            count: Some(n),
+            status: None,
+            fail_refunds: false,
+        })
+        .await
+        .expect("seed payments")
+        .into_iter()
+        .map(|p| p.id)
+        .collect()
 }
 
 impl Drop for TestApp {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use refund_service::api::pb;
 use refund_service::api::pb::bulk_refund_event::Event;
-use refund_service::sandbox::{FaultConfig, NewPayments};
+use refund_service::sandbox::FaultConfig;
 use tokio_stream::StreamExt as _;
 
 use crate::helpers::*;
@@ -41,23 +41,6 @@ async fn run_batch(
     (bulk_id, summary.expect("summary"))
 }
 
-async fn seed(app: &TestApp, n: u32) -> Vec<String> {
-    app.sandbox
-        .create_payments(&NewPayments {
-            amount: 1_000,
-            currency: "USD".into(),
-            id: None,
-            count: Some(n),
-            status: None,
-            fail_refunds: false,
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.id)
-        .collect()
-}
-
 #[tokio::test]
 async fn our_rate_limit_keeps_the_provider_below_it() {
     let (sandbox_url, sandbox) = spawn_sandbox(FaultConfig::default()).await;
@@ -68,7 +51,7 @@ async fn our_rate_limit_keeps_the_provider_below_it() {
         s.sandbox_traffic.rate_per_sec = rate;
     })
     .await;
-    let payments = seed(&app, 50).await;
+    let payments = app.seed_many(50, 1_000).await;
     let (_, summary) = run_batch(&mut app, &payments, 32).await;
     assert_eq!(summary.succeeded, 50);
     let stats = sandbox.stats();
@@ -96,7 +79,7 @@ async fn provider_429s_are_retried_after_retry_after_and_nothing_is_refunded_twi
         s.sandbox_traffic.max_attempts = 10;
     })
     .await;
-    let payments = seed(&app, 12).await;
+    let payments = app.seed_many(12, 1_000).await;
     let (_, summary) =
         tokio::time::timeout(Duration::from_secs(60), run_batch(&mut app, &payments, 12))
             .await
@@ -123,7 +106,7 @@ async fn a_provider_that_is_down_is_detected_once_not_once_per_job() {
         s.sandbox_traffic.breaker_open_for = Duration::from_secs(60);
     })
     .await;
-    let payments = seed(&app, 40).await;
+    let payments = app.seed_many(40, 1_000).await;
     sandbox.set_faults(FaultConfig {
         error_rate: 1.0,
         ..FaultConfig::default()
