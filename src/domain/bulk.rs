@@ -1,7 +1,6 @@
 //! Bulk refunds: a batch of refund jobs run server-side, each job ending in exactly one result.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use sha2::{Digest, Sha256};
 
@@ -9,35 +8,11 @@ use super::{
     AccountId, FieldViolation, IdempotencyKey, NewRefund, Refund, RefundError, RefundId, Timestamp,
 };
 
-/// `bulk_` followed by the 32 hex digits of a UUIDv7.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BulkId(String);
-
-impl BulkId {
-    pub const PREFIX: &'static str = "bulk_";
-
-    pub fn generate() -> Self {
-        Self(super::new_prefixed_id(Self::PREFIX))
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        super::is_prefixed_id(s, Self::PREFIX).then(|| Self(s.to_owned()))
-    }
-
-    pub fn from_trusted(s: String) -> Self {
-        Self(s)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for BulkId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+prefixed_id!(
+    /// A batch: `bulk_` and a UUIDv7.
+    BulkId,
+    "bulk_"
+);
 
 /// RUNNING until every job has a result; then how it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -4,6 +4,49 @@
 //! Architecture invariant: nothing here knows tonic, SeaORM, HTTP or any provider's wire format,
 //! and nothing here does I/O. Every other layer converts into and out of these types.
 
+/// An id made of a prefix and the 32 hex digits of a UUIDv7: unique, and sorting ids sorts them
+/// by creation time. `parse` accepts exactly the shape `generate` makes.
+macro_rules! prefixed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            pub const PREFIX: &'static str = $prefix;
+
+            pub fn generate() -> Self {
+                Self(format!("{}{}", Self::PREFIX, uuid::Uuid::now_v7().simple()))
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                let valid = s.strip_prefix(Self::PREFIX).is_some_and(|hex| {
+                    hex.len() == 32
+                        && hex
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                });
+                valid.then(|| Self(s.to_owned()))
+            }
+
+            /// For ids read back from the store, which only ever holds generated ids.
+            pub fn from_trusted(s: String) -> Self {
+                Self(s)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
 mod bulk;
 mod error;
 mod money;
@@ -23,22 +66,6 @@ pub use request::{
     FieldViolation, IdempotencyKey, NewRefund, PaymentRef, ProviderName, RawRefundRequest,
     Violations, parse_metadata,
 };
-
-/// `prefix` followed by the 32 lower-case hex digits of a new UUIDv7: unique, and sorting the
-/// strings sorts them by creation time.
-fn new_prefixed_id(prefix: &str) -> String {
-    format!("{prefix}{}", uuid::Uuid::now_v7().simple())
-}
-
-/// Whether `s` has exactly the shape [`new_prefixed_id`] makes.
-fn is_prefixed_id(s: &str, prefix: &str) -> bool {
-    s.strip_prefix(prefix).is_some_and(|hex| {
-        hex.len() == 32
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
-}
 
 /// A point in time, as whole microseconds since the Unix epoch (UTC). Stored as an integer so that
 /// both SQLite and PostgreSQL compare and index it the same way.

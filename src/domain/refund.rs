@@ -2,7 +2,6 @@
 //! impossible to store.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use super::{Amount, Currency, Timestamp};
 
@@ -26,37 +25,11 @@ impl AccountId {
     }
 }
 
-/// `rf_` followed by the 32 hex digits of a UUIDv7: unique, and sorting by id sorts by creation time.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RefundId(String);
-
-impl RefundId {
-    pub const PREFIX: &'static str = "rf_";
-
-    pub fn generate() -> Self {
-        Self(super::new_prefixed_id(Self::PREFIX))
-    }
-
-    /// Accepts exactly the shape [`RefundId::generate`] makes.
-    pub fn parse(s: &str) -> Option<Self> {
-        super::is_prefixed_id(s, Self::PREFIX).then(|| Self(s.to_owned()))
-    }
-
-    /// For ids read back from the store, which only ever holds generated ids.
-    pub fn from_trusted(s: String) -> Self {
-        Self(s)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for RefundId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+prefixed_id!(
+    /// A refund: `rf_` and a UUIDv7, so ids sort by creation time (lists page by id).
+    RefundId,
+    "rf_"
+);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RefundReason {
