@@ -147,7 +147,7 @@ impl Store {
         }
 
         let mut items = Vec::with_capacity(INSERT_CHUNK);
-        let mut events = vec![event_row(&id, 1, "accepted", None, t)];
+        let mut events = vec![event_row(&id, account, 1, "accepted", None, t)];
         let mut sequence = 1;
         for (index, job) in new.jobs.iter().enumerate() {
             let idx = index as i32;
@@ -171,7 +171,7 @@ impl Store {
                 }
                 Err(violations) => {
                     sequence += 1;
-                    events.push(event_row(&id, sequence, "result", Some(idx), t));
+                    events.push(event_row(&id, account, sequence, "result", Some(idx), t));
                     (
                         ItemStatus::Failed,
                         None,
@@ -184,6 +184,7 @@ impl Store {
             items.push(bulk_item::ActiveModel {
                 bulk_id: Set(id.as_str().to_owned()),
                 idx: Set(idx),
+                account_id: Set(account.as_str().to_owned()),
                 status: Set(status.as_str().to_owned()),
                 job: Set(job_json),
                 payment_id: Set(payment_id),
@@ -486,21 +487,34 @@ impl Store {
                     .exec(&txn)
                     .await?;
                 let n = queued.len() as i64;
-                let last_seq = next_sequences(&txn, bulk_id, Some(counter), n, now).await?;
+                let last_seq = next_sequences(&txn, bulk_id, Some(counter), n, now)
+                    .await?
+                    .last_sequence;
+                let account = AccountId::from_trusted(row.account_id.clone());
                 let events = queued
                     .iter()
                     .zip(last_seq - n + 1..)
-                    .map(|(&idx, seq)| event_row(bulk_id, seq, "result", Some(idx), now))
+                    .map(|(&idx, seq)| event_row(bulk_id, &account, seq, "result", Some(idx), now))
                     .collect::<Vec<_>>();
                 bulk_event::Entity::insert_many(events)
                     .exec_without_returning(&txn)
                     .await?;
             }
         }
-        let summary_seq = next_sequences(&txn, bulk_id, None, 1, now).await?;
-        bulk_event::Entity::insert(event_row(bulk_id, summary_seq, "summary", None, now))
-            .exec_without_returning(&txn)
-            .await?;
+        let summary_seq = next_sequences(&txn, bulk_id, None, 1, now)
+            .await?
+            .last_sequence;
+        let account = AccountId::from_trusted(row.account_id.clone());
+        bulk_event::Entity::insert(event_row(
+            bulk_id,
+            &account,
+            summary_seq,
+            "summary",
+            None,
+            now,
+        ))
+        .exec_without_returning(&txn)
+        .await?;
         txn.commit().await?;
         Ok(true)
     }
@@ -694,7 +708,11 @@ pub(super) async fn complete_item_in(
     if mine != 1 {
         return Ok(None);
     }
-    let sequence = next_sequences(txn, bulk_id, Some(counter), 1, now).await?;
+    let batch = next_sequences(txn, bulk_id, Some(counter), 1, now).await?;
+    let (sequence, account) = (
+        batch.last_sequence,
+        AccountId::from_trusted(batch.account_id),
+    );
     if outcome.status == ItemStatus::Failed {
         bulk::Entity::update_many()
             .col_expr(
@@ -707,13 +725,21 @@ pub(super) async fn complete_item_in(
             .exec(txn)
             .await?;
     }
-    bulk_event::Entity::insert(event_row(bulk_id, sequence, "result", Some(idx), now))
-        .exec_without_returning(txn)
-        .await?;
+    bulk_event::Entity::insert(event_row(
+        bulk_id,
+        &account,
+        sequence,
+        "result",
+        Some(idx),
+        now,
+    ))
+    .exec_without_returning(txn)
+    .await?;
     Ok(Some(sequence as u64))
 }
 
-/// Reserves `n` event sequences (adding `n` to `counter`, if given); returns the last one.
+/// Reserves `n` event sequences (adding `n` to `counter`, if given); returns the batch as updated,
+/// whose `last_sequence` is the last one reserved.
 /// The UPDATE comes first so that, on PostgreSQL, it locks the batch row until commit: the
 /// sequences of concurrent transactions are handed out one after the other and commit in order.
 async fn next_sequences(
@@ -722,7 +748,7 @@ async fn next_sequences(
     counter: Option<bulk::Column>,
     n: i64,
     now: i64,
-) -> Result<i64, StoreError> {
+) -> Result<bulk::Model, StoreError> {
     let mut update = bulk::Entity::update_many()
         .col_expr(
             bulk::Column::LastSequence,
@@ -737,12 +763,12 @@ async fn next_sequences(
         .exec_with_returning(txn)
         .await?
         .pop()
-        .map(|b| b.last_sequence)
         .ok_or_else(|| corrupt("bulks", "sequencing an event of a missing batch"))
 }
 
 fn event_row(
     bulk_id: &BulkId,
+    account: &AccountId,
     sequence: i64,
     kind: &str,
     item_idx: Option<i32>,
@@ -750,6 +776,7 @@ fn event_row(
 ) -> bulk_event::ActiveModel {
     bulk_event::ActiveModel {
         bulk_id: Set(bulk_id.as_str().to_owned()),
+        account_id: Set(account.as_str().to_owned()),
         sequence: Set(sequence),
         kind: Set(kind.to_owned()),
         item_idx: Set(item_idx),

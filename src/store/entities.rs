@@ -162,6 +162,7 @@ pub mod bulk_item {
         pub bulk_id: String,
         #[sea_orm(primary_key, auto_increment = false)]
         pub idx: i32,
+        pub account_id: String,
         pub status: String,
         /// The validated job as JSON; NULL for a job that failed validation.
         pub job: Option<String>,
@@ -195,6 +196,7 @@ pub mod bulk_event {
         pub bulk_id: String,
         #[sea_orm(primary_key, auto_increment = false)]
         pub sequence: i64,
+        pub account_id: String,
         pub kind: String,
         pub item_idx: Option<i32>,
         pub created_at: i64,
