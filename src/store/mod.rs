@@ -62,6 +62,10 @@ impl Store {
         })
         .min_connections(if is_sqlite { 1 } else { 0 })
         .acquire_timeout(options.acquire_timeout)
+        // A ping on every checkout is a round trip per transaction, a sizeable share of a
+        // refund's statements; only connections idle long enough to have been dropped by the
+        // server or a proxy are pinged.
+        .test_before_acquire_if_idle_for(Duration::from_secs(30))
         .sqlx_logging(false);
         if is_sqlite {
             // WAL keeps readers of the file (an operator's sqlite3 shell) from blocking the service.
