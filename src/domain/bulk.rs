@@ -236,36 +236,6 @@ impl JobOutcome {
     }
 }
 
-/// A claimed bulk job: which one, and the worker holding its lease. Passed along with the job's
-/// refund so that the refund's settlement and the job's result are written in one transaction.
-#[derive(Debug)]
-pub struct JobRef {
-    pub bulk_id: BulkId,
-    pub index: u32,
-    pub owner: String,
-    /// Set once the job's result has been written (with its refund's settlement).
-    pub done: std::sync::atomic::AtomicBool,
-}
-
-impl JobRef {
-    pub fn new(bulk_id: BulkId, index: u32, owner: String) -> Self {
-        Self {
-            bulk_id,
-            index,
-            owner,
-            done: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.done.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    pub fn mark_done(&self) {
-        self.done.store(true, std::sync::atomic::Ordering::Release);
-    }
-}
-
 /// One job of a new batch: its parsed request, or why it could not be parsed.
 pub type BulkJob = Result<NewRefund, Vec<FieldViolation>>;
 

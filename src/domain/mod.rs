@@ -55,7 +55,7 @@ mod request;
 
 pub use bulk::{
     Bulk, BulkCounts, BulkEvent, BulkId, BulkJob, BulkState, ItemResult, ItemStatus, JobError,
-    JobOutcome, JobRef, NewBulk, SequencedEvent, StopReason, derived_job_key,
+    JobOutcome, NewBulk, SequencedEvent, StopReason, derived_job_key,
 };
 pub use error::RefundError;
 pub use money::{Amount, AmountError, Balance, BalanceError, Currency, CurrencyError, MAX_AMOUNT};

@@ -15,10 +15,10 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable as _};
 
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::{self, JoinHandle, JoinSet};
 
 use super::{Origin, RefundService, internal};
-use crate::domain::{Bulk, BulkId, JobOutcome, JobRef, RefundError, Timestamp};
+use crate::domain::{Bulk, BulkId, JobOutcome, RefundError, Timestamp};
 use crate::store::ClaimedItem;
 
 /// Runs batches until `shutdown` completes; then stops dispatching, lets the jobs in flight
@@ -40,8 +40,10 @@ pub async fn run_bulk_runner(service: RefundService, shutdown: impl Future<Outpu
             () = service.inner.bulk_wakeup.notified() => {}
             _ = poll.tick() => {}
             _ = heartbeat.tick() => {
+                drivers.retain(|_, driver| !driver.is_finished());
+                let live: Vec<BulkId> = drivers.keys().cloned().collect();
                 let until = Timestamp::now().saturating_add(cfg.lease);
-                if let Err(e) = service.store().heartbeat(&owner, until).await {
+                if let Err(e) = service.store().heartbeat(&owner, &live, until).await {
                     tracing::error!(error = ?anyhow::Error::new(e), "renewing job leases failed");
                 }
                 continue;
@@ -71,6 +73,7 @@ pub async fn run_bulk_runner(service: RefundService, shutdown: impl Future<Outpu
     }
     let _ = stop_tx.send(true);
     // Keep the leases alive while the jobs in flight finish.
+    let live: Vec<BulkId> = drivers.keys().cloned().collect();
     let finish = async {
         for (_, driver) in drivers {
             let _ = driver.await;
@@ -82,7 +85,7 @@ pub async fn run_bulk_runner(service: RefundService, shutdown: impl Future<Outpu
             () = &mut finish => return,
             _ = heartbeat.tick() => {
                 let until = Timestamp::now().saturating_add(cfg.lease);
-                let _ = service.store().heartbeat(&owner, until).await;
+                let _ = service.store().heartbeat(&owner, &live, until).await;
             }
         }
     }
@@ -106,7 +109,9 @@ impl Driver {
     async fn drive(&mut self) -> Result<(), RefundError> {
         let cfg = self.service.config().bulk.clone();
         let concurrency = self.bulk.max_concurrency.max(1);
-        let mut in_flight: JoinSet<()> = JoinSet::new();
+        let mut in_flight: JoinSet<JobOutcome> = JoinSet::new();
+        // Which job each task runs, so that even a task that panicked gets its job a result.
+        let mut jobs: HashMap<task::Id, u32> = HashMap::new();
         let mut stopping = *self.stop.borrow();
         loop {
             let room = concurrency.saturating_sub(in_flight.len() as u32);
@@ -128,12 +133,9 @@ impl Driver {
                     .await
                     .map_err(internal)?;
                 for item in claimed {
-                    let job = Job {
-                        service: self.service.clone(),
-                        bulk: self.bulk.clone(),
-                        owner: self.owner.clone(),
-                    };
-                    in_flight.spawn(job.run(item));
+                    let index = item.index;
+                    let job = run_job(self.service.clone(), self.bulk.clone(), item);
+                    jobs.insert(in_flight.spawn(job).id(), index);
                 }
             }
             if in_flight.is_empty() {
@@ -168,48 +170,45 @@ impl Driver {
                 }
                 continue;
             }
-            tokio::select! {
-                Some(_) = in_flight.join_next() => {}
-                _ = self.stop.changed() => stopping = true,
+            let first = tokio::select! {
+                joined = in_flight.join_next_with_id() => joined,
+                _ = self.stop.changed() => {
+                    stopping = true;
+                    continue;
+                }
+            };
+            // Record every job that has finished by now in one transaction.
+            let mut finished = Vec::new();
+            let mut next = first;
+            while let Some(joined) = next {
+                let (id, outcome) = match joined {
+                    Ok((id, outcome)) => (id, outcome),
+                    Err(e) => {
+                        let cause = anyhow::anyhow!("bulk job task failed: {e}");
+                        (e.id(), JobOutcome::of_error(&RefundError::Internal(cause)))
+                    }
+                };
+                if let Some(index) = jobs.remove(&id) {
+                    finished.push((index, outcome));
+                }
+                next = in_flight.try_join_next_with_id();
             }
+            self.record(&finished).await?;
         }
     }
-}
 
-struct Job {
-    service: RefundService,
-    bulk: Bulk,
-    owner: String,
-}
-
-impl Job {
-    async fn run(self, item: ClaimedItem) {
-        let index = item.index;
-        let job = JobRef::new(self.bulk.id.clone(), index, self.owner.clone());
-        let result = self
-            .service
-            .create(&self.bulk.account, item.request, Origin::job(&job))
-            .await;
-        if job.is_done() {
-            // Written with the refund's settlement.
-            self.service.events_changed();
-            return;
-        }
-        let outcome = match result {
-            // Replayed, or still PENDING at the provider (the reconciler settles it).
-            Ok(refund) => JobOutcome::of_refund(&refund),
-            Err(e) => {
-                if let RefundError::Internal(cause) = &e {
-                    tracing::error!(bulk_id = %self.bulk.id, index, error = ?cause, "bulk job failed internally");
-                }
-                JobOutcome::of_error(&e)
-            }
+    /// Writes finished jobs' results. A database hiccup must not lose them (the jobs would stay
+    /// leased to a live worker), so keep trying for a while; if the database stays away, fail
+    /// the driver: its jobs' leases then lapse and the runner starts over, and the refunds'
+    /// idempotency keys make the re-runs return the refunds already made.
+    async fn record(&self, finished: &[(u32, JobOutcome)]) -> Result<(), RefundError> {
+        let write = || async {
+            self.service
+                .store()
+                .complete_items(&self.bulk.id, &self.owner, finished)
+                .await
         };
-        // The refund is stored whatever happens here; what remains is recording the job's
-        // result. A database hiccup must not leave the job leased (and heart-beaten) forever,
-        // so keep trying; the refund's idempotency key makes a re-run harmless meanwhile.
-        let record = || async { self.service.store().complete_item(&job, &outcome).await };
-        let recorded = record
+        let recorded = write
             .retry(
                 ExponentialBuilder::default()
                     .with_min_delay(Duration::from_millis(100))
@@ -218,17 +217,33 @@ impl Job {
                     .with_jitter(),
             )
             .notify(|e, after| {
-                tracing::warn!(bulk_id = %self.bulk.id, index, error = ?e, retry_in = ?after, "recording a job result failed; retrying");
+                tracing::warn!(bulk_id = %self.bulk.id, error = ?e, retry_in = ?after, "recording job results failed; retrying");
             })
-            .await;
-        match recorded {
-            Ok(Some(_)) => self.service.events_changed(),
-            Ok(None) => {
-                tracing::warn!(bulk_id = %self.bulk.id, index, "job was taken over by another worker; its result is theirs");
+            .await
+            .map_err(internal)?;
+        if recorded.len() < finished.len() {
+            tracing::warn!(bulk_id = %self.bulk.id, taken_over = finished.len() - recorded.len(), "jobs were taken over by another worker; their results are theirs");
+        }
+        if !recorded.is_empty() {
+            self.service.events_changed();
+        }
+        Ok(())
+    }
+}
+
+/// Runs one job through the ordinary refund path.
+async fn run_job(service: RefundService, bulk: Bulk, item: ClaimedItem) -> JobOutcome {
+    match service
+        .create(&bulk.account, item.request, Origin::BULK)
+        .await
+    {
+        // Succeeded, failed at the provider, replayed, or PENDING there (the reconciler settles it).
+        Ok(refund) => JobOutcome::of_refund(&refund),
+        Err(e) => {
+            if let RefundError::Internal(cause) = &e {
+                tracing::error!(bulk_id = %bulk.id, index = item.index, error = ?cause, "bulk job failed internally");
             }
-            Err(e) => {
-                tracing::error!(bulk_id = %self.bulk.id, index, error = ?anyhow::Error::new(e), "giving up recording a job result");
-            }
+            JobOutcome::of_error(&e)
         }
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::{
-    AccountId, Failure, JobRef, NewRefund, Refund, RefundError, RefundId, RefundStatus, Timestamp,
+    AccountId, Failure, NewRefund, Refund, RefundError, RefundId, RefundStatus, Timestamp,
 };
 use crate::providers::{
     PaymentStatus, Provider, ProviderError, ProviderRefund, ProviderRefundStatus, Providers,
@@ -115,14 +115,13 @@ impl RefundService {
     }
 
     /// A refund for a request (`origin` says whose). A bulk job skips the read of its idempotency
-    /// key up front — its key is almost never known yet, and the store still returns the original
-    /// refund (without a second provider call) when it is — and gets its result written with its
-    /// refund's settlement.
+    /// key up front: its key is almost never known yet, and the store still returns the original
+    /// refund (without a second provider call) when it is.
     pub(super) async fn create(
         &self,
         account: &AccountId,
         request: NewRefund,
-        origin: Origin<'_>,
+        origin: Origin,
     ) -> Result<Refund, RefundError> {
         let Inner {
             store,
@@ -145,7 +144,7 @@ impl RefundService {
         let now = Timestamp::now();
         let fingerprint = request.fingerprint();
 
-        if origin.job.is_none()
+        if origin.read_key_first
             && let Some(key) = &request.idempotency_key
             && let Some((stored, refund)) = store
                 .find_idempotent(account, key, now)
@@ -273,7 +272,7 @@ impl RefundService {
         &self,
         provider: &dyn Provider,
         refund: Refund,
-        origin: Origin<'_>,
+        origin: Origin,
     ) -> Result<Refund, RefundError> {
         let mut metadata = refund.metadata.clone();
         metadata.insert("refund_id".to_owned(), refund.id.as_str().to_owned());
@@ -344,7 +343,7 @@ impl RefundService {
         refund: Refund,
         provider_refund: ProviderRefund,
         attempts: i32,
-        origin: Origin<'_>,
+        origin: Origin,
     ) -> Result<Refund, RefundError> {
         let to = match &provider_refund.status {
             ProviderRefundStatus::Pending => {
@@ -375,7 +374,6 @@ impl RefundService {
                 failure,
                 source: origin.source,
             },
-            origin.job,
         )
         .await
     }
@@ -384,7 +382,7 @@ impl RefundService {
         &self,
         refund: Refund,
         failure: Failure,
-        origin: Origin<'_>,
+        origin: Origin,
     ) -> Result<Refund, RefundError> {
         self.settle(
             refund,
@@ -395,21 +393,15 @@ impl RefundService {
                 failure: Some(failure),
                 source: origin.source,
             },
-            origin.job,
         )
         .await
     }
 
-    async fn settle(
-        &self,
-        refund: Refund,
-        s: Settlement,
-        job: Option<&JobRef>,
-    ) -> Result<Refund, RefundError> {
+    async fn settle(&self, refund: Refund, s: Settlement) -> Result<Refund, RefundError> {
         match self
             .inner
             .store
-            .settle(&refund.id, s, job)
+            .settle(&refund.id, s)
             .await
             .map_err(internal)?
         {
@@ -444,30 +436,27 @@ fn backoff(c: &RefundsConfig, attempts: i32) -> Duration {
         .min(c.reconcile_max_delay)
 }
 
-/// Who asked for a refund's provider call, for its status history — and, for a bulk job, which
-/// job, so that the job's result is written with the refund's settlement.
+/// Who asked for a refund's provider call: recorded in its status history, and whether to
+/// answer a known idempotency key from the store before anything else.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Origin<'a> {
+pub(super) struct Origin {
     source: &'static str,
-    job: Option<&'a JobRef>,
+    read_key_first: bool,
 }
 
-impl<'a> Origin<'a> {
+impl Origin {
     const API: Self = Self {
         source: "api",
-        job: None,
+        read_key_first: true,
     };
     const RECONCILER: Self = Self {
         source: "reconciler",
-        job: None,
+        read_key_first: true,
     };
-
-    fn job(job: &'a JobRef) -> Self {
-        Self {
-            source: "bulk",
-            job: Some(job),
-        }
-    }
+    const BULK: Self = Self {
+        source: "bulk",
+        read_key_first: false,
+    };
 }
 
 fn internal(e: StoreError) -> RefundError {

@@ -18,8 +18,8 @@ use super::refunds::to_domain as refund_to_domain;
 use super::{Store, StoreError};
 use crate::domain::{
     AccountId, Amount, Bulk, BulkCounts, BulkEvent, BulkId, BulkState, Currency, IdempotencyKey,
-    ItemResult, ItemStatus, JobError, JobOutcome, JobRef, NewBulk, NewRefund, PaymentRef,
-    ProviderName, Refund, RefundReason, SequencedEvent, StopReason, Timestamp, derived_job_key,
+    ItemResult, ItemStatus, JobError, JobOutcome, NewBulk, NewRefund, PaymentRef, ProviderName,
+    Refund, RefundReason, SequencedEvent, StopReason, Timestamp, derived_job_key,
 };
 
 /// Rows per INSERT: well under SQLite's limit of bound parameters.
@@ -358,8 +358,17 @@ impl Store {
             .collect()
     }
 
-    /// Extends the leases of every job `owner` is running.
-    pub async fn heartbeat(&self, owner: &str, lease_until: Timestamp) -> Result<u64, StoreError> {
+    /// Extends the leases of the jobs `owner` is running in `bulks` (the batches it still has a
+    /// live driver for: jobs of a driver that failed must be let go, so that they are run again).
+    pub async fn heartbeat(
+        &self,
+        owner: &str,
+        bulks: &[BulkId],
+        lease_until: Timestamp,
+    ) -> Result<u64, StoreError> {
+        if bulks.is_empty() {
+            return Ok(0);
+        }
         Ok(bulk_item::Entity::update_many()
             .col_expr(
                 bulk_item::Column::LeaseUntil,
@@ -367,26 +376,98 @@ impl Store {
             )
             .filter(bulk_item::Column::LeaseOwner.eq(owner))
             .filter(bulk_item::Column::Status.eq(ItemStatus::Running.as_str()))
+            .filter(bulk_item::Column::BulkId.is_in(bulks.iter().map(BulkId::as_str)))
             .exec(&self.db)
             .await?
             .rows_affected)
     }
 
-    /// Records a job's result, its event and the batch's counters in one transaction, if the
-    /// worker still holds the job. A failure in a batch that aborts on error stops its
-    /// dispatching. Returns the event's sequence, or `None` if the job was no longer ours.
-    pub async fn complete_item(
+    /// Records finished jobs of one batch — results, events and the batch's counters — in one
+    /// transaction, for the jobs `owner` still holds (the others were taken over; their results
+    /// are not ours to write). A failure in a batch that aborts on error stops its dispatching.
+    /// Returns the indices recorded.
+    ///
+    /// Writing many jobs at once matters: every result takes the batch row's lock (it numbers the
+    /// events), and a lock held through a commit per job would serialize the whole batch on
+    /// commit latency.
+    pub async fn complete_items(
         &self,
-        job: &JobRef,
-        outcome: &JobOutcome,
-    ) -> Result<Option<u64>, StoreError> {
-        let txn = self.db.begin().await?;
-        let sequence = complete_item_in(&txn, job, outcome).await?;
-        match sequence {
-            Some(_) => txn.commit().await?,
-            None => txn.rollback().await?,
+        bulk_id: &BulkId,
+        owner: &str,
+        finished: &[(u32, JobOutcome)],
+    ) -> Result<Vec<u32>, StoreError> {
+        if finished.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(sequence)
+        let now = Timestamp::now().as_micros();
+        let txn = self.db.begin().await?;
+        let mut recorded = Vec::with_capacity(finished.len());
+        let mut counts = [0i64; 4]; // succeeded, failed, skipped, canceled
+        for (index, outcome) in finished {
+            let slot = match outcome.status {
+                ItemStatus::Succeeded => 0,
+                ItemStatus::Failed => 1,
+                ItemStatus::Skipped => 2,
+                ItemStatus::Canceled => 3,
+                ItemStatus::Queued | ItemStatus::Running => {
+                    return Err(corrupt("bulk_items", "a job cannot end queued or running"));
+                }
+            };
+            if record_item(&txn, bulk_id, owner, *index, outcome, now).await? {
+                counts[slot] += 1;
+                recorded.push(*index);
+            }
+        }
+        if recorded.is_empty() {
+            txn.rollback().await?;
+            return Ok(recorded);
+        }
+        // The batch row last: it is the contended one, so hold its lock for as little as possible.
+        let mut update = bulk::Entity::update_many()
+            .col_expr(
+                bulk::Column::LastSequence,
+                Expr::col(bulk::Column::LastSequence).add(recorded.len() as i64),
+            )
+            .col_expr(bulk::Column::UpdatedAt, Expr::value(now));
+        for (column, n) in [
+            (bulk::Column::Succeeded, counts[0]),
+            (bulk::Column::Failed, counts[1]),
+            (bulk::Column::Skipped, counts[2]),
+            (bulk::Column::Canceled, counts[3]),
+        ] {
+            if n > 0 {
+                update = update.col_expr(column, Expr::col(column).add(n));
+            }
+        }
+        let batch = update
+            .filter(bulk::Column::Id.eq(bulk_id.as_str()))
+            .exec_with_returning(&txn)
+            .await?
+            .pop()
+            .ok_or_else(|| corrupt("bulks", "completing jobs of a missing batch"))?;
+        if counts[1] > 0 && batch.abort_on_error && batch.stop_reason.is_none() {
+            bulk::Entity::update_many()
+                .col_expr(
+                    bulk::Column::StopReason,
+                    Expr::value(StopReason::Abort.as_str()),
+                )
+                .filter(bulk::Column::Id.eq(bulk_id.as_str()))
+                .filter(bulk::Column::StopReason.is_null())
+                .exec(&txn)
+                .await?;
+        }
+        let account = AccountId::from_trusted(batch.account_id);
+        let first = batch.last_sequence - recorded.len() as i64 + 1;
+        let events = recorded
+            .iter()
+            .zip(first..)
+            .map(|(&idx, seq)| event_row(bulk_id, &account, seq, "result", Some(idx as i32), now))
+            .collect::<Vec<_>>();
+        bulk_event::Entity::insert_many(events)
+            .exec_without_returning(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(recorded)
     }
 
     /// Asks a running batch to stop dispatching. Returns the batch (unchanged if it had already
@@ -646,26 +727,15 @@ impl Store {
     }
 }
 
-/// [`Store::complete_item`] inside the caller's transaction (also used to complete a job in the
-/// transaction that settles its refund). Writes nothing and returns `None` if the job is no
-/// longer running under `job.owner`.
-pub(super) async fn complete_item_in(
+/// Writes one job's result if `owner` still holds it; whether it did.
+async fn record_item(
     txn: &DatabaseTransaction,
-    job: &JobRef,
+    bulk_id: &BulkId,
+    owner: &str,
+    index: u32,
     outcome: &JobOutcome,
-) -> Result<Option<u64>, StoreError> {
-    let now = Timestamp::now().as_micros();
-    let idx = job.index as i32;
-    let bulk_id = &job.bulk_id;
-    let counter = match outcome.status {
-        ItemStatus::Succeeded => bulk::Column::Succeeded,
-        ItemStatus::Failed => bulk::Column::Failed,
-        ItemStatus::Skipped => bulk::Column::Skipped,
-        ItemStatus::Canceled => bulk::Column::Canceled,
-        ItemStatus::Queued | ItemStatus::Running => {
-            return Err(corrupt("bulk_items", "a job cannot end queued or running"));
-        }
-    };
+    now: i64,
+) -> Result<bool, StoreError> {
     let mut update = bulk_item::Entity::update_many()
         .col_expr(
             bulk_item::Column::Status,
@@ -699,43 +769,13 @@ pub(super) async fn complete_item_in(
     }
     let mine = update
         .filter(bulk_item::Column::BulkId.eq(bulk_id.as_str()))
-        .filter(bulk_item::Column::Idx.eq(idx))
+        .filter(bulk_item::Column::Idx.eq(index as i32))
         .filter(bulk_item::Column::Status.eq(ItemStatus::Running.as_str()))
-        .filter(bulk_item::Column::LeaseOwner.eq(job.owner.as_str()))
+        .filter(bulk_item::Column::LeaseOwner.eq(owner))
         .exec(txn)
         .await?
         .rows_affected;
-    if mine != 1 {
-        return Ok(None);
-    }
-    let batch = next_sequences(txn, bulk_id, Some(counter), 1, now).await?;
-    let (sequence, account) = (
-        batch.last_sequence,
-        AccountId::from_trusted(batch.account_id),
-    );
-    if outcome.status == ItemStatus::Failed {
-        bulk::Entity::update_many()
-            .col_expr(
-                bulk::Column::StopReason,
-                Expr::value(StopReason::Abort.as_str()),
-            )
-            .filter(bulk::Column::Id.eq(bulk_id.as_str()))
-            .filter(bulk::Column::AbortOnError.eq(true))
-            .filter(bulk::Column::StopReason.is_null())
-            .exec(txn)
-            .await?;
-    }
-    bulk_event::Entity::insert(event_row(
-        bulk_id,
-        &account,
-        sequence,
-        "result",
-        Some(idx),
-        now,
-    ))
-    .exec_without_returning(txn)
-    .await?;
-    Ok(Some(sequence as u64))
+    Ok(mine == 1)
 }
 
 /// Reserves `n` event sequences (adding `n` to `counter`, if given); returns the batch as updated,

@@ -8,12 +8,11 @@ use sea_orm::{
     QuerySelect, TransactionTrait, TryInsertResult,
 };
 
-use super::bulks::complete_item_in;
 use super::entities::{idempotency_key, payment, refund, refund_event};
 use super::{Store, StoreError};
 use crate::domain::{
-    AccountId, Amount, Currency, Failure, IdempotencyKey, JobOutcome, JobRef, NewRefund,
-    PaymentRef, ProviderName, Refund, RefundId, RefundReason, RefundStatus, Timestamp,
+    AccountId, Amount, Currency, Failure, IdempotencyKey, NewRefund, PaymentRef, ProviderName,
+    Refund, RefundId, RefundReason, RefundStatus, Timestamp,
 };
 
 /// Everything needed to store a new PENDING refund and reserve its amount.
@@ -127,15 +126,7 @@ impl Store {
 
     /// Applies a status change if the refund is still in `s.from`, releasing its reservation when
     /// the new status no longer holds one. Returns `None` when someone else moved it first.
-    ///
-    /// With `job`, the bulk job the refund was made for gets its result in the same transaction
-    /// (if its worker still holds it), and `job` is marked done.
-    pub async fn settle(
-        &self,
-        id: &RefundId,
-        s: Settlement,
-        job: Option<&JobRef>,
-    ) -> Result<Option<Refund>, StoreError> {
+    pub async fn settle(&self, id: &RefundId, s: Settlement) -> Result<Option<Refund>, StoreError> {
         if let Err(e) = s.from.transition(s.to) {
             return Err(StoreError::Corrupt {
                 table: "refunds",
@@ -201,18 +192,8 @@ impl Store {
             }
         }
         insert_event(&txn, &row, Some(s.from), s.to, s.source, now).await?;
-        let refund = to_domain(row)?;
-        let job_done = match job {
-            Some(job) => complete_item_in(&txn, job, &JobOutcome::of_refund(&refund))
-                .await?
-                .is_some(),
-            None => false,
-        };
         txn.commit().await?;
-        if let Some(job) = job.filter(|_| job_done) {
-            job.mark_done();
-        }
-        Ok(Some(refund))
+        to_domain(row).map(Some)
     }
 
     /// Records what the provider answered for a refund that stays PENDING (it has a provider id
