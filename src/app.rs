@@ -13,8 +13,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::ServeSettings;
 use crate::domain::ProviderName;
+use crate::metrics::Metrics;
 use crate::providers::Providers;
 use crate::providers::sandbox::SandboxProvider;
+use crate::providers::stripe::StripeProvider;
 use crate::providers::traffic::ControlledProvider;
 use crate::sandbox::{FaultConfig, Sandbox, client::SandboxClient};
 use crate::service::{RefundService, run_bulk_runner, run_reconciler};
@@ -28,6 +30,7 @@ pub struct Application {
     service: RefundService,
     sandbox: Option<Arc<Sandbox>>,
     shutdown_grace: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Application {
@@ -67,6 +70,29 @@ impl Application {
                 settings.sandbox_traffic.clone(),
             )),
         );
+        let providers = match &settings.stripe {
+            Some(stripe) => {
+                let client = StripeProvider::new(
+                    &stripe.api_base,
+                    stripe.secret_key.clone(),
+                    stripe.traffic.call_timeout,
+                )
+                .map_err(|e| anyhow::anyhow!("bad --stripe-api-base: {e}"))?;
+                settings.refunds.provider_budget = settings
+                    .refunds
+                    .provider_budget
+                    .max(stripe.traffic.budget());
+                providers.with(
+                    ProviderName::from_trusted("stripe".to_owned()),
+                    Arc::new(ControlledProvider::new(
+                        "stripe",
+                        Arc::new(client),
+                        stripe.traffic.clone(),
+                    )),
+                )
+            }
+            None => providers,
+        };
         let service = RefundService::new(store, providers, settings.refunds.clone());
 
         let grpc = TcpListener::bind(settings.grpc_addr)
@@ -81,6 +107,7 @@ impl Application {
             service,
             sandbox,
             shutdown_grace: settings.shutdown_grace,
+            metrics: Arc::new(Metrics::new()),
         })
     }
 
@@ -114,6 +141,7 @@ impl Application {
             service,
             sandbox,
             shutdown_grace,
+            metrics,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = move || {
@@ -124,13 +152,13 @@ impl Application {
             }
         };
 
-        let grpc_router = api::router(service.clone())
+        let grpc_router = api::router(service.clone(), metrics.clone())
             .await
             .context("cannot build the gRPC services")?;
         let grpc_task = tokio::spawn(
             grpc_router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped()),
         );
-        let http_app = http::router(service.clone(), sandbox);
+        let http_app = http::router(service.clone(), sandbox, metrics);
         let http_stopped = stopped();
         let http_task = tokio::spawn(async move {
             axum::serve(http, http_app)

@@ -14,7 +14,7 @@ use crate::providers::traffic::TrafficConfig;
 use crate::sandbox::{self, FaultConfig, Sandbox, client::SandboxClient};
 use crate::service::{BulkConfig, RefundsConfig};
 use crate::store::{Store, StoreOptions};
-use crate::telemetry::{self, LogFormat};
+use crate::telemetry::{self, LogFormat, TelemetryConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -92,6 +92,29 @@ pub struct ServeArgs {
     /// separately; 0 = unlimited.
     #[arg(long, env = "REFUND_SANDBOX_RATE_LIMIT", default_value_t = 0)]
     pub sandbox_rate_limit: u32,
+
+    /// Stripe's API base URL (e.g. a localstripe for tests).
+    #[arg(long, env = "STRIPE_API_BASE", default_value = crate::providers::stripe::DEFAULT_API_BASE)]
+    pub stripe_api_base: String,
+
+    /// Stripe secret key; the `stripe` provider is enabled only when a key is configured.
+    #[arg(
+        long,
+        env = "STRIPE_SECRET_KEY",
+        hide_env_values = true,
+        conflicts_with = "stripe_secret_key_file"
+    )]
+    pub stripe_secret_key: Option<String>,
+
+    /// A file holding the Stripe secret key (e.g. a mounted secret); surrounding whitespace is
+    /// trimmed.
+    #[arg(long, env = "STRIPE_SECRET_KEY_FILE")]
+    pub stripe_secret_key_file: Option<std::path::PathBuf>,
+
+    /// Our own limit on calls per second to Stripe, for reads and for writes separately (below
+    /// Stripe's live limit of 100); 0 = unlimited.
+    #[arg(long, env = "REFUND_STRIPE_RATE_LIMIT", default_value_t = 80)]
+    pub stripe_rate_limit: u32,
 
     /// Provider calls in flight at once, per provider.
     #[arg(long, env = "REFUND_PROVIDER_CONCURRENCY", default_value_t = 64)]
@@ -275,6 +298,10 @@ impl ServeArgs {
             sandbox_url,
             provider_timeout,
             sandbox_rate_limit,
+            stripe_api_base,
+            stripe_secret_key,
+            stripe_secret_key_file,
+            stripe_rate_limit,
             provider_concurrency,
             provider_max_attempts,
             provider_backoff,
@@ -339,21 +366,49 @@ impl ServeArgs {
             grpc_addr.port() == 0 || grpc_addr != http_addr,
             "--grpc-addr and --http-addr must differ"
         );
+        let sandbox_traffic = TrafficConfig {
+            rate_per_sec: sandbox_rate_limit,
+            max_concurrency: provider_concurrency,
+            call_timeout: provider_timeout,
+            max_attempts: provider_max_attempts,
+            base_backoff: provider_backoff,
+            max_backoff: provider_max_backoff,
+            breaker_threshold: provider_breaker_threshold,
+            breaker_open_for: provider_breaker_open_for,
+        };
+        let stripe_secret_key = match (stripe_secret_key, stripe_secret_key_file) {
+            (Some(key), _) => Some(key.trim().to_owned()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .with_context(|| {
+                        format!("cannot read --stripe-secret-key-file {}", path.display())
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        let stripe = match stripe_secret_key {
+            Some(key) => {
+                anyhow::ensure!(!key.is_empty(), "the Stripe secret key is empty");
+                Some(crate::config::StripeSettings {
+                    api_base: stripe_api_base,
+                    secret_key: Secret::opaque(key),
+                    traffic: TrafficConfig {
+                        rate_per_sec: stripe_rate_limit,
+                        ..sandbox_traffic.clone()
+                    },
+                })
+            }
+            None => None,
+        };
         Ok(ServeSettings {
+            stripe,
             grpc_addr,
             http_addr,
             database_url: Secret::new(database.database_url),
             sandbox_url,
-            sandbox_traffic: TrafficConfig {
-                rate_per_sec: sandbox_rate_limit,
-                max_concurrency: provider_concurrency,
-                call_timeout: provider_timeout,
-                max_attempts: provider_max_attempts,
-                base_backoff: provider_backoff,
-                max_backoff: provider_max_backoff,
-                breaker_threshold: provider_breaker_threshold,
-                breaker_open_for: provider_breaker_open_for,
-            },
+            sandbox_traffic,
             store: store_options(database.db_max_connections)?,
             refunds: RefundsConfig {
                 // Set from the providers' traffic configuration when the app is built.
@@ -404,10 +459,10 @@ impl FaultArgs {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    telemetry::init(cli.log_format.into());
+    let telemetry = telemetry::init(TelemetryConfig::from_env(cli.log_format.into()))?;
     // reqwest is built without a default TLS crypto provider; install ring once, up front.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match cli.command {
+    let result = match cli.command {
         Command::Serve(args) => serve(args.into_settings()?).await,
         Command::Migrate(args) => {
             let url = Secret::new(args.database_url);
@@ -422,7 +477,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sandbox(SandboxCommand::Seed(args)) => sandbox_seed(args).await,
         Command::Sandbox(SandboxCommand::Ledger(args)) => sandbox_ledger(args).await,
         Command::Bulk(args) => crate::bulk_cli::run(args).await,
-    }
+    };
+    // Spans still queued are sent now (a collector that does not answer is only logged).
+    telemetry.shutdown();
+    result
 }
 
 async fn serve(settings: ServeSettings) -> anyhow::Result<()> {

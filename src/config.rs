@@ -22,6 +22,8 @@ pub struct ServeSettings {
     pub sandbox_url: Option<String>,
     /// Rate limit, concurrency, timeouts, retries and circuit breaker for the sandbox provider.
     pub sandbox_traffic: TrafficConfig,
+    /// The Stripe provider, registered as `stripe` when a secret key is configured.
+    pub stripe: Option<StripeSettings>,
     pub store: StoreOptions,
     pub refunds: RefundsConfig,
     /// How long in-flight calls may take to finish after SIGTERM.
@@ -37,6 +39,7 @@ impl ServeSettings {
             database_url: Secret::new(database_url.into()),
             sandbox_url: None,
             sandbox_traffic: TrafficConfig::default(),
+            stripe: None,
             store: StoreOptions::default(),
             refunds: RefundsConfig::default(),
             shutdown_grace: Duration::from_secs(5),
@@ -44,22 +47,57 @@ impl ServeSettings {
     }
 }
 
-/// A value that must not reach logs: `Debug` and `Display` redact it.
+/// The Stripe provider's settings.
+#[derive(Debug, Clone)]
+pub struct StripeSettings {
+    /// e.g. `https://api.stripe.com` (without `/v1`).
+    pub api_base: String,
+    pub secret_key: Secret,
+    pub traffic: TrafficConfig,
+}
+
+/// A value that must not reach logs: `Debug` shows only its redacted form.
 #[derive(Clone)]
-pub struct Secret(String);
+pub struct Secret {
+    value: String,
+    redaction: Redaction,
+}
+
+#[derive(Clone, Copy)]
+enum Redaction {
+    /// A URL: only its password is hidden, the rest helps when reading logs.
+    UrlPassword,
+    /// An API key or similar: nothing of it is shown.
+    Whole,
+}
 
 impl Secret {
+    /// A URL whose password, if any, is redacted.
     pub fn new(value: String) -> Self {
-        Self(value)
+        Self {
+            value,
+            redaction: Redaction::UrlPassword,
+        }
+    }
+
+    /// A value (an API key) that is redacted entirely.
+    pub fn opaque(value: String) -> Self {
+        Self {
+            value,
+            redaction: Redaction::Whole,
+        }
     }
 
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.value
     }
 
-    /// For a URL: the same URL with any password replaced, fit for logs and error messages.
+    /// The value fit for logs and error messages.
     pub fn redacted(&self) -> String {
-        redact_url_password(&self.0)
+        match self.redaction {
+            Redaction::UrlPassword => redact_url_password(&self.value),
+            Redaction::Whole => "[redacted]".to_owned(),
+        }
     }
 }
 
@@ -104,5 +142,13 @@ mod tests {
             Secret::new("postgres://postgres@127.0.0.1/x".into()).redacted(),
             "postgres://postgres@127.0.0.1/x"
         );
+    }
+
+    #[test]
+    fn api_keys_never_show() {
+        let s = Secret::opaque("sk_live_abc123".into());
+        assert!(!format!("{s:?}").contains("abc123"));
+        assert_eq!(s.redacted(), "[redacted]");
+        assert_eq!(s.expose(), "sk_live_abc123");
     }
 }

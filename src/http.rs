@@ -7,11 +7,20 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 
+use crate::metrics::Metrics;
 use crate::sandbox::{self, Sandbox};
 use crate::service::RefundService;
 
-pub fn router(service: RefundService, sandbox: Option<Arc<Sandbox>>) -> Router {
+pub fn router(
+    service: RefundService,
+    sandbox: Option<Arc<Sandbox>>,
+    metrics: Arc<Metrics>,
+) -> Router {
     let mut router = Router::new()
+        .route(
+            "/metrics",
+            get(move || async move { prometheus_text(&metrics) }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .with_state(service);
@@ -30,4 +39,15 @@ async fn ready(State(service): State<RefundService>) -> (StatusCode, &'static st
             (StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
         }
     }
+}
+
+/// `GET /metrics`: the Prometheus text exposition format.
+fn prometheus_text(metrics: &Metrics) -> impl axum::response::IntoResponse + use<> {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
 }

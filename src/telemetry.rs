@@ -1,6 +1,25 @@
-//! Logging set-up. Filter with `RUST_LOG` (default `info`).
+//! Logging and tracing set-up. Filter with `RUST_LOG` (default `info`).
+//!
+//! Spans are exported over OTLP when an endpoint is configured (`OTEL_EXPORTER_OTLP_ENDPOINT`);
+//! the SDK itself reads `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` and
+//! `OTEL_TRACES_SAMPLER(_ARG)`. Export goes through a batch span processor with a bounded
+//! queue, so a slow or unreachable collector never delays a request: spans are dropped instead.
 
-use tracing_subscriber::EnvFilter;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::time::Duration;
+
+use opentelemetry::propagation::TextMapCompositePropagator;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider, SpanProcessor};
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 #[derive(Debug, Clone, Copy)]
 pub enum LogFormat {
@@ -8,15 +27,237 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber, writing to stderr. Safe to call more than once (later calls
-/// are ignored), so tests can call it freely.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+/// How spans leave the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+/// Everything [`init`] needs; [`TelemetryConfig::from_env`] reads the standard variables.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    /// OTLP collector, e.g. `http://127.0.0.1:4317`. `None` disables span export.
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: OtlpProtocol,
+    /// Overrides `OTEL_SERVICE_NAME`; the default is `refund-service`.
+    pub service_name: Option<String>,
+    /// Spans waiting for export beyond this are dropped.
+    pub max_queue_size: usize,
+    /// Logs through the test harness's capture instead of straight to stderr.
+    pub test_writer: bool,
+}
+
+impl TelemetryConfig {
+    /// Logs only, no span export.
+    pub fn logs_only(log_format: LogFormat) -> Self {
+        Self {
+            log_format,
+            otlp_endpoint: None,
+            otlp_protocol: OtlpProtocol::Grpc,
+            service_name: None,
+            max_queue_size: 2048,
+            test_writer: false,
+        }
+    }
+
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) and
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`, the default, or `http/protobuf`).
+    pub fn from_env(log_format: LogFormat) -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let otlp_endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        let otlp_protocol = match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .as_deref()
+        {
+            Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+            _ => OtlpProtocol::Grpc,
+        };
+        Self {
+            otlp_endpoint,
+            otlp_protocol,
+            ..Self::logs_only(log_format)
+        }
+    }
+}
+
+/// Keeps the span pipeline alive; [`Telemetry::shutdown`] flushes it.
+#[must_use = "dropping the handle does not flush spans; call shutdown()"]
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    processor: Option<Arc<BatchSpanProcessor>>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.processor.is_some()
+    }
+
+    /// Flushes and stops span export. Never fails: a collector that does not answer is logged.
+    /// Blocks while the queue is flushed, so call it outside async code (or accept a short
+    /// block at process exit).
+    pub fn shutdown(self) {
+        let Some(processor) = self.processor else {
+            return;
+        };
+        if let Some(state) = STATE.get() {
+            let mut slot = state.slot.write().unwrap_or_else(PoisonError::into_inner);
+            if slot.as_ref().is_some_and(|p| Arc::ptr_eq(p, &processor)) {
+                *slot = None;
+                state.exporting.store(false, Ordering::Relaxed);
+            }
+        }
+        if let Err(e) = processor.force_flush() {
+            tracing::warn!(error = %e, "could not flush spans to the collector");
+        }
+        if let Err(e) = processor.shutdown() {
+            tracing::warn!(error = %e, "span exporter did not shut down cleanly");
+        }
+    }
+}
+
+/// The process's one subscriber and tracer provider. The provider's span processor is a slot
+/// that each [`init`] fills with its own exporter, so that the subscriber (which can be
+/// installed only once per process) need not change.
+struct State {
+    slot: Arc<RwLock<Option<Arc<BatchSpanProcessor>>>>,
+    exporting: Arc<AtomicBool>,
+    _provider: SdkTracerProvider,
+}
+
+static STATE: OnceLock<State> = OnceLock::new();
+
+/// Installs the global subscriber (writing logs to stderr) the first time; later calls keep it
+/// and only swap the span exporter, so tests can call it freely with their own configuration.
+pub fn init(config: TelemetryConfig) -> anyhow::Result<Telemetry> {
+    let state = STATE.get_or_init(|| install_subscriber(config.log_format, config.test_writer));
+    opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ]));
+    let Some(endpoint) = config.otlp_endpoint.as_deref() else {
+        return Ok(Telemetry::default());
     };
+    let exporter = match config.otlp_protocol {
+        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .build()?,
+        OtlpProtocol::HttpProtobuf => {
+            anyhow::bail!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf is not supported yet; use grpc"
+            )
+        }
+    };
+    let mut processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(
+            opentelemetry_sdk::trace::BatchConfigBuilder::default()
+                .with_max_queue_size(config.max_queue_size)
+                .build(),
+        )
+        .build();
+    // The SDK's builder reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES.
+    let mut resource = Resource::builder();
+    resource = match &config.service_name {
+        Some(name) => resource.with_service_name(name.clone()),
+        None if std::env::var_os("OTEL_SERVICE_NAME").is_none() => {
+            resource.with_service_name("refund-service")
+        }
+        None => resource,
+    };
+    processor.set_resource(&resource.build());
+    let processor = Arc::new(processor);
+    let previous = state
+        .slot
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .replace(processor.clone());
+    state.exporting.store(true, Ordering::Relaxed);
+    if let Some(previous) = previous {
+        let _ = previous.shutdown();
+    }
+    Ok(Telemetry {
+        processor: Some(processor),
+    })
+}
+
+fn install_subscriber(format: LogFormat, test_writer: bool) -> State {
+    let slot = Arc::new(RwLock::new(None));
+    let exporting = Arc::new(AtomicBool::new(false));
+    // The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (SDK default:
+    // parent-based, always on).
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(SlotProcessor(slot.clone()))
+        .build();
+    let tracer = provider.tracer("refund-service");
+    let enabled = exporting.clone();
+    // Spans are built for OpenTelemetry only while an exporter is installed.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(filter_fn(move |_| enabled.load(Ordering::Relaxed)));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let writer = if test_writer {
+        BoxMakeWriter::new(tracing_subscriber::fmt::TestWriter::new())
+    } else {
+        BoxMakeWriter::new(std::io::stderr)
+    };
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    let base = tracing_subscriber::registry().with(filter).with(otel);
+    // The JSON lines carry the current span's fields, among them the `trace_id` and `span_id`
+    // that the gRPC layer records on its server span.
+    let _ = match format {
+        LogFormat::Pretty => base.with(fmt).try_init(),
+        LogFormat::Json => base
+            .with(
+                fmt.json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false),
+            )
+            .try_init(),
+    };
+    State {
+        slot,
+        exporting,
+        _provider: provider,
+    }
+}
+
+/// Forwards to the processor in the slot, if any.
+#[derive(Debug)]
+struct SlotProcessor(Arc<RwLock<Option<Arc<BatchSpanProcessor>>>>);
+
+impl SlotProcessor {
+    fn current(&self) -> Option<Arc<BatchSpanProcessor>> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl SpanProcessor for SlotProcessor {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        if let Some(p) = self.current() {
+            p.on_start(span, cx);
+        }
+    }
+
+    fn on_end(&self, span: opentelemetry_sdk::trace::SpanData) {
+        if let Some(p) = self.current() {
+            p.on_end(span);
+        }
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.current().map_or(Ok(()), |p| p.force_flush())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        // Each exporter is shut down by its own `Telemetry` handle.
+        Ok(())
+    }
 }

@@ -6,9 +6,11 @@
 mod bulk;
 mod convert;
 mod refunds;
+mod rpc_trace;
 mod status;
 
 pub use refunds::RefundsApi;
+pub use rpc_trace::RpcTraceLayer;
 pub use status::{ERROR_DOMAIN, to_status};
 
 /// Generated protobuf and tonic code for `refunds.v1`.
@@ -21,10 +23,12 @@ pub mod pb {
         tonic::include_file_descriptor_set!("refunds_descriptor");
 }
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::transport::server::Router;
 
+use crate::metrics::Metrics;
 use crate::service::RefundService;
 
 /// Smallest limit on gRPC message size; the limit grows with the configured batch size.
@@ -41,7 +45,13 @@ pub fn max_message_bytes(max_jobs: u32) -> usize {
 }
 
 /// The tonic router with every service this process answers: refunds, health, reflection.
-pub async fn router(service: RefundService) -> Result<Router, tonic_reflection::server::Error> {
+pub async fn router(
+    service: RefundService,
+    metrics: Arc<Metrics>,
+) -> Result<
+    Router<tower_layer::Stack<RpcTraceLayer, tower_layer::Identity>>,
+    tonic_reflection::server::Error,
+> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::refund_service_server::RefundServiceServer<RefundsApi>>()
@@ -67,6 +77,7 @@ pub async fn router(service: RefundService) -> Result<Router, tonic_reflection::
 
     Ok(tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(RpcTraceLayer::new(metrics))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

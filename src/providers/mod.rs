@@ -6,6 +6,7 @@
 //! before anything else.
 
 pub mod sandbox;
+pub mod stripe;
 pub mod traffic;
 
 use std::collections::{BTreeMap, HashMap};

@@ -31,6 +31,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use super::{Provider, ProviderError, ProviderPayment, ProviderRefund, RefundCall};
 use crate::domain::PaymentRef;
@@ -222,7 +223,7 @@ impl ControlledProvider {
         let mut backoff = self.backoff();
         let mut attempt = 1;
         loop {
-            let error = match self.attempt(op, &mut call).await {
+            let error = match self.attempt(op, attempt, None, &mut call).await {
                 Ok(value) => return Ok(value),
                 Err(Attempt::ShortCircuited(e)) => return Err(e),
                 Err(Attempt::Failed(e)) => e,
@@ -256,7 +257,12 @@ impl ControlledProvider {
         loop {
             // Invariant: every earlier attempt is known not to have been processed, so failing
             // fast here (circuit open) or with `Unavailable` tells the caller the truth.
-            let error = match self.attempt(OP, || self.inner.create_refund(call)).await {
+            let error = match self
+                .attempt(OP, attempt, Some(&call.idempotency_key), || {
+                    self.inner.create_refund(call)
+                })
+                .await
+            {
                 Ok(refund) => return Ok(refund),
                 Err(Attempt::ShortCircuited(e)) => return Err(e),
                 Err(Attempt::Failed(e)) => e,
@@ -279,7 +285,10 @@ impl ControlledProvider {
                     tokio::time::sleep(delay).await;
                     self.stats.bump(&self.stats.ambiguous_lookups);
                     let lookup = || self.inner.find_refund(&call.payment, &call.idempotency_key);
-                    match self.attempt("find_refund", lookup).await {
+                    match self
+                        .attempt("find_refund", attempt, Some(&call.idempotency_key), lookup)
+                        .await
+                    {
                         Ok(Some(refund)) => {
                             tracing::info!(provider = %self.name, attempt, "the refund whose creation was ambiguous was found at the provider");
                             return Ok(refund);
@@ -303,8 +312,39 @@ impl ControlledProvider {
         }
     }
 
-    /// One attempt: circuit, concurrency permit, rate limit, then the call under the timeout.
+    /// One attempt in its own client span (rate-limit waits and the outcome recorded on it).
+    /// `refund_id` is the idempotency key, which is our refund id, when the call has one.
     async fn attempt<T, Fut>(
+        &self,
+        op: &'static str,
+        number: u32,
+        refund_id: Option<&str>,
+        call: impl FnOnce() -> Fut,
+    ) -> Result<T, Attempt>
+    where
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        let span = tracing::info_span!(
+            "provider",
+            otel.name = format!("{} {op}", self.name),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            provider = %self.name,
+            operation = op,
+            attempt = i64::from(number),
+            refund_id = refund_id,
+            error = tracing::field::Empty,
+        );
+        let result = self.attempt_inner(op, call).instrument(span.clone()).await;
+        if let Err(Attempt::Failed(e) | Attempt::ShortCircuited(e)) = &result {
+            span.record("otel.status_code", "ERROR");
+            span.record("error", tracing::field::display(e));
+        }
+        result
+    }
+
+    /// One attempt: circuit, concurrency permit, rate limit, then the call under the timeout.
+    async fn attempt_inner<T, Fut>(
         &self,
         op: &'static str,
         call: impl FnOnce() -> Fut,
@@ -367,6 +407,7 @@ impl ControlledProvider {
         }
         if waited {
             self.stats.bump(&self.stats.rate_limit_waits);
+            tracing::debug!(provider = %self.name, operation = op, "waited for our own rate limit");
         }
     }
 

@@ -16,6 +16,7 @@ use backon::{ExponentialBuilder, Retryable as _};
 
 use tokio::sync::watch;
 use tokio::task::{self, JoinHandle, JoinSet};
+use tracing::Instrument as _;
 
 use super::{Origin, RefundService, internal};
 use crate::domain::{Bulk, BulkId, JobOutcome, RefundError, Timestamp};
@@ -63,7 +64,8 @@ pub async fn run_bulk_runner(service: RefundService, shutdown: impl Future<Outpu
                         bulk,
                         stop: stop_rx.clone(),
                     };
-                    drivers.insert(id, tokio::spawn(driver.run()));
+                    let span = tracing::info_span!("bulk.driver", bulk_id = %id);
+                    drivers.insert(id, tokio::spawn(driver.run().instrument(span)));
                 }
             }
             Err(e) => {
@@ -134,7 +136,9 @@ impl Driver {
                     .map_err(internal)?;
                 for item in claimed {
                     let index = item.index;
-                    let job = run_job(self.service.clone(), self.bulk.clone(), item);
+                    let span = tracing::info_span!("bulk.job", bulk_id = %self.bulk.id, index);
+                    let job =
+                        run_job(self.service.clone(), self.bulk.clone(), item).instrument(span);
                     jobs.insert(in_flight.spawn(job).id(), index);
                 }
             }

@@ -78,7 +78,10 @@ pub async fn spawn_app() -> (TestApp, TestDb) {
 
 pub async fn spawn_app_with(db: &TestDb, configure: impl FnOnce(&mut ServeSettings)) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
-        refund_service::telemetry::init(refund_service::telemetry::LogFormat::Pretty);
+        let _ =
+            refund_service::telemetry::init(refund_service::telemetry::TelemetryConfig::logs_only(
+                refund_service::telemetry::LogFormat::Pretty,
+            ));
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut settings = ServeSettings::local(db.url.clone());

@@ -12,6 +12,8 @@ mod crash;
 mod create;
 mod idempotency;
 mod list;
+mod observability;
 mod reconcile;
 mod server;
+mod stripe;
 mod traffic;

@@ -1,0 +1,172 @@
+//! A tower layer giving every gRPC call a server span: `rpc.system`, `rpc.service`,
+//! `rpc.method`, `rpc.grpc.status_code`, continuing the caller's trace from the W3C
+//! `traceparent` / `tracestate` metadata.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::TraceContextExt as _;
+use tonic::codegen::http::{HeaderMap, Request, Response};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::metrics::Metrics;
+
+/// Wraps the tonic server's services; see the module docs. Also records call durations.
+#[derive(Debug, Clone)]
+pub struct RpcTraceLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl RpcTraceLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for RpcTraceLayer {
+    type Service = RpcTrace<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcTrace {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RpcTrace<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, RB> tower_service::Service<Request<B>> for RpcTrace<S>
+where
+    S: tower_service::Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let name = request.uri().path().trim_start_matches('/').to_owned();
+        let (service, method) = split_path(request.uri().path());
+        let span = tracing::info_span!(
+            "grpc",
+            otel.name = format!("{service}/{method}"),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&HeaderExtractor(request.headers()))
+        });
+        let _ = span.set_parent(parent);
+        let context = span.context();
+        let span_context = context.span().span_context().clone();
+        if span_context.is_valid() {
+            span.record("trace_id", span_context.trace_id().to_string());
+            span.record("span_id", span_context.span_id().to_string());
+        }
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        let metrics = self.metrics.clone();
+        Box::pin(
+            async move {
+                let result = future.await;
+                let span = tracing::Span::current();
+                let code = match &result {
+                    Ok(response) => grpc_status(response.headers()).unwrap_or(0),
+                    Err(_) => 2,
+                };
+                metrics.observe_rpc(&name, code, started.elapsed().as_secs_f64());
+                match &result {
+                    Ok(_) => {
+                        // Errors travel in the headers of a trailers-only response; a response
+                        // that got as far as a body started successfully.
+                        span.record("rpc.grpc.status_code", code);
+                        if is_server_error(code) {
+                            span.record("otel.status_code", "ERROR");
+                        }
+                    }
+                    Err(_) => {
+                        span.record("rpc.grpc.status_code", 2);
+                        span.record("otel.status_code", "ERROR");
+                    }
+                }
+                result
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// `/refunds.v1.RefundService/CreateRefund` → (`refunds.v1.RefundService`, `CreateRefund`).
+pub fn split_path(path: &str) -> (&str, &str) {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    path.split_once('/').unwrap_or((path, ""))
+}
+
+/// The `grpc-status` header, when the response carries one.
+pub fn grpc_status(headers: &HeaderMap) -> Option<i32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// The codes OpenTelemetry's semantic conventions count as server errors.
+fn is_server_error(code: i32) -> bool {
+    // UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS
+    matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_grpc_paths() {
+        assert_eq!(
+            split_path("/refunds.v1.RefundService/CreateRefund"),
+            ("refunds.v1.RefundService", "CreateRefund")
+        );
+        assert_eq!(split_path("/odd"), ("odd", ""));
+    }
+
+    #[test]
+    fn reads_grpc_status() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(grpc_status(&headers), None);
+        headers.insert("grpc-status", "9".parse().unwrap());
+        assert_eq!(grpc_status(&headers), Some(9));
+        assert!(is_server_error(13) && !is_server_error(9) && !is_server_error(0));
+    }
+}

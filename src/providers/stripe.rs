@@ -1,0 +1,578 @@
+//! Adapter for Stripe's refund API (<https://docs.stripe.com/api/refunds>): form-encoded requests,
+//! `Authorization: Bearer <secret key>`, `Idempotency-Key` on creations, errors as
+//! `{"error": {"type", "code", "message"}}`. Payments are charges (`ch_…`) or payment intents
+//! (`pi_…`); our refund id travels as `metadata[refund_id]` so `find_refund` can find it again.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::{
+    PaymentStatus, Provider, ProviderError, ProviderPayment, ProviderRefund, ProviderRefundStatus,
+    RefundCall,
+};
+use crate::config::Secret;
+use crate::domain::{Currency, PaymentRef, RefundReason};
+
+/// Stripe's API root.
+pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
+
+/// How a Stripe call is used: a 5xx on a creation may have been processed, on a read it was not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Read,
+    Write,
+}
+
+pub struct StripeProvider {
+    http: reqwest::Client,
+    base: String,
+    key: Secret,
+}
+
+impl StripeProvider {
+    /// `api_base` is e.g. `https://api.stripe.com` (no `/v1`); `timeout` bounds one HTTP call.
+    pub fn new(api_base: &str, key: Secret, timeout: Duration) -> Result<Self, String> {
+        let base = api_base.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(format!(
+                "invalid Stripe API base '{api_base}': expected an http(s) URL"
+            ));
+        }
+        // reqwest is built without a default TLS crypto provider; installing fails harmlessly
+        // when another part of the process already did it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| format!("could not build the HTTP client: {}", chain(&e)))?;
+        Ok(Self { http, base, key })
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        form: Option<(String, &str)>,
+        kind: Call,
+    ) -> Result<T, ProviderError> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(self.key.expose());
+        if let Some((body, idempotency_key)) = form {
+            req = req
+                .header("Idempotency-Key", idempotency_key)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(body);
+        }
+        let resp = req.send().await.map_err(from_reqwest)?;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = resp.bytes().await.map_err(from_reqwest)?;
+        if status.is_success() {
+            serde_json::from_slice(&body).map_err(|e| {
+                ProviderError::Ambiguous(format!("undecodable answer from Stripe: {e}"))
+            })
+        } else {
+            Err(error_from_response(status, retry_after, &body, kind))
+        }
+    }
+
+    async fn get_charge(&self, id: &str) -> Result<Charge, ProviderError> {
+        self.call(
+            Method::GET,
+            &format!("/v1/charges/{}", encode(id)),
+            None,
+            Call::Read,
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl Provider for StripeProvider {
+    async fn get_payment(&self, payment: &PaymentRef) -> Result<ProviderPayment, ProviderError> {
+        let id = payment.as_str();
+        if id.starts_with("pi_") {
+            let pi: PaymentIntent = self
+                .call(
+                    Method::GET,
+                    &format!("/v1/payment_intents/{}", encode(id)),
+                    None,
+                    Call::Read,
+                )
+                .await?;
+            let charge = match pi.latest_charge {
+                Some(ChargeRef::Id(charge)) => Some(self.get_charge(&charge).await?),
+                Some(ChargeRef::Expanded(charge)) => Some(*charge),
+                None => None,
+            };
+            let (charged, refunded) = match &charge {
+                Some(c) => (c.amount_captured.unwrap_or(c.amount), c.amount_refunded),
+                None => (0, 0),
+            };
+            let status = if pi.status == "succeeded" {
+                PaymentStatus::Captured
+            } else {
+                PaymentStatus::NotRefundable(pi.status.clone())
+            };
+            Ok(ProviderPayment {
+                id: pi.id,
+                captured: pi.amount_received.unwrap_or(charged),
+                refunded,
+                currency: currency(&pi.currency)?,
+                status,
+            })
+        } else {
+            let ch = self.get_charge(id).await?;
+            let captured = ch.captured.unwrap_or(true) && ch.paid.unwrap_or(true);
+            let status = if ch.status == "succeeded" && captured {
+                PaymentStatus::Captured
+            } else if ch.status == "succeeded" {
+                PaymentStatus::NotRefundable("uncaptured".to_owned())
+            } else {
+                PaymentStatus::NotRefundable(ch.status.clone())
+            };
+            Ok(ProviderPayment {
+                captured: ch.amount_captured.unwrap_or(ch.amount),
+                refunded: ch.amount_refunded,
+                currency: currency(&ch.currency)?,
+                status,
+                id: ch.id,
+            })
+        }
+    }
+
+    async fn create_refund(&self, call: &RefundCall) -> Result<ProviderRefund, ProviderError> {
+        let body = refund_form(call);
+        let r: Refund = self
+            .call(
+                Method::POST,
+                "/v1/refunds",
+                Some((body, call.idempotency_key.as_str())),
+                Call::Write,
+            )
+            .await?;
+        Ok(r.into())
+    }
+
+    async fn get_refund(&self, provider_refund_id: &str) -> Result<ProviderRefund, ProviderError> {
+        let r: Refund = self
+            .call(
+                Method::GET,
+                &format!("/v1/refunds/{}", encode(provider_refund_id)),
+                None,
+                Call::Read,
+            )
+            .await?;
+        Ok(r.into())
+    }
+
+    async fn find_refund(
+        &self,
+        payment: &PaymentRef,
+        idempotency_key: &str,
+    ) -> Result<Option<ProviderRefund>, ProviderError> {
+        let filter = format!("{}={}", payment_param(payment), encode(payment.as_str()));
+        let mut after: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/refunds?{filter}&limit=100");
+            if let Some(a) = &after {
+                path.push_str(&format!("&starting_after={}", encode(a)));
+            }
+            let page: RefundList = self.call(Method::GET, &path, None, Call::Read).await?;
+            let last = page.data.last().map(|r| r.id.clone());
+            if let Some(found) = page
+                .data
+                .into_iter()
+                .find(|r| r.metadata.get("refund_id").map(String::as_str) == Some(idempotency_key))
+            {
+                return Ok(Some(found.into()));
+            }
+            match (page.has_more, last) {
+                (true, Some(last)) => after = Some(last),
+                (true, None) | (false, _) => return Ok(None),
+            }
+        }
+    }
+}
+
+fn payment_param(payment: &PaymentRef) -> &'static str {
+    if payment.as_str().starts_with("pi_") {
+        "payment_intent"
+    } else {
+        "charge"
+    }
+}
+
+/// The form body of `POST /v1/refunds`.
+fn refund_form(call: &RefundCall) -> String {
+    let mut fields: Vec<(String, String)> = vec![
+        (
+            payment_param(&call.payment).to_owned(),
+            call.payment.as_str().to_owned(),
+        ),
+        ("amount".to_owned(), call.amount.minor_units().to_string()),
+    ];
+    let reason = match call.reason {
+        RefundReason::Duplicate => Some("duplicate"),
+        RefundReason::Fraudulent => Some("fraudulent"),
+        RefundReason::RequestedByCustomer => Some("requested_by_customer"),
+        RefundReason::Other | RefundReason::Unspecified => None,
+    };
+    if let Some(reason) = reason {
+        fields.push(("reason".to_owned(), reason.to_owned()));
+    }
+    let mut metadata = call.metadata.clone();
+    metadata.insert("refund_id".to_owned(), call.idempotency_key.clone());
+    for (k, v) in metadata {
+        fields.push((format!("metadata[{k}]"), v));
+    }
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986), for paths, queries and forms.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(char::from(b))
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn currency(code: &str) -> Result<Currency, ProviderError> {
+    Currency::parse(code)
+        .map_err(|e| ProviderError::Ambiguous(format!("Stripe payment has a bad currency: {e}")))
+}
+
+fn from_reqwest(e: reqwest::Error) -> ProviderError {
+    if e.is_timeout() {
+        ProviderError::Timeout
+    } else if e.is_connect() {
+        // Nothing was sent: the connection was never made.
+        ProviderError::Unavailable(chain(&e))
+    } else if e.is_builder() {
+        ProviderError::Unavailable(chain(&e))
+    } else {
+        ProviderError::Ambiguous(chain(&e))
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ErrorBody {
+    error: StripeError,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct StripeError {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// Classifies a non-2xx answer from Stripe.
+fn error_from_response(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    kind: Call,
+) -> ProviderError {
+    let err = serde_json::from_slice::<ErrorBody>(body)
+        .map(|b| b.error)
+        .unwrap_or_default();
+    let message = err
+        .message
+        .clone()
+        .unwrap_or_else(|| format!("Stripe answered {status}"));
+    let code = err
+        .code
+        .clone()
+        .or_else(|| err.kind.clone())
+        .unwrap_or_else(|| format!("http_{}", status.as_u16()));
+    match status.as_u16() {
+        404 => ProviderError::NotFound(message),
+        _ if err.code.as_deref() == Some("resource_missing") => ProviderError::NotFound(message),
+        429 => ProviderError::RateLimited { retry_after },
+        401 => ProviderError::Rejected {
+            code: "authentication_error".to_owned(),
+            message,
+        },
+        403 => ProviderError::Rejected {
+            code: "permission_error".to_owned(),
+            message,
+        },
+        500..=599 => match kind {
+            // Stripe may have processed the creation before failing: look it up before resending.
+            Call::Write => ProviderError::Ambiguous(format!("Stripe answered {status}: {message}")),
+            Call::Read => {
+                ProviderError::Unavailable(format!("Stripe answered {status}: {message}"))
+            }
+        },
+        // 400, 402, 409 (idempotency conflicts) and anything else: Stripe said no.
+        _ => ProviderError::Rejected { code, message },
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Charge {
+    id: String,
+    amount: i64,
+    #[serde(default)]
+    amount_captured: Option<i64>,
+    #[serde(default)]
+    amount_refunded: i64,
+    currency: String,
+    #[serde(default)]
+    captured: Option<bool>,
+    #[serde(default)]
+    paid: Option<bool>,
+    status: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ChargeRef {
+    Id(String),
+    Expanded(Box<Charge>),
+}
+
+#[derive(Debug, Deserialize)]
+struct PaymentIntent {
+    id: String,
+    status: String,
+    #[serde(default)]
+    amount_received: Option<i64>,
+    currency: String,
+    #[serde(default)]
+    latest_charge: Option<ChargeRef>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Refund {
+    id: String,
+    amount: i64,
+    status: String,
+    #[serde(default)]
+    failure_reason: Option<String>,
+    #[serde(default)]
+    metadata: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RefundList {
+    data: Vec<Refund>,
+    #[serde(default)]
+    has_more: bool,
+}
+
+impl From<Refund> for ProviderRefund {
+    fn from(r: Refund) -> Self {
+        let status = match r.status.as_str() {
+            "succeeded" => ProviderRefundStatus::Succeeded,
+            "canceled" => ProviderRefundStatus::Canceled,
+            "failed" => ProviderRefundStatus::Failed {
+                code: r
+                    .failure_reason
+                    .clone()
+                    .unwrap_or_else(|| "failed".to_owned()),
+                reason: r
+                    .failure_reason
+                    .clone()
+                    .unwrap_or_else(|| "the refund failed at Stripe".to_owned()),
+            },
+            // "pending", "requires_action", and any status Stripe adds later: not final yet.
+            _ => ProviderRefundStatus::Pending,
+        };
+        ProviderRefund {
+            id: r.id,
+            amount: r.amount,
+            status,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(status: u16, body: &str, kind: Call) -> ProviderError {
+        error_from_response(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::IM_A_TEAPOT),
+            None,
+            body.as_bytes(),
+            kind,
+        )
+    }
+
+    #[test]
+    fn stripe_errors_are_classified() {
+        let missing = r#"{"error":{"type":"invalid_request_error","code":"resource_missing","message":"No such charge: 'ch_x'"}}"#;
+        assert_eq!(
+            err(404, missing, Call::Read),
+            ProviderError::NotFound("No such charge: 'ch_x'".into())
+        );
+        assert!(matches!(
+            err(400, missing, Call::Read),
+            ProviderError::NotFound(_)
+        ));
+        let refunded = r#"{"error":{"type":"invalid_request_error","code":"charge_already_refunded","message":"already"}}"#;
+        assert_eq!(
+            err(400, refunded, Call::Write),
+            ProviderError::Rejected {
+                code: "charge_already_refunded".into(),
+                message: "already".into()
+            }
+        );
+        let card = r#"{"error":{"type":"card_error","message":"declined"}}"#;
+        assert_eq!(
+            err(402, card, Call::Write),
+            ProviderError::Rejected {
+                code: "card_error".into(),
+                message: "declined".into()
+            }
+        );
+        assert!(matches!(
+            err(401, "{}", Call::Read),
+            ProviderError::Rejected { code, .. } if code == "authentication_error"
+        ));
+        assert!(matches!(
+            err(403, "not json", Call::Read),
+            ProviderError::Rejected { code, .. } if code == "permission_error"
+        ));
+        assert!(matches!(
+            err(500, "{}", Call::Write),
+            ProviderError::Ambiguous(_)
+        ));
+        assert!(matches!(
+            err(503, "{}", Call::Read),
+            ProviderError::Unavailable(_)
+        ));
+        assert_eq!(
+            error_from_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(Duration::from_secs(2)),
+                b"{}",
+                Call::Write
+            ),
+            ProviderError::RateLimited {
+                retry_after: Some(Duration::from_secs(2))
+            }
+        );
+    }
+
+    #[test]
+    fn refund_statuses_map() {
+        let r = |status: &str, failure: Option<&str>| {
+            ProviderRefund::from(Refund {
+                id: "re_1".into(),
+                amount: 5,
+                status: status.into(),
+                failure_reason: failure.map(str::to_owned),
+                metadata: Default::default(),
+            })
+            .status
+        };
+        assert_eq!(r("pending", None), ProviderRefundStatus::Pending);
+        assert_eq!(r("requires_action", None), ProviderRefundStatus::Pending);
+        assert_eq!(r("succeeded", None), ProviderRefundStatus::Succeeded);
+        assert_eq!(r("canceled", None), ProviderRefundStatus::Canceled);
+        assert!(matches!(
+            r("failed", Some("expired_or_canceled_card")),
+            ProviderRefundStatus::Failed { code, .. } if code == "expired_or_canceled_card"
+        ));
+        assert!(matches!(
+            r("failed", None),
+            ProviderRefundStatus::Failed { code, .. } if code == "failed"
+        ));
+    }
+
+    #[test]
+    fn form_and_encoding() {
+        assert_eq!(encode("a b&c=d[é]"), "a%20b%26c%3Dd%5B%C3%A9%5D");
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_unavailable_and_a_dropped_answer_ambiguous() {
+        // A port nobody listens on: connect fails before anything is sent.
+        let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            return;
+        };
+        let Ok(addr) = listener.local_addr() else {
+            return;
+        };
+        drop(listener);
+        let Ok(p) = StripeProvider::new(
+            &format!("http://{addr}"),
+            Secret::opaque("sk_test_x".into()),
+            Duration::from_secs(5),
+        ) else {
+            panic!("client");
+        };
+        let Ok(id) = PaymentRef::parse("ch_1") else {
+            panic!("ref");
+        };
+        assert!(matches!(
+            p.get_payment(&id).await,
+            Err(ProviderError::Unavailable(_))
+        ));
+
+        // A server that reads the request and closes without answering.
+        let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+            panic!("bind");
+        };
+        let Ok(addr) = listener.local_addr() else {
+            panic!("addr");
+        };
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt as _;
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                drop(s);
+            }
+        });
+        let Ok(p) = StripeProvider::new(
+            &format!("http://{addr}"),
+            Secret::opaque("sk_test_x".into()),
+            Duration::from_secs(5),
+        ) else {
+            panic!("client");
+        };
+        assert!(matches!(
+            p.get_refund("re_1").await,
+            Err(ProviderError::Ambiguous(_))
+        ));
+    }
+}

@@ -1,0 +1,213 @@
+//! Observability: spans exported over OTLP to a real receiver.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use refund_service::telemetry::{self, LogFormat, TelemetryConfig};
+use serde_json::Value;
+
+use crate::helpers::{eventually, refund_request, spawn_app};
+
+/// `scripts/otlp_receiver.py` on a free port, writing spans as JSON lines to a file.
+struct Receiver {
+    child: Child,
+    port: u16,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let python = root.join(".tools/venv/bin/python");
+        let has_deps = |python: &Path| {
+            Command::new(python)
+                .args(["-c", "import grpc, opentelemetry.proto"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !has_deps(&python) {
+            let status = Command::new(root.join("scripts/install-tools.sh"))
+                .arg("otlp")
+                .status()
+                .expect("run scripts/install-tools.sh otlp");
+            assert!(status.success(), "scripts/install-tools.sh otlp failed");
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = dir.path().join("spans.jsonl");
+        let child = Command::new(&python)
+            .arg(root.join("scripts/otlp_receiver.py"))
+            .args(["--grpc", &format!("127.0.0.1:{port}"), "--out"])
+            .arg(&out)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the OTLP receiver");
+        Self {
+            child,
+            port,
+            out,
+            _dir: dir,
+        }
+    }
+
+    async fn wait_until_listening(&self) {
+        let addr = format!("127.0.0.1:{}", self.port);
+        eventually(
+            Duration::from_secs(20),
+            "the OTLP receiver to listen",
+            || {
+                let addr = addr.clone();
+                async move { tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()) }
+            },
+        )
+        .await;
+    }
+
+    fn spans(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_refund_exports_a_server_span_continuing_the_callers_trace() {
+    let receiver = Receiver::start();
+    receiver.wait_until_listening().await;
+    let telemetry = telemetry::init(TelemetryConfig {
+        otlp_endpoint: Some(format!("http://127.0.0.1:{}", receiver.port)),
+        test_writer: true,
+        ..TelemetryConfig::logs_only(LogFormat::Pretty)
+    })
+    .expect("telemetry");
+    let (app, _db) = spawn_app().await;
+    let payment = app.seed(10_000, "USD").await;
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = tonic::Request::new(refund_request(&payment, Some(2_500), "USD"));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .expect("metadata"),
+    );
+    app.client
+        .clone()
+        .create_refund(request)
+        .await
+        .expect("create refund");
+    app.stop().await;
+    tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .expect("flush");
+
+    let spans = eventually(Duration::from_secs(10), "the spans to arrive", || {
+        let spans = receiver.spans();
+        async move {
+            let server = spans.iter().find(|s| {
+                s["name"] == "refunds.v1.RefundService/CreateRefund" && s["trace_id"] == trace_id
+            })?;
+            let _client = spans
+                .iter()
+                .find(|s| s["trace_id"] == trace_id && s["kind"] == "SPAN_KIND_CLIENT")?;
+            Some((server.clone(), spans.clone()))
+        }
+    })
+    .await;
+    let (server, all) = spans;
+    assert_eq!(server["kind"], "SPAN_KIND_SERVER");
+    assert_eq!(server["parent_span_id"], "00f067aa0ba902b7");
+    assert_eq!(server["attributes"]["rpc.system"], "grpc");
+    assert_eq!(
+        server["attributes"]["rpc.service"],
+        "refunds.v1.RefundService"
+    );
+    assert_eq!(server["attributes"]["rpc.method"], "CreateRefund");
+    assert_eq!(server["attributes"]["rpc.grpc.status_code"], 0);
+    let create = all
+        .iter()
+        .find(|s| {
+            s["trace_id"] == trace_id
+                && s["kind"] == "SPAN_KIND_CLIENT"
+                && s["attributes"]["operation"] == "create_refund"
+        })
+        .expect("a client span for the provider's create_refund");
+    assert_eq!(create["attributes"]["provider"], "sandbox");
+    assert_eq!(create["attributes"]["attempt"], 1);
+    assert!(
+        create["attributes"]["refund_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("rf_")),
+        "refund id on the provider span: {create:#}"
+    );
+    // The provider call happened inside the request: its span is in the server span's subtree.
+    let mut parent = create["parent_span_id"].clone();
+    let mut found = false;
+    while let Some(p) = all.iter().find(|s| s["span_id"] == parent) {
+        if p["span_id"] == server["span_id"] {
+            found = true;
+            break;
+        }
+        parent = p["parent_span_id"].clone();
+    }
+    assert!(
+        found,
+        "provider span is not under the server span: {all:#?}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_grpc_calls() {
+    let (app, _db) = spawn_app().await;
+    let payment = app.seed(10_000, "USD").await;
+    app.client
+        .clone()
+        .create_refund(refund_request(&payment, Some(1_000), "USD"))
+        .await
+        .expect("create refund");
+    let _ = app
+        .client
+        .clone()
+        .create_refund(refund_request("ch_does_not_exist", Some(1_000), "USD"))
+        .await
+        .expect_err("unknown payment");
+
+    let body = reqwest::Client::new()
+        .get(format!("http://{}/metrics", app.http_addr))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        body.contains(
+            r#"refund_rpc_duration_seconds_count{method="refunds.v1.RefundService/CreateRefund",code="0"} 1"#
+        ),
+        "{body}"
+    );
+    // NOT_FOUND is 5.
+    assert!(
+        body.contains(
+            r#"refund_rpc_duration_seconds_count{method="refunds.v1.RefundService/CreateRefund",code="5"} 1"#
+        ),
+        "{body}"
+    );
+    app.stop().await;
+}

@@ -1,0 +1,429 @@
+//! The Stripe provider against localstripe (PyPI `localstripe`, a fake Stripe API), started once
+//! per test binary run on a free loopback port. localstripe is loose: it does not check
+//! over-refunds, ignores `Idempotency-Key`, and makes every refund `succeeded` at once — so these
+//! tests check that OUR guards hold, and count the refunds localstripe actually made.
+//!
+//! localstripe 1.15 refuses any `reason` field on refunds ("Unexpected reason"), so these tests
+//! send REFUND_REASON_UNSPECIFIED, for which the adapter sends no reason.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use refund_service::api::pb;
+use refund_service::config::{Secret, StripeSettings};
+use refund_service::providers::traffic::TrafficConfig;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tonic::Code;
+
+use crate::helpers::*;
+
+/// localstripe accepts any `sk_…` key.
+const KEY: &str = "sk_test_localstripe";
+
+/// The base URL of this run's localstripe, started on first use. Fails the test (never skips)
+/// when it cannot be started.
+fn localstripe() -> &'static str {
+    static BASE: OnceLock<String> = OnceLock::new();
+    BASE.get_or_init(|| start_localstripe().unwrap_or_else(|e| panic!("{e}")))
+}
+
+fn start_localstripe() -> Result<String, String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".tools/venv/bin/python");
+    let has_it = |py: &PathBuf| {
+        Command::new(py)
+            .args(["-c", "import localstripe"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has_it(&python) {
+        let status = Command::new(root.join("scripts/install-tools.sh"))
+            .arg("localstripe")
+            .status()
+            .map_err(|e| format!("cannot run scripts/install-tools.sh localstripe: {e}"))?;
+        if !status.success() || !has_it(&python) {
+            return Err(
+                "localstripe is needed for the Stripe tests and `scripts/install-tools.sh \
+                 localstripe` could not install it into .tools/venv"
+                    .into(),
+            );
+        }
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port for localstripe: {e}"))?
+        .port();
+    // Loopback only; exits by itself when this test process (its parent) is gone.
+    let script = r#"
+import os, sys, threading, time
+from aiohttp import web
+from localstripe.server import app
+parent = os.getppid()
+def watch():
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+threading.Thread(target=watch, daemon=True).start()
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
+"#;
+    Command::new(&python)
+        .args(["-c", script, &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start localstripe: {e}"))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    for _ in 0..200 {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return Ok(format!("http://{addr}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("localstripe did not start listening on {addr}"))
+}
+
+/// Calls localstripe's API directly (to make payments and count refunds).
+async fn stripe_api(method: reqwest::Method, path: &str, form: &str) -> serde_json::Value {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let resp = reqwest::Client::new()
+        .request(method, format!("{}{path}", localstripe()))
+        .bearer_auth(KEY)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(form.to_owned())
+        .send()
+        .await
+        .expect("localstripe answers");
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.expect("JSON from localstripe");
+    assert!(status.is_success(), "localstripe {path}: {status} {body}");
+    body
+}
+
+async fn new_charge(amount: i64) -> String {
+    let c = stripe_api(
+        reqwest::Method::POST,
+        "/v1/charges",
+        &format!("amount={amount}&currency=usd&source=pm_card_visa"),
+    )
+    .await;
+    c["id"].as_str().expect("charge id").to_owned()
+}
+
+async fn new_payment_intent(amount: i64) -> String {
+    let pi = stripe_api(
+        reqwest::Method::POST,
+        "/v1/payment_intents",
+        &format!("amount={amount}&currency=usd&payment_method=pm_card_visa&confirm=true"),
+    )
+    .await;
+    assert_eq!(pi["status"], "succeeded", "{pi}");
+    pi["id"].as_str().expect("payment intent id").to_owned()
+}
+
+/// The refunds localstripe made for a charge or payment intent.
+async fn stripe_refunds(payment: &str) -> Vec<serde_json::Value> {
+    let param = if payment.starts_with("pi_") {
+        "payment_intent"
+    } else {
+        "charge"
+    };
+    let list = stripe_api(
+        reqwest::Method::GET,
+        &format!("/v1/refunds?{param}={payment}&limit=100"),
+        "",
+    )
+    .await;
+    list["data"].as_array().cloned().unwrap_or_default()
+}
+
+fn stripe_settings(api_base: &str) -> StripeSettings {
+    StripeSettings {
+        api_base: api_base.to_owned(),
+        secret_key: Secret::opaque(KEY.to_owned()),
+        traffic: TrafficConfig {
+            call_timeout: Duration::from_secs(5),
+            base_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
+            ..TrafficConfig::default()
+        },
+    }
+}
+
+async fn spawn_stripe_app(api_base: &str) -> (TestApp, TestDb) {
+    let db = TestDb::new().await;
+    let settings = stripe_settings(api_base);
+    let app = spawn_app_with(&db, move |s| {
+        s.stripe = Some(settings);
+        s.refunds.reconcile_delay = Duration::from_millis(200);
+        s.refunds.reconcile_interval = Duration::from_millis(50);
+    })
+    .await;
+    (app, db)
+}
+
+fn stripe_request(payment: &str, amount: Option<i64>) -> pb::CreateRefundRequest {
+    pb::CreateRefundRequest {
+        provider: "stripe".into(),
+        // See the module comment: localstripe refuses any reason.
+        reason: pb::RefundReason::Unspecified.into(),
+        ..refund_request(payment, amount, "USD")
+    }
+}
+
+#[tokio::test]
+async fn full_refund_of_a_charge() {
+    let (mut app, _db) = spawn_stripe_app(localstripe()).await;
+    let charge = new_charge(5_000).await;
+
+    let r = app
+        .client
+        .create_refund(stripe_request(&charge, None))
+        .await
+        .expect("refund")
+        .into_inner();
+    assert_eq!(status_of(&r), pb::RefundStatus::Succeeded, "{r:?}");
+    assert_eq!(r.amount, 5_000);
+    assert_eq!(r.provider, "stripe");
+    assert!(r.provider_refund_id.starts_with("re_"), "{r:?}");
+
+    let refunds = stripe_refunds(&charge).await;
+    assert_eq!(refunds.len(), 1);
+    assert_eq!(refunds[0]["amount"], 5_000);
+    assert_eq!(refunds[0]["metadata"]["refund_id"], r.id.as_str());
+
+    let err = app
+        .client
+        .create_refund(stripe_request(&charge, Some(1)))
+        .await
+        .expect_err("nothing left");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(error_reason(&err), "ALREADY_REFUNDED");
+}
+
+#[tokio::test]
+async fn partial_refund_of_a_charge() {
+    let (mut app, _db) = spawn_stripe_app(localstripe()).await;
+    let charge = new_charge(10_000).await;
+
+    let r = app
+        .client
+        .create_refund(stripe_request(&charge, Some(2_500)))
+        .await
+        .expect("refund")
+        .into_inner();
+    assert_eq!(status_of(&r), pb::RefundStatus::Succeeded, "{r:?}");
+    assert_eq!(r.amount, 2_500);
+    let refunds = stripe_refunds(&charge).await;
+    assert_eq!(refunds.len(), 1);
+    assert_eq!(refunds[0]["amount"], 2_500);
+}
+
+#[tokio::test]
+async fn refund_of_a_payment_intent() {
+    let (mut app, _db) = spawn_stripe_app(localstripe()).await;
+    let pi = new_payment_intent(3_000).await;
+
+    let r = app
+        .client
+        .create_refund(stripe_request(&pi, Some(1_000)))
+        .await
+        .expect("refund")
+        .into_inner();
+    assert_eq!(status_of(&r), pb::RefundStatus::Succeeded, "{r:?}");
+    let rest = app
+        .client
+        .create_refund(stripe_request(&pi, None))
+        .await
+        .expect("refund the rest")
+        .into_inner();
+    assert_eq!(rest.amount, 2_000);
+    let refunds = stripe_refunds(&pi).await;
+    assert_eq!(
+        refunds
+            .iter()
+            .filter_map(|r| r["amount"].as_i64())
+            .sum::<i64>(),
+        3_000
+    );
+}
+
+#[tokio::test]
+async fn unknown_charge_is_not_found() {
+    let (mut app, _db) = spawn_stripe_app(localstripe()).await;
+    let err = app
+        .client
+        .create_refund(stripe_request("ch_doesnotexist", Some(100)))
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+}
+
+#[tokio::test]
+async fn over_refund_is_stopped_by_our_guard_not_by_stripe() {
+    let (mut app, _db) = spawn_stripe_app(localstripe()).await;
+    let charge = new_charge(10_000).await;
+
+    app.client
+        .create_refund(stripe_request(&charge, Some(6_000)))
+        .await
+        .expect("first 60%");
+    // localstripe would accept this one.
+    let err = app
+        .client
+        .create_refund(stripe_request(&charge, Some(6_000)))
+        .await
+        .expect_err("second 60%");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(error_reason(&err), "OVER_REFUND");
+    assert_eq!(stripe_refunds(&charge).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_dropped_answer_does_not_refund_twice() {
+    let proxy = FaultProxy::start(localstripe()).await;
+    let (mut app, _db) = spawn_stripe_app(&proxy.base).await;
+    let charge = new_charge(4_000).await;
+
+    let r = app
+        .client
+        .create_refund(stripe_request(&charge, Some(4_000)))
+        .await
+        .expect("refund")
+        .into_inner();
+    assert!(
+        proxy.tripped.load(Ordering::SeqCst),
+        "the fault was injected"
+    );
+    let id = r.id.clone();
+    let done = eventually(Duration::from_secs(15), "the refund to succeed", || {
+        let mut client = app.client.clone();
+        let id = id.clone();
+        async move {
+            let r = client
+                .get_refund(pb::GetRefundRequest { id })
+                .await
+                .ok()?
+                .into_inner();
+            (status_of(&r) == pb::RefundStatus::Succeeded).then_some(r)
+        }
+    })
+    .await;
+    assert!(done.provider_refund_id.starts_with("re_"), "{done:?}");
+    let refunds = stripe_refunds(&charge).await;
+    assert_eq!(
+        refunds.len(),
+        1,
+        "exactly one refund at Stripe: {refunds:?}"
+    );
+}
+
+/// An HTTP/1.1 proxy to localstripe that forwards the first `POST /v1/refunds`, reads its answer,
+/// and then drops the client's connection without answering.
+struct FaultProxy {
+    base: String,
+    tripped: Arc<AtomicBool>,
+}
+
+impl FaultProxy {
+    async fn start(upstream: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let tripped = Arc::new(AtomicBool::new(false));
+        let upstream = upstream.to_owned();
+        let flag = tripped.clone();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(proxy_connection(conn, upstream.clone(), flag.clone()));
+            }
+        });
+        Self {
+            base: format!("http://{addr}"),
+            tripped,
+        }
+    }
+}
+
+async fn proxy_connection(conn: TcpStream, upstream: String, tripped: Arc<AtomicBool>) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let (read, mut write) = conn.into_split();
+    let mut read = BufReader::new(read);
+    loop {
+        let mut request_line = String::new();
+        match read.read_line(&mut request_line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let mut parts = request_line.split_whitespace();
+        let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let (method, path) = (method.to_owned(), path.to_owned());
+        let mut headers = Vec::new();
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            match read.read_line(&mut line).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                let (name, value) = (name.trim().to_owned(), value.trim().to_owned());
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.parse().unwrap_or(0);
+                } else if !name.eq_ignore_ascii_case("host")
+                    && !name.eq_ignore_ascii_case("connection")
+                {
+                    headers.push((name, value));
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        if read.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let mut req = http.request(
+            method.parse().unwrap_or(reqwest::Method::GET),
+            format!("{upstream}{path}"),
+        );
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        let Ok(resp) = req.body(body).send().await else {
+            return;
+        };
+        let status = resp.status();
+        let Ok(answer) = resp.bytes().await else {
+            return;
+        };
+        if method == "POST"
+            && path.starts_with("/v1/refunds")
+            && !tripped.swap(true, Ordering::SeqCst)
+        {
+            // Processed upstream, answer lost.
+            return;
+        }
+        let head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            answer.len()
+        );
+        if write.write_all(head.as_bytes()).await.is_err()
+            || write.write_all(&answer).await.is_err()
+        {
+            return;
+        }
+    }
+}
