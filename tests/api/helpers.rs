@@ -149,6 +149,24 @@ impl TestApp {
         seed_payments(&self.sandbox, n, amount).await
     }
 
+    /// Waits (up to 20 s) until the refund reaches `want` — for outcomes that background work,
+    /// such as the reconciler, produces — and returns it.
+    pub async fn wait_for_status(&self, id: &str, want: pb::RefundStatus) -> pb::Refund {
+        eventually(Duration::from_secs(20), "the refund to be settled", || {
+            let mut client = self.client.clone();
+            let id = id.to_owned();
+            async move {
+                let r = client
+                    .get_refund(pb::GetRefundRequest { id })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (status_of(&r) == want).then_some(r)
+            }
+        })
+        .await
+    }
+
     /// The sandbox's own ledger for one payment.
     pub async fn ledger(&self, payment: &str) -> Vec<sandbox::Refund> {
         self.sandbox.ledger(Some(payment)).await.expect("ledger")

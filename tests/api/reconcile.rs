@@ -8,32 +8,6 @@ use refund_service::sandbox::FaultConfig;
 
 use crate::helpers::*;
 
-async fn wait_for_status(app: &mut TestApp, id: &str, want: pb::RefundStatus) -> pb::Refund {
-    let mut client = app.client.clone();
-    eventually(
-        Duration::from_secs(20),
-        "the reconciler to settle the refund",
-        || {
-            let mut client = client.clone();
-            let id = id.to_owned();
-            async move {
-                let r = client
-                    .get_refund(pb::GetRefundRequest { id })
-                    .await
-                    .ok()?
-                    .into_inner();
-                (status_of(&r) == want).then_some(r)
-            }
-        },
-    )
-    .await;
-    client
-        .get_refund(pb::GetRefundRequest { id: id.to_owned() })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 #[tokio::test]
 async fn a_timeout_leaves_the_refund_pending_and_the_reconciler_settles_it_once() {
     let (sandbox_url, sandbox) = spawn_sandbox(FaultConfig {
@@ -66,7 +40,9 @@ async fn a_timeout_leaves_the_refund_pending_and_the_reconciler_settles_it_once(
     // The provider did refund, although we never heard back.
     assert_eq!(app.ledger(&payment).await.len(), 1);
 
-    let settled = wait_for_status(&mut app, &refund.id, pb::RefundStatus::Succeeded).await;
+    let settled = app
+        .wait_for_status(&refund.id, pb::RefundStatus::Succeeded)
+        .await;
     let ledger = app.ledger(&payment).await;
     assert_eq!(ledger.len(), 1, "looked up, not refunded again");
     assert_eq!(settled.provider_refund_id, ledger[0].id);
@@ -120,7 +96,9 @@ async fn a_rate_limited_refund_is_looked_up_then_sent_again_with_the_same_key() 
     // The provider recovers.
     sandbox.set_faults(FaultConfig::default());
 
-    let settled = wait_for_status(&mut app, &refund.id, pb::RefundStatus::Succeeded).await;
+    let settled = app
+        .wait_for_status(&refund.id, pb::RefundStatus::Succeeded)
+        .await;
     let ledger = app.ledger(&payment).await;
     assert_eq!(ledger.len(), 1);
     assert_eq!(
@@ -165,8 +143,10 @@ async fn a_refund_left_pending_by_a_stopped_service_is_settled_after_restart() {
     first.stop().await;
 
     // A new instance on the same database settles it when its first look-up is due.
-    let mut second = spawn_app_with(&db, configure(sandbox_url, Duration::from_millis(50))).await;
-    let settled = wait_for_status(&mut second, &refund.id, pb::RefundStatus::Succeeded).await;
+    let second = spawn_app_with(&db, configure(sandbox_url, Duration::from_millis(50))).await;
+    let settled = second
+        .wait_for_status(&refund.id, pb::RefundStatus::Succeeded)
+        .await;
     assert_eq!(settled.amount, 5_000);
     assert_eq!(second.ledger(&payment).await.len(), 1);
 }

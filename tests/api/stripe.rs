@@ -302,19 +302,7 @@ async fn a_dropped_answer_does_not_refund_twice() {
         "the fault was injected"
     );
     let id = r.id.clone();
-    let done = eventually(Duration::from_secs(15), "the refund to succeed", || {
-        let mut client = app.client.clone();
-        let id = id.clone();
-        async move {
-            let r = client
-                .get_refund(pb::GetRefundRequest { id })
-                .await
-                .ok()?
-                .into_inner();
-            (status_of(&r) == pb::RefundStatus::Succeeded).then_some(r)
-        }
-    })
-    .await;
+    let done = app.wait_for_status(&id, pb::RefundStatus::Succeeded).await;
     assert!(done.provider_refund_id.starts_with("re_"), "{done:?}");
     let refunds = stripe_refunds(&charge).await;
     assert_eq!(
