@@ -9,6 +9,14 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A strictly positive amount in minor units (cents for USD, yen for JPY).
+///
+/// ```
+/// use refund_service::domain::Amount;
+///
+/// assert_eq!(Amount::new(2_500).map(Amount::minor_units), Ok(2_500));
+/// assert!(Amount::new(0).is_err());
+/// assert!(Amount::new(-1).is_err());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Amount(i64);
 
@@ -94,6 +102,20 @@ impl fmt::Display for Currency {
 /// reserved by refunds that have not failed or been canceled (pending ones count).
 ///
 /// Invariant: `0 <= reserved <= captured`.
+///
+/// ```
+/// use refund_service::domain::{Amount, Balance, BalanceError};
+///
+/// let balance = Balance::new(10_000, 6_000).unwrap();
+/// assert_eq!(balance.remaining(), 4_000);
+/// // No amount: the whole remainder.
+/// assert_eq!(balance.refund_amount(None).map(Amount::minor_units), Ok(4_000));
+/// // More than remains is refused, with what remains.
+/// assert_eq!(
+///     balance.refund_amount(Some(Amount::new(4_001).unwrap())),
+///     Err(BalanceError::OverRefund { requested: 4_001, remaining: 4_000 })
+/// );
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Balance {
     captured: i64,
