@@ -62,13 +62,17 @@ impl Application {
             }
         };
         settings.refunds.provider_budget = settings.sandbox_traffic.budget();
+        let metrics = Arc::new(Metrics::new());
         let providers = Providers::new(
             ProviderName::from_trusted("sandbox".to_owned()),
-            Arc::new(ControlledProvider::new(
-                "sandbox",
-                Arc::new(sandbox_provider),
-                settings.sandbox_traffic.clone(),
-            )),
+            Arc::new(
+                ControlledProvider::new(
+                    "sandbox",
+                    Arc::new(sandbox_provider),
+                    settings.sandbox_traffic.clone(),
+                )
+                .with_metrics(metrics.clone()),
+            ),
         );
         let providers = match &settings.stripe {
             Some(stripe) => {
@@ -84,16 +88,16 @@ impl Application {
                     .max(stripe.traffic.budget());
                 providers.with(
                     ProviderName::from_trusted("stripe".to_owned()),
-                    Arc::new(ControlledProvider::new(
-                        "stripe",
-                        Arc::new(client),
-                        stripe.traffic.clone(),
-                    )),
+                    Arc::new(
+                        ControlledProvider::new("stripe", Arc::new(client), stripe.traffic.clone())
+                            .with_metrics(metrics.clone()),
+                    ),
                 )
             }
             None => providers,
         };
-        let service = RefundService::new(store, providers, settings.refunds.clone());
+        let service =
+            RefundService::new(store, providers, settings.refunds.clone(), metrics.clone());
 
         let grpc = TcpListener::bind(settings.grpc_addr)
             .await
@@ -107,7 +111,7 @@ impl Application {
             service,
             sandbox,
             shutdown_grace: settings.shutdown_grace,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
         })
     }
 

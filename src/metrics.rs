@@ -4,7 +4,9 @@
 //! is no global registry.
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -12,6 +14,31 @@ use prometheus_client::registry::Registry;
 struct RpcLabels {
     method: String,
     code: i32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderCallLabels {
+    provider: String,
+    operation: String,
+    /// `ok`, or the kind of error (`rejected`, `not_found`, `rate_limited`, `unavailable`,
+    /// `timeout`, `ambiguous`, `short_circuited`).
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefundLabels {
+    provider: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CurrencyLabels {
+    currency: String,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -26,6 +53,13 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     rpc_duration: HistogramFamily<RpcLabels>,
+    provider_duration: HistogramFamily<ProviderCallLabels>,
+    provider_retries: Family<ProviderLabels, Counter>,
+    rate_limit_waits: Family<ProviderLabels, Counter>,
+    circuit_open: Family<ProviderLabels, Gauge>,
+    refunds: Family<RefundLabels, Counter>,
+    refunded_minor_units: Family<CurrencyLabels, Counter>,
+    bulk_jobs_in_flight: Gauge,
 }
 
 impl Default for Metrics {
@@ -44,10 +78,124 @@ impl Metrics {
             "gRPC server call duration until the response headers, by method and grpc-status code",
             rpc_duration.clone(),
         );
+        let provider_duration: HistogramFamily<ProviderCallLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "provider_request_duration_seconds",
+            "Provider call duration per attempt, by provider, operation and outcome",
+            provider_duration.clone(),
+        );
+        let provider_retries = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "provider_retries",
+            "Provider calls made again after a retryable failure",
+            provider_retries.clone(),
+        );
+        let rate_limit_waits = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "provider_rate_limit_waits",
+            "Provider calls that waited for our own rate limiter",
+            rate_limit_waits.clone(),
+        );
+        let circuit_open = Family::<ProviderLabels, Gauge>::default();
+        registry.register(
+            "provider_circuit_open",
+            "1 while a provider's circuit breaker is open (calls fail fast), else 0",
+            circuit_open.clone(),
+        );
+        let refunds = Family::<RefundLabels, Counter>::default();
+        registry.register(
+            "refunds",
+            "Refunds created (status pending) and settled, by provider and status",
+            refunds.clone(),
+        );
+        let refunded_minor_units = Family::<CurrencyLabels, Counter>::default();
+        registry.register(
+            "refunded_minor_units",
+            "Money refunded (refunds that succeeded), in minor units, by currency",
+            refunded_minor_units.clone(),
+        );
+        let bulk_jobs_in_flight = Gauge::default();
+        registry.register(
+            "bulk_jobs_in_flight",
+            "Bulk jobs being run by this process",
+            bulk_jobs_in_flight.clone(),
+        );
         Self {
             registry,
             rpc_duration,
+            provider_duration,
+            provider_retries,
+            rate_limit_waits,
+            circuit_open,
+            refunds,
+            refunded_minor_units,
+            bulk_jobs_in_flight,
         }
+    }
+
+    /// One provider call attempt.
+    pub fn observe_provider_call(
+        &self,
+        provider: &str,
+        operation: &str,
+        outcome: &str,
+        seconds: f64,
+    ) {
+        self.provider_duration
+            .get_or_create(&ProviderCallLabels {
+                provider: provider.to_owned(),
+                operation: operation.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn provider_retry(&self, provider: &str) {
+        self.provider_retries
+            .get_or_create(&provider_labels(provider))
+            .inc();
+    }
+
+    pub fn rate_limit_wait(&self, provider: &str) {
+        self.rate_limit_waits
+            .get_or_create(&provider_labels(provider))
+            .inc();
+    }
+
+    pub fn set_circuit_open(&self, provider: &str, open: bool) {
+        self.circuit_open
+            .get_or_create(&provider_labels(provider))
+            .set(i64::from(open));
+    }
+
+    /// A refund reached `status` (`pending` when created).
+    pub fn refund(&self, provider: &str, status: &str) {
+        self.refunds
+            .get_or_create(&RefundLabels {
+                provider: provider.to_owned(),
+                status: status.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Money that went back to a customer.
+    pub fn refunded(&self, currency: &str, minor_units: i64) {
+        self.refunded_minor_units
+            .get_or_create(&CurrencyLabels {
+                currency: currency.to_owned(),
+            })
+            .inc_by(u64::try_from(minor_units).unwrap_or(0));
+    }
+
+    pub fn bulk_jobs_started(&self, n: usize) {
+        self.bulk_jobs_in_flight
+            .inc_by(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn bulk_jobs_finished(&self, n: usize) {
+        self.bulk_jobs_in_flight
+            .dec_by(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// One gRPC call: `method` is the full path's `Service/Method`, `code` its grpc-status.
@@ -66,6 +214,12 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+fn provider_labels(provider: &str) -> ProviderLabels {
+    ProviderLabels {
+        provider: provider.to_owned(),
     }
 }
 

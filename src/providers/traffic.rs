@@ -35,6 +35,7 @@ use tracing::Instrument as _;
 
 use super::{Provider, ProviderError, ProviderPayment, ProviderRefund, RefundCall};
 use crate::domain::PaymentRef;
+use crate::metrics::Metrics;
 
 /// How much traffic one provider gets, and how hard we try before giving up.
 #[derive(Debug, Clone)]
@@ -147,6 +148,8 @@ pub struct ControlledProvider {
     permits: Semaphore,
     breaker: Mutex<Breaker>,
     stats: Counters,
+    /// The process's Prometheus metrics, when it exports them.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The one write operation; every other operation is a read.
@@ -177,8 +180,15 @@ impl ControlledProvider {
             write_limiter: limiter(),
             breaker: Mutex::new(Breaker::new()),
             stats: Counters::default(),
+            metrics: None,
             config,
         }
+    }
+
+    /// Also reports calls, retries, rate-limit waits and circuit state to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The circuit's state, for operators.
@@ -243,6 +253,9 @@ impl ControlledProvider {
             };
             tokio::time::sleep(delay).await;
             self.stats.bump(&self.stats.retries);
+            if let Some(metrics) = &self.metrics {
+                metrics.provider_retry(&self.name);
+            }
             attempt += 1;
         }
     }
@@ -308,6 +321,9 @@ impl ControlledProvider {
                 }
             }
             self.stats.bump(&self.stats.retries);
+            if let Some(metrics) = &self.metrics {
+                metrics.provider_retry(&self.name);
+            }
             attempt += 1;
         }
     }
@@ -335,10 +351,27 @@ impl ControlledProvider {
             refund_id = refund_id,
             error = tracing::field::Empty,
         );
+        let started = Instant::now();
         let result = self.attempt_inner(op, call).instrument(span.clone()).await;
         if let Err(Attempt::Failed(e) | Attempt::ShortCircuited(e)) = &result {
             span.record("otel.status_code", "ERROR");
             span.record("error", tracing::field::display(e));
+        }
+        if let Some(metrics) = &self.metrics {
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(Attempt::ShortCircuited(_)) => "short_circuited",
+                Err(Attempt::Failed(e)) => match e {
+                    ProviderError::NotFound(_) => "not_found",
+                    ProviderError::Rejected { .. } => "rejected",
+                    ProviderError::RateLimited { .. } => "rate_limited",
+                    ProviderError::Unavailable(_) => "unavailable",
+                    ProviderError::Timeout => "timeout",
+                    ProviderError::Ambiguous(_) => "ambiguous",
+                },
+            };
+            metrics.observe_provider_call(&self.name, op, outcome, started.elapsed().as_secs_f64());
+            metrics.set_circuit_open(&self.name, self.health().circuit == CircuitState::Open);
         }
         result
     }
@@ -407,6 +440,9 @@ impl ControlledProvider {
         }
         if waited {
             self.stats.bump(&self.stats.rate_limit_waits);
+            if let Some(metrics) = &self.metrics {
+                metrics.rate_limit_wait(&self.name);
+            }
             tracing::debug!(provider = %self.name, operation = op, "waited for our own rate limit");
         }
     }

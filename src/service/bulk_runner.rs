@@ -134,6 +134,7 @@ impl Driver {
                     )
                     .await
                     .map_err(internal)?;
+                self.service.inner.metrics.bulk_jobs_started(claimed.len());
                 for item in claimed {
                     let index = item.index;
                     let span = tracing::info_span!("bulk.job", bulk_id = %self.bulk.id, index);
@@ -185,6 +186,7 @@ impl Driver {
             let mut finished = Vec::new();
             let mut next = first;
             while let Some(joined) = next {
+                self.service.inner.metrics.bulk_jobs_finished(1);
                 let (id, outcome) = match joined {
                     Ok((id, outcome)) => (id, outcome),
                     Err(e) => {

@@ -20,6 +20,7 @@ use std::time::Duration;
 use crate::domain::{
     AccountId, Failure, NewRefund, Refund, RefundError, RefundId, RefundStatus, Timestamp,
 };
+use crate::metrics::Metrics;
 use crate::providers::{
     PaymentStatus, Provider, ProviderError, ProviderRefund, ProviderRefundStatus, Providers,
     RefundCall,
@@ -74,6 +75,7 @@ struct Inner {
     store: Store,
     providers: Providers,
     config: RefundsConfig,
+    metrics: Arc<Metrics>,
     /// Wakes this process's bulk runner when a batch is created or canceled here.
     bulk_wakeup: tokio::sync::Notify,
     /// Bumped whenever this process writes bulk events; streams wait on it (and poll, for
@@ -82,12 +84,18 @@ struct Inner {
 }
 
 impl RefundService {
-    pub fn new(store: Store, providers: Providers, config: RefundsConfig) -> Self {
+    pub fn new(
+        store: Store,
+        providers: Providers,
+        config: RefundsConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
                 providers,
                 config,
+                metrics,
                 bulk_wakeup: tokio::sync::Notify::new(),
                 bulk_events: tokio::sync::watch::Sender::new(0),
             }),
@@ -214,7 +222,12 @@ impl RefundService {
             .await
             .map_err(internal)?;
         match outcome {
-            BeginOutcome::Created(refund) => self.submit(provider.as_ref(), refund, origin).await,
+            BeginOutcome::Created(refund) => {
+                self.inner
+                    .metrics
+                    .refund(refund.provider.as_str(), RefundStatus::Pending.as_str());
+                self.submit(provider.as_ref(), refund, origin).await
+            }
             BeginOutcome::Replayed(refund) => Ok(refund),
             BeginOutcome::KeyReused => Err(RefundError::IdempotencyKeyReused {
                 key: request
@@ -405,7 +418,14 @@ impl RefundService {
             .await
             .map_err(internal)?
         {
-            Some(settled) => Ok(settled),
+            Some(settled) => {
+                let metrics = &self.inner.metrics;
+                metrics.refund(settled.provider.as_str(), settled.status.as_str());
+                if settled.status == RefundStatus::Succeeded {
+                    metrics.refunded(settled.currency.code(), settled.amount.minor_units());
+                }
+                Ok(settled)
+            }
             // Someone else (the reconciler, another replica) settled it first: report theirs.
             None => self.reread(refund).await,
         }

@@ -211,3 +211,50 @@ async fn metrics_count_grpc_calls() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_count_refunds_money_and_provider_calls() {
+    let (mut app, _db) = spawn_app().await;
+    let payments = app.seed_many(3, 1_000).await;
+    app.client
+        .create_refund(refund_request(&payments[0], Some(250), "USD"))
+        .await
+        .expect("refund");
+    let mut stream = app
+        .client
+        .bulk_refund(refund_service::api::pb::BulkRefundRequest {
+            jobs: payments[1..]
+                .iter()
+                .map(|p| refund_request(p, None, "USD"))
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .expect("bulk")
+        .into_inner();
+    while let Some(event) = tokio_stream::StreamExt::next(&mut stream).await {
+        event.expect("event");
+    }
+
+    let body = reqwest::Client::new()
+        .get(format!("http://{}/metrics", app.http_addr))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("body");
+    for expected in [
+        r#"refund_refunds_total{provider="sandbox",status="pending"} 3"#,
+        r#"refund_refunds_total{provider="sandbox",status="succeeded"} 3"#,
+        // 250 + 1,000 + 1,000.
+        r#"refund_refunded_minor_units_total{currency="USD"} 2250"#,
+        r#"refund_provider_request_duration_seconds_count{provider="sandbox",operation="create_refund",outcome="ok"} 3"#,
+        r#"refund_provider_request_duration_seconds_count{provider="sandbox",operation="get_payment",outcome="ok"} 3"#,
+        r#"refund_provider_circuit_open{provider="sandbox"} 0"#,
+        "refund_bulk_jobs_in_flight 0",
+    ] {
+        assert!(body.contains(expected), "missing {expected:?} in:\n{body}");
+    }
+    app.stop().await;
+}
