@@ -31,24 +31,12 @@ pub async fn run_bulk_runner(service: RefundService, shutdown: impl Future<Outpu
     let mut drivers: HashMap<BulkId, JoinHandle<()>> = HashMap::new();
     let mut poll = tokio::time::interval(cfg.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Renew leases three times per lease period, so one slow heartbeat does not lose them.
-    let mut heartbeat = tokio::time::interval(cfg.lease / 3);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             () = service.inner.bulk_wakeup.notified() => {}
             _ = poll.tick() => {}
-            _ = heartbeat.tick() => {
-                drivers.retain(|_, driver| !driver.is_finished());
-                let live: Vec<BulkId> = drivers.keys().cloned().collect();
-                let until = Timestamp::now().saturating_add(cfg.lease);
-                if let Err(e) = service.store().heartbeat(&owner, &live, until).await {
-                    tracing::error!(error = ?anyhow::Error::new(e), "renewing job leases failed");
-                }
-                continue;
-            }
         }
         drivers.retain(|_, driver| !driver.is_finished());
         match service.store().running_bulks().await {
@@ -74,22 +62,9 @@ pub async fn run_bulk_runner(service: RefundService, shutdown: impl Future<Outpu
         }
     }
     let _ = stop_tx.send(true);
-    // Keep the leases alive while the jobs in flight finish.
-    let live: Vec<BulkId> = drivers.keys().cloned().collect();
-    let finish = async {
-        for (_, driver) in drivers {
-            let _ = driver.await;
-        }
-    };
-    tokio::pin!(finish);
-    loop {
-        tokio::select! {
-            () = &mut finish => return,
-            _ = heartbeat.tick() => {
-                let until = Timestamp::now().saturating_add(cfg.lease);
-                let _ = service.store().heartbeat(&owner, &live, until).await;
-            }
-        }
+    // Drivers stop dispatching, and keep their leases alive while their jobs in flight finish.
+    for (_, driver) in drivers {
+        let _ = driver.await;
     }
 }
 
@@ -115,6 +90,12 @@ impl Driver {
         // Which job each task runs, so that even a task that panicked gets its job a result.
         let mut jobs: HashMap<task::Id, u32> = HashMap::new();
         let mut stopping = *self.stop.borrow();
+        // The driver renews its own jobs' leases, three times per lease period so that one slow
+        // renewal loses nothing. Doing it here, between its own writes, means a renewal never
+        // contends with this driver's recording of results (on PostgreSQL a batch renewal
+        // running beside a result transaction could deadlock on the same rows).
+        let mut heartbeat = tokio::time::interval(cfg.lease / 3);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let room = concurrency.saturating_sub(in_flight.len() as u32);
             // Claim in chunks (a quarter of the concurrency at a time) rather than one job per
@@ -177,6 +158,18 @@ impl Driver {
             }
             let first = tokio::select! {
                 joined = in_flight.join_next_with_id() => joined,
+                _ = heartbeat.tick() => {
+                    let until = Timestamp::now().saturating_add(cfg.lease);
+                    if let Err(e) = self
+                        .service
+                        .store()
+                        .heartbeat(&self.owner, std::slice::from_ref(&self.bulk.id), until)
+                        .await
+                    {
+                        tracing::error!(bulk_id = %self.bulk.id, error = ?anyhow::Error::new(e), "renewing job leases failed");
+                    }
+                    continue;
+                }
                 _ = self.stop.changed() => {
                     stopping = true;
                     continue;

@@ -358,8 +358,8 @@ impl Store {
             .collect()
     }
 
-    /// Extends the leases of the jobs `owner` is running in `bulks` (the batches it still has a
-    /// live driver for: jobs of a driver that failed must be let go, so that they are run again).
+    /// Extends the leases of the jobs `owner` is running in `bulks`. Only a live driver renews
+    /// its batch's leases: the jobs of a driver that failed must lapse, so that they run again.
     pub async fn heartbeat(
         &self,
         owner: &str,
