@@ -8,7 +8,7 @@ use std::time::Duration;
 use refund_service::telemetry::{self, LogFormat, TelemetryConfig};
 use serde_json::Value;
 
-use crate::helpers::{eventually, refund_request, spawn_app};
+use crate::helpers::{TestApp, eventually, refund_request, spawn_app};
 
 /// `scripts/otlp_receiver.py` on a free port, writing spans as JSON lines to a file.
 struct Receiver {
@@ -188,14 +188,7 @@ async fn metrics_count_grpc_calls() {
         .await
         .expect_err("unknown payment");
 
-    let body = reqwest::Client::new()
-        .get(format!("http://{}/metrics", app.http_addr))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("body");
+    let body = scrape_metrics(&app).await;
     assert!(
         body.contains(
             r#"refund_rpc_duration_seconds_count{method="refunds.v1.RefundService/CreateRefund",code="0"} 1"#
@@ -236,14 +229,7 @@ async fn metrics_count_refunds_money_and_provider_calls() {
         event.expect("event");
     }
 
-    let body = reqwest::Client::new()
-        .get(format!("http://{}/metrics", app.http_addr))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("body");
+    let body = scrape_metrics(&app).await;
     for expected in [
         r#"refund_refunds_total{provider="sandbox",status="pending"} 3"#,
         r#"refund_refunds_total{provider="sandbox",status="succeeded"} 3"#,
@@ -257,4 +243,16 @@ async fn metrics_count_refunds_money_and_provider_calls() {
         assert!(body.contains(expected), "missing {expected:?} in:\n{body}");
     }
     app.stop().await;
+}
+
+/// The Prometheus text the app serves at `GET /metrics`.
+async fn scrape_metrics(app: &TestApp) -> String {
+    reqwest::Client::new()
+        .get(format!("http://{}/metrics", app.http_addr))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("body")
 }
