@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::config::Secret;
 use crate::config::ServeSettings;
 use crate::domain::ProviderName;
 use crate::metrics::Metrics;
@@ -18,7 +19,7 @@ use crate::providers::Providers;
 use crate::providers::sandbox::SandboxProvider;
 use crate::providers::stripe::StripeProvider;
 use crate::providers::traffic::ControlledProvider;
-use crate::sandbox::{FaultConfig, Sandbox, client::SandboxClient};
+use crate::sandbox::{FaultConfig, Sandbox, WebhookTarget, client::SandboxClient};
 use crate::service::{RefundService, run_bulk_runner, run_reconciler};
 use crate::store::Store;
 use crate::{api, http};
@@ -30,6 +31,7 @@ pub struct Application {
     service: RefundService,
     sandbox: Option<Arc<Sandbox>>,
     shutdown_grace: Duration,
+    webhook_tolerance: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -86,31 +88,59 @@ impl Application {
                     .refunds
                     .provider_budget
                     .max(stripe.traffic.budget());
-                providers.with(
-                    ProviderName::from_trusted("stripe".to_owned()),
-                    Arc::new(
-                        ControlledProvider::new("stripe", Arc::new(client), stripe.traffic.clone())
+                let name = ProviderName::from_trusted("stripe".to_owned());
+                providers
+                    .with(
+                        name.clone(),
+                        Arc::new(
+                            ControlledProvider::new(
+                                "stripe",
+                                Arc::new(client),
+                                stripe.traffic.clone(),
+                            )
                             .with_metrics(metrics.clone()),
-                    ),
-                )
+                        ),
+                    )
+                    .with_webhook_secrets(&name, stripe.webhook_secrets.clone())
             }
             None => providers,
         };
-        let service =
-            RefundService::new(store, providers, settings.refunds.clone(), metrics.clone());
-
         let grpc = TcpListener::bind(settings.grpc_addr)
             .await
             .with_context(|| format!("cannot listen for gRPC on {}", settings.grpc_addr))?;
         let http = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", settings.http_addr))?;
+
+        // The in-process sandbox announces settled refunds to this process, signed with a secret
+        // made up here unless one is configured.
+        let mut sandbox_secrets = settings.sandbox_webhook_secrets.clone();
+        if let Some(sandbox) = &sandbox {
+            if sandbox_secrets.is_empty() {
+                sandbox_secrets.push(Secret::opaque(random_secret()));
+            }
+            let mut addr = http.local_addr().context("HTTP listener has no address")?;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            sandbox.set_webhook_target(Some(WebhookTarget {
+                url: format!("http://{addr}/webhooks/sandbox"),
+                secret: sandbox_secrets[0].expose().to_owned(),
+            }));
+        }
+        let providers = providers.with_webhook_secrets(
+            &ProviderName::from_trusted("sandbox".to_owned()),
+            sandbox_secrets,
+        );
+        let service =
+            RefundService::new(store, providers, settings.refunds.clone(), metrics.clone());
         Ok(Self {
             grpc,
             http,
             service,
             sandbox,
             shutdown_grace: settings.shutdown_grace,
+            webhook_tolerance: settings.webhook_tolerance,
             metrics,
         })
     }
@@ -145,6 +175,7 @@ impl Application {
             service,
             sandbox,
             shutdown_grace,
+            webhook_tolerance,
             metrics,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -162,7 +193,7 @@ impl Application {
         let grpc_task = tokio::spawn(
             grpc_router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped()),
         );
-        let http_app = http::router(service.clone(), sandbox, metrics);
+        let http_app = http::router(service.clone(), sandbox, metrics, webhook_tolerance);
         let http_stopped = stopped();
         let http_task = tokio::spawn(async move {
             axum::serve(http, http_app)
@@ -197,6 +228,16 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// 32 random alphanumerics.
+fn random_secret() -> String {
+    use rand::Rng as _;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

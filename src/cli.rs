@@ -111,6 +111,34 @@ pub struct ServeArgs {
     #[arg(long, env = "STRIPE_SECRET_KEY_FILE")]
     pub stripe_secret_key_file: Option<std::path::PathBuf>,
 
+    /// Stripe webhook signing secrets (`whsec_…`), comma-separated: the current one and, while
+    /// rotating, the previous one. Without one, POST /webhooks/stripe answers 404.
+    #[arg(
+        long,
+        env = "STRIPE_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub stripe_webhook_secret: Vec<String>,
+
+    /// Secrets that sign the sandbox's webhooks, comma-separated. With the in-process sandbox and
+    /// no secret, one is made up at start-up and the sandbox sends its webhooks to this process.
+    #[arg(
+        long,
+        env = "REFUND_SANDBOX_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub sandbox_webhook_secret: Vec<String>,
+
+    /// Largest accepted age (or clock skew) of a webhook signature's timestamp.
+    #[arg(long, env = "REFUND_WEBHOOK_TOLERANCE", default_value = "300s", value_parser = humantime::parse_duration)]
+    pub webhook_tolerance: Duration,
+
+    /// How often a WatchRefund stream re-reads its refund to see changes made by other replicas.
+    #[arg(long, env = "REFUND_WATCH_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub watch_poll_interval: Duration,
+
     /// Our own limit on calls per second to Stripe, for reads and for writes separately (below
     /// Stripe's live limit of 100); 0 = unlimited.
     #[arg(long, env = "REFUND_STRIPE_RATE_LIMIT", default_value_t = 80)]
@@ -201,6 +229,13 @@ pub enum SandboxCommand {
 pub struct SandboxServeArgs {
     #[arg(long, env = "SANDBOX_LISTEN", default_value = "127.0.0.1:9090")]
     pub listen: SocketAddr,
+    /// Where to POST signed `refund.updated` webhooks when pending refunds settle, e.g.
+    /// http://127.0.0.1:8080/webhooks/sandbox.
+    #[arg(long, env = "SANDBOX_WEBHOOK_URL", requires = "webhook_secret")]
+    pub webhook_url: Option<String>,
+    /// The secret the webhooks are signed with (the service's --sandbox-webhook-secret).
+    #[arg(long, env = "SANDBOX_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
     #[command(flatten)]
     pub faults: FaultArgs,
 }
@@ -301,6 +336,10 @@ impl ServeArgs {
             stripe_api_base,
             stripe_secret_key,
             stripe_secret_key_file,
+            stripe_webhook_secret,
+            sandbox_webhook_secret,
+            webhook_tolerance,
+            watch_poll_interval,
             stripe_rate_limit,
             provider_concurrency,
             provider_max_attempts,
@@ -359,6 +398,10 @@ impl ServeArgs {
             "--bulk-lease must be at least 300ms"
         );
         anyhow::ensure!(
+            !watch_poll_interval.is_zero(),
+            "--watch-poll-interval must be greater than zero"
+        );
+        anyhow::ensure!(
             !bulk_poll_interval.is_zero(),
             "--bulk-poll-interval must be greater than zero"
         );
@@ -398,12 +441,21 @@ impl ServeArgs {
                         rate_per_sec: stripe_rate_limit,
                         ..sandbox_traffic.clone()
                     },
+                    webhook_secrets: secrets(stripe_webhook_secret, "--stripe-webhook-secret")?,
                 })
             }
-            None => None,
+            None => {
+                anyhow::ensure!(
+                    stripe_webhook_secret.is_empty(),
+                    "--stripe-webhook-secret needs a Stripe secret key (--stripe-secret-key)"
+                );
+                None
+            }
         };
         Ok(ServeSettings {
             stripe,
+            sandbox_webhook_secrets: secrets(sandbox_webhook_secret, "--sandbox-webhook-secret")?,
+            webhook_tolerance,
             grpc_addr,
             http_addr,
             database_url: Secret::new(database.database_url),
@@ -417,6 +469,7 @@ impl ServeArgs {
                 reconcile_delay,
                 reconcile_max_delay,
                 reconcile_interval,
+                watch_poll_interval,
                 max_attempts,
                 bulk: BulkConfig {
                     max_jobs: bulk_max_jobs,
@@ -429,6 +482,18 @@ impl ServeArgs {
             shutdown_grace,
         })
     }
+}
+
+/// Webhook signing secrets from a comma-separated list; blanks around them are trimmed.
+fn secrets(values: Vec<String>, flag: &str) -> anyhow::Result<Vec<Secret>> {
+    values
+        .into_iter()
+        .map(|v| {
+            let v = v.trim().to_owned();
+            anyhow::ensure!(!v.is_empty(), "{flag} has an empty secret");
+            Ok(Secret::opaque(v))
+        })
+        .collect()
 }
 
 fn store_options(max_connections: u32) -> anyhow::Result<StoreOptions> {
@@ -499,6 +564,13 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
 
 async fn sandbox_serve(args: SandboxServeArgs) -> anyhow::Result<()> {
     let sandbox = Arc::new(Sandbox::new(args.faults.into_faults()?));
+    if let (Some(url), Some(secret)) = (args.webhook_url, args.webhook_secret) {
+        anyhow::ensure!(
+            url.starts_with("http://") || url.starts_with("https://"),
+            "--webhook-url must be an http(s) URL"
+        );
+        sandbox.set_webhook_target(Some(crate::sandbox::WebhookTarget { url, secret }));
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -24,6 +24,11 @@ pub struct ServeSettings {
     pub sandbox_traffic: TrafficConfig,
     /// The Stripe provider, registered as `stripe` when a secret key is configured.
     pub stripe: Option<StripeSettings>,
+    /// Secrets that sign the sandbox's webhooks. Empty with the in-process sandbox means: make
+    /// one up at start-up and have the sandbox send its webhooks to this process.
+    pub sandbox_webhook_secrets: Vec<Secret>,
+    /// Largest accepted gap between a webhook signature's timestamp and our clock.
+    pub webhook_tolerance: Duration,
     pub store: StoreOptions,
     pub refunds: RefundsConfig,
     /// How long in-flight calls may take to finish after SIGTERM.
@@ -40,6 +45,8 @@ impl ServeSettings {
             sandbox_url: None,
             sandbox_traffic: TrafficConfig::default(),
             stripe: None,
+            sandbox_webhook_secrets: Vec::new(),
+            webhook_tolerance: crate::providers::signature::DEFAULT_TOLERANCE,
             store: StoreOptions::default(),
             refunds: RefundsConfig::default(),
             shutdown_grace: Duration::from_secs(5),
@@ -54,6 +61,8 @@ pub struct StripeSettings {
     pub api_base: String,
     pub secret_key: Secret,
     pub traffic: TrafficConfig,
+    /// Webhook signing secrets (`whsec_…`), several while one is rotated; empty refuses webhooks.
+    pub webhook_secrets: Vec<Secret>,
 }
 
 /// A value that must not reach logs: `Debug` shows only its redacted form.

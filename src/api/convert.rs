@@ -8,6 +8,8 @@ use crate::domain::{
     FieldViolation, NewRefund, ProviderName, RawRefundRequest, Refund, RefundReason, RefundStatus,
     Timestamp,
 };
+use crate::providers::ProviderSummary;
+use crate::providers::traffic::CircuitState;
 use crate::service::ListQuery;
 
 pub fn reason_from_pb(value: i32) -> Option<RefundReason> {
@@ -193,6 +195,26 @@ pub fn refund_to_pb(r: Refund) -> pb::Refund {
         idempotency_key: idempotency_key
             .map(|k| k.as_str().to_owned())
             .unwrap_or_default(),
+    }
+}
+
+pub fn provider_to_pb(p: ProviderSummary) -> pb::ProviderInfo {
+    let circuit_state = match p.health.circuit {
+        CircuitState::Closed => pb::CircuitState::Closed,
+        CircuitState::Open => pb::CircuitState::Open,
+        CircuitState::HalfOpen => pb::CircuitState::HalfOpen,
+    };
+    pb::ProviderInfo {
+        name: p.name.as_str().to_owned(),
+        is_default: p.is_default,
+        supports_full_refunds: p.capabilities.full_refunds,
+        supports_partial_refunds: p.capabilities.partial_refunds,
+        health: Some(pb::ProviderHealth {
+            circuit_state: circuit_state.into(),
+            consecutive_failures: p.health.consecutive_failures,
+            last_error: p.health.last_error.unwrap_or_default(),
+        }),
+        webhooks_enabled: p.webhooks_enabled,
     }
 }
 

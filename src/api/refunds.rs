@@ -1,5 +1,9 @@
 //! `refunds.v1.RefundService` handlers.
 
+use std::pin::Pin;
+
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
 use super::bulk;
@@ -11,6 +15,8 @@ use crate::service::RefundService;
 
 /// Request header that carries an idempotency key when the message field is empty.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+pub type RefundStream = Pin<Box<dyn Stream<Item = Result<pb::Refund, Status>> + Send>>;
 
 pub struct RefundsApi {
     service: RefundService,
@@ -92,6 +98,38 @@ impl pb::refund_service_server::RefundService for RefundsApi {
                 .collect(),
             next_page_token: page.next_page_token,
         }))
+    }
+
+    type WatchRefundStream = RefundStream;
+
+    async fn watch_refund(
+        &self,
+        request: Request<pb::WatchRefundRequest>,
+    ) -> Result<Response<Self::WatchRefundStream>, Status> {
+        let account = account(&request);
+        let pb::WatchRefundRequest { id } = request.into_inner();
+        let changes = self
+            .service
+            .watch_refund(&account, &id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(changes).map(|r| r.map(convert::refund_to_pb).map_err(to_status)),
+        )))
+    }
+
+    async fn list_providers(
+        &self,
+        _request: Request<pb::ListProvidersRequest>,
+    ) -> Result<Response<pb::ListProvidersResponse>, Status> {
+        let providers = self
+            .service
+            .providers()
+            .summaries()
+            .into_iter()
+            .map(convert::provider_to_pb)
+            .collect();
+        Ok(Response::new(pb::ListProvidersResponse { providers }))
     }
 
     type BulkRefundStream = bulk::EventStream;

@@ -52,6 +52,7 @@ mod error;
 mod money;
 mod refund;
 mod request;
+mod webhook;
 
 pub use bulk::{
     Bulk, BulkCounts, BulkEvent, BulkId, BulkJob, BulkState, ItemResult, ItemStatus, JobError,
@@ -66,6 +67,7 @@ pub use request::{
     FieldViolation, IdempotencyKey, NewRefund, PaymentRef, ProviderName, RawRefundRequest,
     Violations, parse_metadata,
 };
+pub use webhook::{InboundEvent, RefundReport, WebhookOutcome};
 
 /// A point in time, as whole microseconds since the Unix epoch (UTC). Stored as an integer so that
 /// both SQLite and PostgreSQL compare and index it the same way.

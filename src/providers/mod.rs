@@ -6,6 +6,7 @@
 //! before anything else.
 
 pub mod sandbox;
+pub mod signature;
 pub mod stripe;
 pub mod traffic;
 
@@ -15,7 +16,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::config::Secret;
 use crate::domain::{Amount, Currency, PaymentRef, ProviderName, RefundReason};
+use traffic::{ControlledProvider, ProviderHealth};
 
 /// A payment as its provider reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +67,37 @@ pub enum ProviderRefundStatus {
     Canceled,
 }
 
+/// A provider's webhook notification, in our terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEvent {
+    /// The provider's event id: the same event delivered twice is applied once.
+    pub id: String,
+    /// The provider's event type, e.g. `refund.updated`.
+    pub kind: String,
+    pub subject: EventSubject,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventSubject {
+    /// Refunds as of the event (a Stripe `charge.refunded` can carry several).
+    Refunds(Vec<RefundUpdate>),
+    /// Something happened to a payment without the refunds in the event (Mercado Pago's
+    /// notifications, Stripe's `charge.refunded` in API versions that no longer expand refunds):
+    /// its PENDING refunds are looked up at the provider now.
+    Payment(PaymentRef),
+    /// An event type the service does not act on.
+    Ignored,
+}
+
+/// One refund as a webhook reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundUpdate {
+    pub refund: ProviderRefund,
+    /// Our refund id, when the provider carries it back (Stripe and sandbox metadata).
+    pub refund_id: Option<String>,
+    pub payment: Option<PaymentRef>,
+}
+
 /// How a provider call went wrong. Matched exhaustively wherever a decision is made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
@@ -102,9 +136,20 @@ impl ProviderError {
     }
 }
 
+/// What kinds of refund a provider can make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Refunding the whole remaining balance of a payment.
+    pub full_refunds: bool,
+    /// Refunding part of a payment (several partial refunds may follow one another).
+    pub partial_refunds: bool,
+}
+
 /// A payment provider's refund API.
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
+    /// What this provider supports, for discovery (`ListProviders`).
+    fn capabilities(&self) -> Capabilities;
     /// Pre-flight: the payment's captured amount, refunded amount, currency and status.
     async fn get_payment(&self, payment: &PaymentRef) -> Result<ProviderPayment, ProviderError>;
     /// Creates a refund, sending `call.idempotency_key` as the provider's idempotency key.
@@ -120,22 +165,56 @@ pub trait Provider: Send + Sync + 'static {
     ) -> Result<Option<ProviderRefund>, ProviderError>;
 }
 
-/// The configured providers, by name, and which one serves requests that name none.
+/// The configured providers, by name, and which one serves requests that name none. Each is
+/// wrapped in traffic control; each may have secrets that sign its inbound webhooks.
 #[derive(Clone)]
 pub struct Providers {
-    by_name: HashMap<ProviderName, Arc<dyn Provider>>,
+    by_name: HashMap<ProviderName, Entry>,
     default: ProviderName,
 }
 
+#[derive(Clone)]
+struct Entry {
+    provider: Arc<ControlledProvider>,
+    /// Current and previous signing secrets (rotation); empty means webhooks are refused.
+    webhook_secrets: Vec<Secret>,
+}
+
+/// One configured provider as `ListProviders` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderSummary {
+    pub name: ProviderName,
+    pub is_default: bool,
+    pub capabilities: Capabilities,
+    pub health: ProviderHealth,
+    pub webhooks_enabled: bool,
+}
+
 impl Providers {
-    pub fn new(default: ProviderName, provider: Arc<dyn Provider>) -> Self {
-        let mut by_name = HashMap::new();
-        by_name.insert(default.clone(), provider);
-        Self { by_name, default }
+    pub fn new(default: ProviderName, provider: Arc<ControlledProvider>) -> Self {
+        Self {
+            by_name: HashMap::new(),
+            default: default.clone(),
+        }
+        .with(default, provider)
     }
 
-    pub fn with(mut self, name: ProviderName, provider: Arc<dyn Provider>) -> Self {
-        self.by_name.insert(name, provider);
+    pub fn with(mut self, name: ProviderName, provider: Arc<ControlledProvider>) -> Self {
+        self.by_name.insert(
+            name,
+            Entry {
+                provider,
+                webhook_secrets: Vec::new(),
+            },
+        );
+        self
+    }
+
+    /// Accepts webhooks from `name` signed with any of `secrets`. Unknown names are ignored.
+    pub fn with_webhook_secrets(mut self, name: &ProviderName, secrets: Vec<Secret>) -> Self {
+        if let Some(entry) = self.by_name.get_mut(name) {
+            entry.webhook_secrets = secrets;
+        }
         self
     }
 
@@ -143,11 +222,35 @@ impl Providers {
         &self.default
     }
 
-    pub fn get(&self, name: &ProviderName) -> Option<&Arc<dyn Provider>> {
-        self.by_name.get(name)
+    pub fn get(&self, name: &ProviderName) -> Option<&Arc<ControlledProvider>> {
+        self.by_name.get(name).map(|e| &e.provider)
+    }
+
+    /// The secrets that sign `name`'s webhooks; empty when none are configured.
+    pub fn webhook_secrets(&self, name: &ProviderName) -> &[Secret] {
+        self.by_name
+            .get(name)
+            .map_or(&[], |e| e.webhook_secrets.as_slice())
     }
 
     pub fn names(&self) -> impl Iterator<Item = &ProviderName> {
         self.by_name.keys()
+    }
+
+    /// Every configured provider with its capabilities and health, sorted by name.
+    pub fn summaries(&self) -> Vec<ProviderSummary> {
+        let mut all: Vec<ProviderSummary> = self
+            .by_name
+            .iter()
+            .map(|(name, e)| ProviderSummary {
+                name: name.clone(),
+                is_default: *name == self.default,
+                capabilities: e.provider.capabilities(),
+                health: e.provider.health(),
+                webhooks_enabled: !e.webhook_secrets.is_empty(),
+            })
+            .collect();
+        all.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+        all
     }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{
-    PaymentStatus, Provider, ProviderError, ProviderPayment, ProviderRefund, ProviderRefundStatus,
-    RefundCall,
+    Capabilities, PaymentStatus, Provider, ProviderError, ProviderPayment, ProviderRefund,
+    ProviderRefundStatus, RefundCall,
 };
 use crate::domain::{Currency, PaymentRef};
 use crate::sandbox::{self, Sandbox, SandboxError, client::ClientError, client::SandboxClient};
@@ -21,6 +21,13 @@ pub enum SandboxProvider {
 
 #[async_trait]
 impl Provider for SandboxProvider {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            full_refunds: true,
+            partial_refunds: true,
+        }
+    }
+
     async fn get_payment(&self, payment: &PaymentRef) -> Result<ProviderPayment, ProviderError> {
         let p = match self {
             Self::Local(s) => s.get_payment(payment.as_str()).await.map_err(from_sandbox),

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    PaymentStatus, Provider, ProviderError, ProviderPayment, ProviderRefund, ProviderRefundStatus,
-    RefundCall,
+    Capabilities, EventSubject, PaymentStatus, Provider, ProviderError, ProviderPayment,
+    ProviderRefund, ProviderRefundStatus, RefundCall, RefundUpdate, WebhookEvent,
 };
 use crate::config::Secret;
 use crate::domain::{Currency, PaymentRef, RefundReason};
@@ -100,6 +100,13 @@ impl StripeProvider {
 
 #[async_trait]
 impl Provider for StripeProvider {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            full_refunds: true,
+            partial_refunds: true,
+        }
+    }
+
     async fn get_payment(&self, payment: &PaymentRef) -> Result<ProviderPayment, ProviderError> {
         let id = payment.as_str();
         if id.starts_with("pi_") {
@@ -204,6 +211,62 @@ impl Provider for StripeProvider {
             }
         }
     }
+}
+
+/// The Stripe events that move refunds. Any other type is acknowledged and ignored.
+pub const WEBHOOK_EVENTS: [&str; 4] = [
+    "charge.refunded",
+    "refund.created",
+    "refund.updated",
+    "refund.failed",
+];
+
+/// Reads a Stripe event (already verified against its `Stripe-Signature`). The `data.object` of
+/// `refund.*` events is a refund; that of `charge.refunded` is the charge, whose `refunds` list
+/// older API versions expand, and newer ones leave out (then the charge's refunds are looked up).
+pub fn parse_webhook(body: &[u8]) -> Result<WebhookEvent, String> {
+    #[derive(Deserialize)]
+    struct Event {
+        id: String,
+        #[serde(rename = "type")]
+        kind: String,
+        data: EventData,
+    }
+    #[derive(Deserialize)]
+    struct EventData {
+        object: serde_json::Value,
+    }
+    #[derive(Deserialize)]
+    struct ChargeObject {
+        id: String,
+        #[serde(default)]
+        refunds: Option<RefundList>,
+    }
+    let event: Event =
+        serde_json::from_slice(body).map_err(|e| format!("not a Stripe event: {e}"))?;
+    let subject = match event.kind.as_str() {
+        "refund.created" | "refund.updated" | "refund.failed" => {
+            let refund: Refund = serde_json::from_value(event.data.object)
+                .map_err(|e| format!("{}: data.object is not a refund: {e}", event.kind))?;
+            EventSubject::Refunds(vec![refund.into_update()])
+        }
+        "charge.refunded" => {
+            let charge: ChargeObject = serde_json::from_value(event.data.object)
+                .map_err(|e| format!("charge.refunded: data.object is not a charge: {e}"))?;
+            match charge.refunds {
+                Some(list) if !list.has_more && !list.data.is_empty() => {
+                    EventSubject::Refunds(list.data.into_iter().map(Refund::into_update).collect())
+                }
+                _ => EventSubject::Payment(PaymentRef::from_trusted(charge.id)),
+            }
+        }
+        _ => EventSubject::Ignored,
+    };
+    Ok(WebhookEvent {
+        id: event.id,
+        kind: event.kind,
+        subject,
+    })
 }
 
 fn payment_param(payment: &PaymentRef) -> &'static str {
@@ -388,6 +451,26 @@ struct Refund {
     failure_reason: Option<String>,
     #[serde(default)]
     metadata: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    charge: Option<String>,
+    #[serde(default)]
+    payment_intent: Option<String>,
+}
+
+impl Refund {
+    fn into_update(mut self) -> RefundUpdate {
+        let refund_id = self.metadata.remove("refund_id");
+        let payment = self
+            .payment_intent
+            .take()
+            .or_else(|| self.charge.take())
+            .map(PaymentRef::from_trusted);
+        RefundUpdate {
+            refund: self.into(),
+            refund_id,
+            payment,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -501,6 +584,8 @@ mod tests {
                 status: status.into(),
                 failure_reason: failure.map(str::to_owned),
                 metadata: Default::default(),
+                charge: None,
+                payment_intent: None,
             })
             .status
         };
@@ -574,5 +659,64 @@ mod tests {
             p.get_refund("re_1").await,
             Err(ProviderError::Ambiguous(_))
         ));
+    }
+
+    #[test]
+    fn webhook_refund_events_carry_the_refund_and_our_id() {
+        let body = br#"{"id":"evt_1","object":"event","type":"refund.failed","data":{"object":
+            {"id":"re_1","object":"refund","amount":700,"charge":"ch_1","payment_intent":null,
+             "status":"failed","failure_reason":"expired_or_canceled_card",
+             "metadata":{"refund_id":"rf_x","order":"42"}}}}"#;
+        let event = parse_webhook(body).expect("parses");
+        assert_eq!(event.id, "evt_1");
+        assert_eq!(event.kind, "refund.failed");
+        let EventSubject::Refunds(updates) = event.subject else {
+            panic!("a refund event: {event:?}")
+        };
+        assert_eq!(updates.len(), 1);
+        assert_eq!(updates[0].refund_id.as_deref(), Some("rf_x"));
+        assert_eq!(
+            updates[0].payment.as_ref().map(|p| p.as_str()),
+            Some("ch_1")
+        );
+        assert_eq!(updates[0].refund.amount, 700);
+        assert!(matches!(
+            updates[0].refund.status,
+            ProviderRefundStatus::Failed { ref code, .. } if code == "expired_or_canceled_card"
+        ));
+    }
+
+    #[test]
+    fn webhook_charge_refunded_without_expanded_refunds_names_the_charge() {
+        let body = br#"{"id":"evt_2","type":"charge.refunded","data":{"object":
+            {"id":"ch_9","object":"charge","amount":1000,"amount_refunded":1000}}}"#;
+        let event = parse_webhook(body).expect("parses");
+        assert_eq!(
+            event.subject,
+            EventSubject::Payment(PaymentRef::from_trusted("ch_9".into()))
+        );
+        let expanded = br#"{"id":"evt_3","type":"charge.refunded","data":{"object":
+            {"id":"ch_9","refunds":{"object":"list","has_more":false,"data":[
+              {"id":"re_a","amount":400,"status":"succeeded","charge":"ch_9","metadata":{}},
+              {"id":"re_b","amount":600,"status":"pending","charge":"ch_9","metadata":{}}]}}}}"#;
+        let EventSubject::Refunds(updates) = parse_webhook(expanded).expect("parses").subject
+        else {
+            panic!("refunds")
+        };
+        assert_eq!(updates.len(), 2);
+    }
+
+    #[test]
+    fn webhook_other_types_are_ignored_and_garbage_is_an_error() {
+        let body = br#"{"id":"evt_4","type":"customer.created","data":{"object":{"id":"cus_1"}}}"#;
+        assert_eq!(
+            parse_webhook(body).expect("parses").subject,
+            EventSubject::Ignored
+        );
+        assert!(parse_webhook(b"not json").is_err());
+        assert!(
+            parse_webhook(br#"{"id":"evt_5","type":"refund.updated","data":{"object":{}}}"#)
+                .is_err()
+        );
     }
 }

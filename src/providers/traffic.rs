@@ -33,7 +33,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use super::{Provider, ProviderError, ProviderPayment, ProviderRefund, RefundCall};
+use super::{Capabilities, Provider, ProviderError, ProviderPayment, ProviderRefund, RefundCall};
 use crate::domain::PaymentRef;
 use crate::metrics::Metrics;
 
@@ -517,6 +517,10 @@ impl ControlledProvider {
 
 #[async_trait]
 impl Provider for ControlledProvider {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
     async fn get_payment(&self, payment: &PaymentRef) -> Result<ProviderPayment, ProviderError> {
         self.read("get_payment", || self.inner.get_payment(payment))
             .await
@@ -938,6 +942,13 @@ mod tests {
 
     #[async_trait]
     impl Provider for Fake {
+        fn capabilities(&self) -> Capabilities {
+            Capabilities {
+                full_refunds: true,
+                partial_refunds: false,
+            }
+        }
+
         async fn get_payment(&self, _: &PaymentRef) -> Result<ProviderPayment, ProviderError> {
             let step = self.script.lock().unwrap().payments.pop_front();
             self.serve("get_payment", None, step, Ok(payment())).await

@@ -35,6 +35,9 @@ mod clock;
 pub mod http;
 #[cfg(test)]
 mod tests;
+mod webhooks;
+
+pub use webhooks::WebhookTarget;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -262,6 +265,11 @@ pub struct Stats {
     /// sliding 1-second window.
     #[serde(default)]
     pub max_writes_per_sec: u64,
+    /// Webhooks delivered (answered 2xx), and given up after retries.
+    #[serde(default)]
+    pub webhooks_sent: u64,
+    #[serde(default)]
+    pub webhooks_failed: u64,
 }
 
 /// Which of the two rate limits a request counts against.
@@ -388,6 +396,8 @@ pub struct Sandbox {
     /// lock is never held across an `.await`.
     state: Mutex<State>,
     clock: SandboxClock,
+    /// Where settled refunds are announced, if anywhere.
+    webhooks: Mutex<Option<std::sync::Arc<webhooks::Sender>>>,
 }
 
 impl fmt::Debug for Sandbox {
@@ -410,9 +420,17 @@ impl Sandbox {
         let sandbox = Self {
             state: Mutex::new(State::default()),
             clock: SandboxClock::new(),
+            webhooks: Mutex::new(None),
         };
         sandbox.set_faults(faults);
         sandbox
+    }
+
+    /// Sends a signed `refund.updated` webhook to `target` whenever a pending refund settles
+    /// (`None` stops sending).
+    pub fn set_webhook_target(&self, target: Option<WebhookTarget>) {
+        *self.webhooks.lock().unwrap_or_else(PoisonError::into_inner) =
+            target.map(webhooks::Sender::new);
     }
 
     /// The faults currently injected.
@@ -523,6 +541,17 @@ impl Sandbox {
     ) -> Result<Refund, SandboxError> {
         let faults = self.admit(Op::Write).await?;
         let refund = self.record_refund(req, idempotency_key)?;
+        if refund.status == RefundStatus::Pending {
+            let sender = self
+                .webhooks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            if let Some(sender) = sender {
+                let delay = Duration::from_millis(faults.settle_delay_ms);
+                sender.schedule(refund.clone(), RefundStatus::Succeeded, delay);
+            }
+        }
         if roll(faults.timeout_rate) {
             self.lock().stats.timeouts_injected += 1;
             tokio::time::sleep(Duration::from_millis(faults.hang_ms)).await;
@@ -586,7 +615,12 @@ impl Sandbox {
 
     /// Counters of what the sandbox has seen. No faults.
     pub fn stats(&self) -> Stats {
-        self.lock().stats.clone()
+        let mut stats = self.lock().stats.clone();
+        if let Some(sender) = &*self.webhooks.lock().unwrap_or_else(PoisonError::into_inner) {
+            stats.webhooks_sent = sender.sent.load(std::sync::atomic::Ordering::Relaxed);
+            stats.webhooks_failed = sender.failed.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        stats
     }
 
     /// The front half of every API request, in the documented order: count

@@ -13,6 +13,8 @@ mod bulk_runner;
 mod list;
 mod page;
 mod reconciler;
+mod watch;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +33,7 @@ pub use bulk::BulkConfig;
 pub use bulk_runner::run_bulk_runner;
 pub use list::{ListPage, ListQuery, MAX_PAGE_SIZE};
 pub use reconciler::run_reconciler;
+pub use webhooks::WebhookReceipt;
 
 /// Tunables of the refund use cases.
 #[derive(Debug, Clone)]
@@ -46,6 +49,9 @@ pub struct RefundsConfig {
     pub reconcile_max_delay: Duration,
     /// How often the reconciler wakes up to look for due refunds.
     pub reconcile_interval: Duration,
+    /// How often a WatchRefund stream re-reads its refund, to see changes made by other replicas
+    /// (changes made by this process wake it at once).
+    pub watch_poll_interval: Duration,
     /// Provider calls (creations and look-ups) after which a refund the provider has never seen
     /// is given up as FAILED and its amount released.
     pub max_attempts: i32,
@@ -60,6 +66,7 @@ impl Default for RefundsConfig {
             reconcile_delay: Duration::from_secs(60),
             reconcile_max_delay: Duration::from_secs(60 * 60),
             reconcile_interval: Duration::from_secs(5),
+            watch_poll_interval: Duration::from_secs(1),
             max_attempts: 10,
             bulk: BulkConfig::default(),
         }
@@ -81,6 +88,9 @@ struct Inner {
     /// Bumped whenever this process writes bulk events; streams wait on it (and poll, for
     /// events written by other replicas).
     bulk_events: tokio::sync::watch::Sender<u64>,
+    /// Bumped whenever this process changes a refund's status or provider id; WatchRefund
+    /// streams wait on it (and poll, for changes made by other replicas).
+    refund_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl RefundService {
@@ -98,6 +108,7 @@ impl RefundService {
                 metrics,
                 bulk_wakeup: tokio::sync::Notify::new(),
                 bulk_events: tokio::sync::watch::Sender::new(0),
+                refund_changes: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
@@ -218,6 +229,7 @@ impl RefundService {
                 now,
                 lease_until: now.saturating_add(self.request_lease()),
                 idempotency_expires_at: now.saturating_add(config.idempotency_ttl),
+                source: origin.source,
             })
             .await
             .map_err(internal)?;
@@ -366,6 +378,9 @@ impl RefundService {
                     .keep_pending(&refund.id, Some(&provider_refund.id), next)
                     .await
                     .map_err(internal)?;
+                if refund.provider_refund_id.as_deref() != Some(provider_refund.id.as_str()) {
+                    self.refund_changed();
+                }
                 return self.reread(refund).await;
             }
             ProviderRefundStatus::Succeeded => RefundStatus::Succeeded,
@@ -419,6 +434,7 @@ impl RefundService {
             .map_err(internal)?
         {
             Some(settled) => {
+                self.refund_changed();
                 let metrics = &self.inner.metrics;
                 metrics.refund(settled.provider.as_str(), settled.status.as_str());
                 if settled.status == RefundStatus::Succeeded {
@@ -429,6 +445,13 @@ impl RefundService {
             // Someone else (the reconciler, another replica) settled it first: report theirs.
             None => self.reread(refund).await,
         }
+    }
+
+    /// Wakes this process's WatchRefund streams.
+    fn refund_changed(&self) {
+        self.inner
+            .refund_changes
+            .send_modify(|n| *n = n.wrapping_add(1));
     }
 
     async fn reread(&self, refund: Refund) -> Result<Refund, RefundError> {

@@ -10,7 +10,7 @@ use std::future::Future;
 
 use super::{Origin, RefundService, internal};
 use crate::domain::{Failure, RefundError, Timestamp};
-use crate::providers::ProviderError;
+use crate::providers::{Provider as _, ProviderError};
 use crate::store::PendingRefund;
 
 /// How many due refunds one pass takes.
@@ -125,6 +125,13 @@ pub async fn run_reconciler(service: RefundService, shutdown: impl Future<Output
                     tracing::error!(error = ?anyhow::Error::new(e), "reconciler pass failed");
                     break;
                 }
+            }
+        }
+        match service.retry_webhooks().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "stored webhook events processed again"),
+            Err(e) => {
+                tracing::error!(error = ?anyhow::Error::new(e), "retrying stored webhooks failed")
             }
         }
         match service

@@ -207,3 +207,34 @@ pub mod bulk_event {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod webhook_event {
+    use sea_orm::entity::prelude::*;
+
+    /// One inbound provider webhook event and what became of it.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "webhook_events")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub provider: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub event_id: String,
+        pub event_type: String,
+        pub outcome: String,
+        pub payment_id: Option<String>,
+        pub provider_refund_id: Option<String>,
+        pub refund_id: Option<String>,
+        pub account_id: Option<String>,
+        pub refund_status: Option<String>,
+        pub refund_amount: Option<i64>,
+        pub failure_code: Option<String>,
+        pub failure_reason: Option<String>,
+        pub received_at: i64,
+        pub processed_at: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -8,6 +8,7 @@ mod bulks;
 mod entities;
 mod migrations;
 mod refunds;
+mod webhooks;
 
 use std::time::Duration;
 

@@ -32,6 +32,8 @@ pub struct BeginRefund<'a> {
     /// Until then the request path owns the refund; afterwards the reconciler may take it.
     pub lease_until: Timestamp,
     pub idempotency_expires_at: Timestamp,
+    /// Who asked for it (`api`, `bulk`, ...), recorded with its first status.
+    pub source: &'static str,
 }
 
 #[derive(Debug)]
@@ -489,6 +491,7 @@ async fn begin_in(
     let row = refund::Entity::insert(model)
         .exec_with_returning(txn)
         .await?;
+    insert_event(txn, &row, None, RefundStatus::Pending, b.source, now).await?;
     Ok(BeginOutcome::Created(to_domain(row)?))
 }
 

@@ -276,3 +276,98 @@ where
 pub fn status_of(r: &pb::Refund) -> pb::RefundStatus {
     pb::RefundStatus::try_from(r.status).unwrap_or(pb::RefundStatus::Unspecified)
 }
+
+/// Posts a webhook body to `/webhooks/{provider}` with `headers`; returns the HTTP status and the
+/// JSON answer.
+pub async fn post_webhook(
+    app: &TestApp,
+    provider: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("http://{}/webhooks/{provider}", app.http_addr))
+        .header("Content-Type", "application/json")
+        .body(body.to_owned());
+    for (name, value) in headers {
+        req = req.header(*name, value);
+    }
+    let resp = req.send().await.expect("webhook endpoint answers");
+    let status = resp.status().as_u16();
+    let json = resp.json().await.unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// A refund's recorded status changes as (from, to, source), oldest first, read from the database.
+pub async fn status_history(db: &TestDb, refund_id: &str) -> Vec<(Option<String>, String, String)> {
+    use sea_orm::{ConnectionTrait as _, Statement};
+    assert!(
+        refund_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        "a refund id: {refund_id}"
+    );
+    let conn = Database::connect(&db.url)
+        .await
+        .expect("connect to the test database");
+    let backend = conn.get_database_backend();
+    let rows = conn
+        .query_all_raw(Statement::from_string(
+            backend,
+            format!(
+                "SELECT from_status, to_status, source FROM refund_events \
+                 WHERE refund_id = '{refund_id}' ORDER BY id"
+            ),
+        ))
+        .await
+        .expect("read refund_events");
+    let history = rows
+        .iter()
+        .map(|row| {
+            (
+                row.try_get::<Option<String>>("", "from_status")
+                    .expect("from_status"),
+                row.try_get::<String>("", "to_status").expect("to_status"),
+                row.try_get::<String>("", "source").expect("source"),
+            )
+        })
+        .collect();
+    conn.close().await.ok();
+    history
+}
+
+/// What our store holds reserved against a payment (the sum of its refunds that can still
+/// succeed), read from the database.
+pub async fn reserved_amount(db: &TestDb, payment: &str) -> i64 {
+    use sea_orm::{ConnectionTrait as _, Statement};
+    assert!(
+        payment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        "a payment id: {payment}"
+    );
+    let conn = Database::connect(&db.url)
+        .await
+        .expect("connect to the test database");
+    let row = conn
+        .query_one_raw(Statement::from_string(
+            conn.get_database_backend(),
+            format!("SELECT reserved_amount FROM payments WHERE payment_id = '{payment}'"),
+        ))
+        .await
+        .expect("read payments")
+        .expect("the payment has a balance row");
+    let reserved = row
+        .try_get::<i64>("", "reserved_amount")
+        .expect("reserved_amount");
+    conn.close().await.ok();
+    reserved
+}

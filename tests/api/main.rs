@@ -17,3 +17,4 @@ mod reconcile;
 mod server;
 mod stripe;
 mod traffic;
+mod webhooks;

@@ -25,6 +25,8 @@ use crate::helpers::*;
 
 /// localstripe accepts any `sk_…` key.
 const KEY: &str = "sk_test_localstripe";
+/// The webhook signing secret the Stripe tests configure.
+const WEBHOOK_SECRET: &str = "whsec_localstripe_test";
 
 /// The base URL of this run's localstripe, started on first use. Fails the test (never skips)
 /// when it cannot be started.
@@ -153,6 +155,7 @@ fn stripe_settings(api_base: &str) -> StripeSettings {
             max_backoff: Duration::from_millis(200),
             ..TrafficConfig::default()
         },
+        webhook_secrets: vec![Secret::opaque(WEBHOOK_SECRET.to_owned())],
     }
 }
 

@@ -1,6 +1,10 @@
-//! The HTTP port: liveness and readiness probes, and the embedded sandbox's API under `/sandbox`.
+//! The HTTP port: liveness and readiness probes, Prometheus metrics, provider webhooks under
+//! `/webhooks/{provider}`, and the embedded sandbox's API under `/sandbox`.
+
+pub mod webhooks;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -15,6 +19,7 @@ pub fn router(
     service: RefundService,
     sandbox: Option<Arc<Sandbox>>,
     metrics: Arc<Metrics>,
+    webhook_tolerance: Duration,
 ) -> Router {
     let mut router = Router::new()
         .route(
@@ -23,7 +28,8 @@ pub fn router(
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .with_state(service);
+        .with_state(service.clone())
+        .nest("/webhooks", webhooks::router(service, webhook_tolerance));
     if let Some(sandbox) = sandbox {
         router = router.nest("/sandbox", sandbox::http::router(sandbox));
     }

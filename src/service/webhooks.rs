@@ -1,0 +1,235 @@
+//! Inbound provider webhooks: recorded once, matched to our refund, applied forward only.
+//!
+//! - A redelivered event (same provider and event id) that was already processed changes nothing.
+//! - An event for a refund we cannot match yet is kept UNMATCHED; the reconciler applies it once
+//!   the refund with that provider id exists. A PENDING refund is also looked up at its provider
+//!   on its own schedule, so a lost event costs time, never correctness.
+//! - Events never move a refund backwards: a terminal refund stays as it is, whatever arrives
+//!   later or out of order, because status changes are conditional on the refund being PENDING.
+
+use crate::domain::{Failure, PaymentRef, ProviderName};
+use crate::domain::{
+    InboundEvent, Refund, RefundError, RefundReport, RefundStatus, Timestamp, WebhookOutcome,
+};
+use crate::providers::{EventSubject, ProviderRefundStatus, WebhookEvent};
+use crate::store::Settlement;
+
+use super::{RefundService, internal};
+
+/// How many stored events one reconciler pass retries.
+const RETRY_BATCH: u64 = 100;
+
+/// What the service did with one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebhookReceipt {
+    pub outcome: WebhookOutcome,
+    /// The same event was processed before; nothing was done this time.
+    pub duplicate: bool,
+}
+
+impl RefundService {
+    /// Records and applies a verified provider event.
+    pub async fn receive_webhook(
+        &self,
+        provider: &ProviderName,
+        event: WebhookEvent,
+    ) -> Result<Vec<WebhookReceipt>, RefundError> {
+        let mut receipts = Vec::new();
+        for inbound in inbound_events(provider, event) {
+            receipts.push(self.receive_one(inbound).await?);
+        }
+        Ok(receipts)
+    }
+
+    async fn receive_one(&self, event: InboundEvent) -> Result<WebhookReceipt, RefundError> {
+        let now = Timestamp::now();
+        match self
+            .store()
+            .record_webhook(&event, now)
+            .await
+            .map_err(internal)?
+        {
+            Some(earlier) if earlier.is_final() => {
+                tracing::info!(provider = %event.provider, event_id = %event.event_id, outcome = earlier.as_str(), "duplicate webhook event ignored");
+                return Ok(WebhookReceipt {
+                    outcome: earlier,
+                    duplicate: true,
+                });
+            }
+            // New, or seen before without a final outcome: processing is idempotent.
+            Some(_) | None => {}
+        }
+        let outcome = self.process(&event).await?;
+        Ok(WebhookReceipt {
+            outcome,
+            duplicate: false,
+        })
+    }
+
+    /// Applies a recorded event and records its outcome.
+    async fn process(&self, event: &InboundEvent) -> Result<WebhookOutcome, RefundError> {
+        let now = Timestamp::now();
+        let (outcome, refund) = match (&event.report, &event.payment) {
+            (Some(report), _) => {
+                match self
+                    .store()
+                    .refund_for_report(&event.provider, report)
+                    .await
+                    .map_err(internal)?
+                {
+                    Some(refund) => {
+                        let (outcome, refund) = self.apply_report(refund, report, event).await?;
+                        (outcome, Some(refund))
+                    }
+                    None => {
+                        tracing::info!(provider = %event.provider, event_id = %event.event_id, provider_refund_id = %report.provider_refund_id, "webhook for a refund we do not know (yet); kept for later");
+                        (WebhookOutcome::Unmatched, None)
+                    }
+                }
+            }
+            (None, Some(payment)) => {
+                let n = self
+                    .store()
+                    .nudge_pending(&event.provider, payment, now)
+                    .await
+                    .map_err(internal)?;
+                tracing::info!(provider = %event.provider, event_id = %event.event_id, payment_id = payment.as_str(), scheduled = n, "webhook about a payment: its pending refunds are looked up now");
+                (WebhookOutcome::Nudged, None)
+            }
+            (None, None) => (WebhookOutcome::Ignored, None),
+        };
+        self.store()
+            .set_webhook_outcome(
+                &event.provider,
+                &event.event_id,
+                outcome,
+                refund.as_ref(),
+                Timestamp::now(),
+            )
+            .await
+            .map_err(internal)?;
+        Ok(outcome)
+    }
+
+    async fn apply_report(
+        &self,
+        refund: Refund,
+        report: &RefundReport,
+        event: &InboundEvent,
+    ) -> Result<(WebhookOutcome, Refund), RefundError> {
+        if let Some(known) = &refund.provider_refund_id
+            && *known != report.provider_refund_id
+        {
+            tracing::warn!(refund_id = %refund.id, known = %known, reported = %report.provider_refund_id, event_id = %event.event_id, "webhook names another provider refund for this refund; ignored");
+            return Ok((WebhookOutcome::Ignored, refund));
+        }
+        if refund.status != RefundStatus::Pending {
+            if refund.status != report.status {
+                tracing::info!(refund_id = %refund.id, status = refund.status.as_str(), reported = report.status.as_str(), event_id = %event.event_id, "webhook would move a settled refund; ignored");
+            }
+            return Ok((WebhookOutcome::Ignored, refund));
+        }
+        if report.amount != refund.amount.minor_units() {
+            tracing::warn!(refund_id = %refund.id, ours = refund.amount.minor_units(), reported = report.amount, "the provider reports another amount for this refund");
+        }
+        match report.status {
+            RefundStatus::Pending => {
+                if refund.provider_refund_id.is_some() {
+                    return Ok((WebhookOutcome::Ignored, refund));
+                }
+                let next = Timestamp::now().saturating_add(self.config().reconcile_delay);
+                self.store()
+                    .keep_pending(&refund.id, Some(&report.provider_refund_id), next)
+                    .await
+                    .map_err(internal)?;
+                self.refund_changed();
+                let refund = self.reread(refund).await?;
+                Ok((WebhookOutcome::Applied, refund))
+            }
+            to @ (RefundStatus::Succeeded | RefundStatus::Failed | RefundStatus::Canceled) => {
+                let settled = self
+                    .settle(
+                        refund,
+                        Settlement {
+                            from: RefundStatus::Pending,
+                            to,
+                            provider_refund_id: Some(report.provider_refund_id.clone()),
+                            failure: report.failure.clone(),
+                            source: "webhook",
+                        },
+                    )
+                    .await?;
+                let outcome = if settled.status == to {
+                    WebhookOutcome::Applied
+                } else {
+                    WebhookOutcome::Ignored
+                };
+                Ok((outcome, settled))
+            }
+            RefundStatus::RequiresApproval => Ok((WebhookOutcome::Ignored, refund)),
+        }
+    }
+
+    /// Processes stored events again: those whose refund now exists, and those whose processing
+    /// was interrupted. Returns how many it processed.
+    pub async fn retry_webhooks(&self) -> Result<usize, RefundError> {
+        let events = self
+            .store()
+            .webhooks_to_retry(Timestamp::now(), RETRY_BATCH)
+            .await
+            .map_err(internal)?;
+        let n = events.len();
+        for event in events {
+            if let Err(e) = self.process(&event).await {
+                tracing::error!(event_id = %event.event_id, error = ?anyhow::Error::new(e), "processing a stored webhook failed");
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// One inbound event per refund the provider's event reports (a Stripe `charge.refunded` can carry
+/// several: they are recorded as `<event id>#<n>`), or one about the payment.
+fn inbound_events(provider: &ProviderName, event: WebhookEvent) -> Vec<InboundEvent> {
+    let base = |event_id: String, payment: Option<PaymentRef>, report| InboundEvent {
+        provider: provider.clone(),
+        event_id,
+        kind: event.kind.clone(),
+        payment,
+        report,
+    };
+    match event.subject {
+        EventSubject::Ignored => Vec::new(),
+        EventSubject::Payment(payment) => vec![base(event.id.clone(), Some(payment), None)],
+        EventSubject::Refunds(updates) => {
+            let several = updates.len() > 1;
+            updates
+                .into_iter()
+                .enumerate()
+                .map(|(i, u)| {
+                    let id = if several {
+                        format!("{}#{i}", event.id)
+                    } else {
+                        event.id.clone()
+                    };
+                    let (status, failure) = match u.refund.status {
+                        ProviderRefundStatus::Pending => (RefundStatus::Pending, None),
+                        ProviderRefundStatus::Succeeded => (RefundStatus::Succeeded, None),
+                        ProviderRefundStatus::Canceled => (RefundStatus::Canceled, None),
+                        ProviderRefundStatus::Failed { code, reason } => {
+                            (RefundStatus::Failed, Some(Failure { code, reason }))
+                        }
+                    };
+                    let report = RefundReport {
+                        provider_refund_id: u.refund.id,
+                        refund_id: u.refund_id,
+                        status,
+                        amount: u.refund.amount,
+                        failure,
+                    };
+                    base(id, u.payment, Some(report))
+                })
+                .collect()
+        }
+    }
+}
