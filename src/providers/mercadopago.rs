@@ -1206,6 +1206,12 @@ mod tests {
             .await,
             Err(ProviderError::NotFound(_))
         ));
+        assert!(matches!(
+            p.get_refund("pi_1/re_2").await,
+            Err(ProviderError::NotFound(_))
+        ));
+        let sent = server.received_requests().await.map(|r| r.len());
+        assert_eq!(sent, Some(1), "only the numeric id reached Mercado Pago");
     }
 
     #[tokio::test]
