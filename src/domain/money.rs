@@ -77,6 +77,13 @@ impl Currency {
     pub fn code(self) -> &'static str {
         self.0.code()
     }
+
+    /// How many decimal digits the minor unit has (2 for BRL, 0 for CLP and JPY): what converts
+    /// a provider's decimal major-unit amount to minor units exactly. `None` for codes without
+    /// a minor unit in ISO 4217 (XAU, XDR, …), which no amount here can be expressed in.
+    pub fn exponent(self) -> Option<u32> {
+        self.0.exponent().map(u32::from)
+    }
 }
 
 impl FromStr for Currency {
