@@ -10,7 +10,7 @@
 #                                 grpcurl 1.8.6 linux x86_64 binary, which the symlink points at)
 #   otlp     grpcio + opentelemetry-proto in .tools/venv (for the OTLP receiver in tests)
 #   localstripe  PyPI localstripe in .tools/venv (a fake Stripe API for the Stripe provider tests;
-#                scripts/localstripe.sh starts it)
+#                scripts/localstripe.sh starts it), with Stripe's Python library (webhook signatures)
 #
 # Idempotent: each tool is skipped when the pinned version is already installed.
 # Needs only python3 (with venv/pip) and node/npm; package registries must be reachable on first run.
@@ -22,6 +22,8 @@ GRPCIO_VERSION=1.85.1
 OPENTELEMETRY_PROTO_VERSION=1.45.2
 PROTOBUF_VERSION=7.36.2 # what grpcio/opentelemetry-proto resolve to; pinned for reproducibility
 LOCALSTRIPE_VERSION=1.15.10
+# Stripe's own Python library: the webhook tests sign and verify with its scheme.
+STRIPE_PY_VERSION=11.6.0
 
 ALL_TOOLS=(buf grpcurl otlp localstripe)
 
@@ -106,7 +108,7 @@ install_otlp() {
 
 install_localstripe() {
   ensure_venv
-  pip_ensure "localstripe==$LOCALSTRIPE_VERSION"
+  pip_ensure "localstripe==$LOCALSTRIPE_VERSION" "stripe==$STRIPE_PY_VERSION"
 }
 
 main() {

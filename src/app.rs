@@ -16,6 +16,7 @@ use crate::config::ServeSettings;
 use crate::domain::ProviderName;
 use crate::metrics::Metrics;
 use crate::providers::Providers;
+use crate::providers::mercadopago::MercadoPagoProvider;
 use crate::providers::sandbox::SandboxProvider;
 use crate::providers::stripe::StripeProvider;
 use crate::providers::traffic::ControlledProvider;
@@ -105,6 +106,61 @@ impl Application {
             }
             None => providers,
         };
+        let providers = match &settings.mercadopago {
+            Some(mp) => {
+                let client = MercadoPagoProvider::new(
+                    &mp.api_base,
+                    mp.access_token.clone(),
+                    mp.traffic.call_timeout,
+                )
+                .map_err(|e| anyhow::anyhow!("bad --mercadopago-api-base: {e}"))?;
+                settings.refunds.provider_budget =
+                    settings.refunds.provider_budget.max(mp.traffic.budget());
+                let name = ProviderName::from_trusted("mercadopago".to_owned());
+                providers
+                    .with(
+                        name.clone(),
+                        Arc::new(
+                            ControlledProvider::new(
+                                "mercadopago",
+                                Arc::new(client),
+                                mp.traffic.clone(),
+                            )
+                            .with_metrics(metrics.clone()),
+                        ),
+                    )
+                    .with_webhook_secrets(&name, mp.webhook_secrets.clone())
+            }
+            None => providers,
+        };
+        let providers = match &settings.mercadopago {
+            Some(mp) => {
+                let client = MercadoPagoProvider::new(
+                    &mp.api_base,
+                    mp.access_token.clone(),
+                    mp.traffic.call_timeout,
+                )
+                .map_err(|e| anyhow::anyhow!("bad --mercadopago-api-base: {e}"))?;
+                settings.refunds.provider_budget =
+                    settings.refunds.provider_budget.max(mp.traffic.budget());
+                let name = ProviderName::from_trusted("mercadopago".to_owned());
+                providers
+                    .with(
+                        name.clone(),
+                        Arc::new(
+                            ControlledProvider::new(
+                                "mercadopago",
+                                Arc::new(client),
+                                mp.traffic.clone(),
+                            )
+                            .with_metrics(metrics.clone()),
+                        ),
+                    )
+                    .with_webhook_secrets(&name, mp.webhook_secrets.clone())
+            }
+            None => providers,
+        };
+
         let grpc = TcpListener::bind(settings.grpc_addr)
             .await
             .with_context(|| format!("cannot listen for gRPC on {}", settings.grpc_addr))?;

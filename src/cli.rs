@@ -121,6 +121,38 @@ pub struct ServeArgs {
     )]
     pub stripe_webhook_secret: Vec<String>,
 
+    /// Mercado Pago's API base URL.
+    #[arg(long, env = "MERCADOPAGO_API_BASE", default_value = crate::providers::mercadopago::DEFAULT_API_BASE)]
+    pub mercadopago_api_base: String,
+
+    /// Mercado Pago access token; the `mercadopago` provider is enabled only when one is set.
+    #[arg(
+        long,
+        env = "MERCADOPAGO_ACCESS_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "mercadopago_access_token_file"
+    )]
+    pub mercadopago_access_token: Option<String>,
+
+    /// A file holding the Mercado Pago access token (e.g. a mounted secret).
+    #[arg(long, env = "MERCADOPAGO_ACCESS_TOKEN_FILE")]
+    pub mercadopago_access_token_file: Option<std::path::PathBuf>,
+
+    /// Secrets that sign Mercado Pago's notifications (x-signature), comma-separated. Without
+    /// one, POST /webhooks/mercadopago answers 404.
+    #[arg(
+        long,
+        env = "MERCADOPAGO_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub mercadopago_webhook_secret: Vec<String>,
+
+    /// Our own limit on calls per second to Mercado Pago, for reads and for writes separately;
+    /// 0 = unlimited.
+    #[arg(long, env = "REFUND_MERCADOPAGO_RATE_LIMIT", default_value_t = 50)]
+    pub mercadopago_rate_limit: u32,
+
     /// Secrets that sign the sandbox's webhooks, comma-separated. With the in-process sandbox and
     /// no secret, one is made up at start-up and the sandbox sends its webhooks to this process.
     #[arg(
@@ -337,6 +369,11 @@ impl ServeArgs {
             stripe_secret_key,
             stripe_secret_key_file,
             stripe_webhook_secret,
+            mercadopago_api_base,
+            mercadopago_access_token,
+            mercadopago_access_token_file,
+            mercadopago_webhook_secret,
+            mercadopago_rate_limit,
             sandbox_webhook_secret,
             webhook_tolerance,
             watch_poll_interval,
@@ -419,17 +456,38 @@ impl ServeArgs {
             breaker_threshold: provider_breaker_threshold,
             breaker_open_for: provider_breaker_open_for,
         };
-        let stripe_secret_key = match (stripe_secret_key, stripe_secret_key_file) {
-            (Some(key), _) => Some(key.trim().to_owned()),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(&path)
-                    .with_context(|| {
-                        format!("cannot read --stripe-secret-key-file {}", path.display())
-                    })?
-                    .trim()
-                    .to_owned(),
-            ),
-            (None, None) => None,
+        let stripe_secret_key = key_or_file(
+            stripe_secret_key,
+            stripe_secret_key_file,
+            "--stripe-secret-key-file",
+        )?;
+        let mercadopago = match key_or_file(
+            mercadopago_access_token,
+            mercadopago_access_token_file,
+            "--mercadopago-access-token-file",
+        )? {
+            Some(token) => {
+                anyhow::ensure!(!token.is_empty(), "the Mercado Pago access token is empty");
+                Some(crate::config::MercadoPagoSettings {
+                    api_base: mercadopago_api_base,
+                    access_token: Secret::opaque(token),
+                    traffic: TrafficConfig {
+                        rate_per_sec: mercadopago_rate_limit,
+                        ..sandbox_traffic.clone()
+                    },
+                    webhook_secrets: secrets(
+                        mercadopago_webhook_secret,
+                        "--mercadopago-webhook-secret",
+                    )?,
+                })
+            }
+            None => {
+                anyhow::ensure!(
+                    mercadopago_webhook_secret.is_empty(),
+                    "--mercadopago-webhook-secret needs an access token (--mercadopago-access-token)"
+                );
+                None
+            }
         };
         let stripe = match stripe_secret_key {
             Some(key) => {
@@ -454,6 +512,7 @@ impl ServeArgs {
         };
         Ok(ServeSettings {
             stripe,
+            mercadopago,
             sandbox_webhook_secrets: secrets(sandbox_webhook_secret, "--sandbox-webhook-secret")?,
             webhook_tolerance,
             grpc_addr,
@@ -482,6 +541,24 @@ impl ServeArgs {
             shutdown_grace,
         })
     }
+}
+
+/// A credential given directly or as a file (e.g. a mounted secret), trimmed.
+fn key_or_file(
+    value: Option<String>,
+    file: Option<std::path::PathBuf>,
+    flag: &str,
+) -> anyhow::Result<Option<String>> {
+    Ok(match (value, file) {
+        (Some(key), _) => Some(key.trim().to_owned()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {flag} {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    })
 }
 
 /// Webhook signing secrets from a comma-separated list; blanks around them are trimmed.

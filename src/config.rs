@@ -24,6 +24,8 @@ pub struct ServeSettings {
     pub sandbox_traffic: TrafficConfig,
     /// The Stripe provider, registered as `stripe` when a secret key is configured.
     pub stripe: Option<StripeSettings>,
+    /// The Mercado Pago provider, registered as `mercadopago` when an access token is configured.
+    pub mercadopago: Option<MercadoPagoSettings>,
     /// Secrets that sign the sandbox's webhooks. Empty with the in-process sandbox means: make
     /// one up at start-up and have the sandbox send its webhooks to this process.
     pub sandbox_webhook_secrets: Vec<Secret>,
@@ -45,6 +47,7 @@ impl ServeSettings {
             sandbox_url: None,
             sandbox_traffic: TrafficConfig::default(),
             stripe: None,
+            mercadopago: None,
             sandbox_webhook_secrets: Vec::new(),
             webhook_tolerance: crate::providers::signature::DEFAULT_TOLERANCE,
             store: StoreOptions::default(),
@@ -62,6 +65,17 @@ pub struct StripeSettings {
     pub secret_key: Secret,
     pub traffic: TrafficConfig,
     /// Webhook signing secrets (`whsec_…`), several while one is rotated; empty refuses webhooks.
+    pub webhook_secrets: Vec<Secret>,
+}
+
+/// The Mercado Pago provider's settings.
+#[derive(Debug, Clone)]
+pub struct MercadoPagoSettings {
+    /// e.g. `https://api.mercadopago.com`.
+    pub api_base: String,
+    pub access_token: Secret,
+    pub traffic: TrafficConfig,
+    /// Secrets that sign its notifications (`x-signature`); empty refuses them.
     pub webhook_secrets: Vec<Secret>,
 }
 

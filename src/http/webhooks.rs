@@ -5,12 +5,13 @@
 //! applied (see [`crate::service`]); the provider gets 200 once it is stored, so it stops
 //! redelivering, and a 5xx when we could not store it, so it tries again.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -18,7 +19,7 @@ use serde_json::json;
 
 use crate::domain::ProviderName;
 use crate::providers::signature::{self, SignatureError};
-use crate::providers::{WebhookEvent, stripe};
+use crate::providers::{EventSubject, WebhookEvent, mercadopago, stripe};
 use crate::service::RefundService;
 
 /// The header carrying the sandbox's signature (same scheme as Stripe's).
@@ -36,6 +37,7 @@ pub fn router(service: RefundService, tolerance: Duration) -> Router {
     Router::new()
         .route("/stripe", post(stripe_webhook))
         .route("/sandbox", post(sandbox_webhook))
+        .route("/mercadopago", post(mercadopago_webhook))
         .with_state(WebhookState { service, tolerance })
 }
 
@@ -53,6 +55,59 @@ async fn sandbox_webhook(
     body: Bytes,
 ) -> Response {
     stripe_scheme(&state, "sandbox", SANDBOX_SIGNATURE_HEADER, &headers, &body).await
+}
+
+/// Mercado Pago signs `id:<data.id>;request-id:<x-request-id>;ts:<ts>;` (data.id from the query
+/// string) rather than the body, so the body is read only after the signature checks out.
+async fn mercadopago_webhook(
+    State(state): State<WebhookState>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let provider = ProviderName::from_trusted("mercadopago".to_owned());
+    let secrets = state.service.providers().webhook_secrets(&provider);
+    if secrets.is_empty() {
+        return refused(&provider, &SignatureError::NoSecret);
+    }
+    let Some(signature) = headers.get("x-signature").and_then(|v| v.to_str().ok()) else {
+        return refused(&provider, &SignatureError::Missing);
+    };
+    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+    let data_id = query.get("data.id").map(String::as_str);
+    let secrets: Vec<&str> = secrets.iter().map(|s| s.expose()).collect();
+    if let Err(e) = mercadopago::verify_signature(
+        signature,
+        request_id,
+        data_id,
+        &secrets,
+        unix_now(),
+        state.tolerance,
+    ) {
+        tracing::warn!(provider = %provider, reason = %e, "webhook refused");
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": e.to_string()})),
+        )
+            .into_response();
+    }
+    match mercadopago::parse_webhook(&body, request_id) {
+        // The signature covers data.id from the query string, not the body: a body naming another
+        // payment than the signed id is refused.
+        Ok(event) if !names_signed_payment(&event, data_id) => bad_request(
+            &provider,
+            "the notification's data.id differs from the signed one in the query string",
+        ),
+        Ok(event) => receive(&state, &provider, event).await,
+        Err(message) => bad_request(&provider, &message),
+    }
+}
+
+fn names_signed_payment(event: &WebhookEvent, signed: Option<&str>) -> bool {
+    match &event.subject {
+        EventSubject::Payment(p) => signed.is_some_and(|id| id.eq_ignore_ascii_case(p.as_str())),
+        EventSubject::Refunds(_) | EventSubject::Ignored => true,
+    }
 }
 
 /// Providers that sign like Stripe and send Stripe-shaped events (Stripe and the sandbox).

@@ -12,6 +12,7 @@ mod crash;
 mod create;
 mod idempotency;
 mod list;
+mod mercadopago;
 mod observability;
 mod reconcile;
 mod server;

@@ -40,7 +40,7 @@ fn start_localstripe() -> Result<String, String> {
     let python = root.join(".tools/venv/bin/python");
     let has_it = |py: &PathBuf| {
         Command::new(py)
-            .args(["-c", "import localstripe"])
+            .args(["-c", "import localstripe, stripe"])
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
@@ -52,8 +52,8 @@ fn start_localstripe() -> Result<String, String> {
             .map_err(|e| format!("cannot run scripts/install-tools.sh localstripe: {e}"))?;
         if !status.success() || !has_it(&python) {
             return Err(
-                "localstripe is needed for the Stripe tests and `scripts/install-tools.sh \
-                 localstripe` could not install it into .tools/venv"
+                "localstripe and Stripe's Python library are needed for the Stripe tests and \
+                 `scripts/install-tools.sh localstripe` could not install them into .tools/venv"
                     .into(),
             );
         }
@@ -312,6 +312,169 @@ async fn a_dropped_answer_does_not_refund_twice() {
         refunds.len(),
         1,
         "exactly one refund at Stripe: {refunds:?}"
+    );
+}
+
+/// Runs Python with Stripe's own library (installed beside localstripe) on `script`.
+fn stripe_python(script: &str, args: &[&str]) -> std::process::Output {
+    localstripe(); // makes sure the venv has the library
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin/python");
+    Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run Python with Stripe's library")
+}
+
+/// A `Stripe-Signature` header made by Stripe's Python library, for `payload` at time `t`.
+fn stripe_lib_signature(payload: &str, secret: &str, t: i64) -> String {
+    let out = stripe_python(
+        "import sys, stripe\n\
+         t, payload, secret = sys.argv[1], sys.argv[2], sys.argv[3]\n\
+         sig = stripe.WebhookSignature._compute_signature(t + '.' + payload, secret)\n\
+         print(f't={t},v1={sig}')",
+        &[&t.to_string(), payload, secret],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn our_signatures_verify_with_stripes_own_library() {
+    let payload = r#"{"id":"evt_1","type":"refund.updated"}"#;
+    let ours =
+        refund_service::providers::signature::sign(WEBHOOK_SECRET, unix_now(), payload.as_bytes());
+    let out = stripe_python(
+        "import sys, stripe\n\
+         stripe.WebhookSignature.verify_header(sys.argv[1], sys.argv[2], sys.argv[3], 300)",
+        &[payload, &ours, WEBHOOK_SECRET],
+    );
+    assert!(
+        out.status.success(),
+        "Stripe's library refused {ours}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stripe_lib_signature(payload, WEBHOOK_SECRET, 1_700_000_000),
+        refund_service::providers::signature::sign(
+            WEBHOOK_SECRET,
+            1_700_000_000,
+            payload.as_bytes()
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_stripe_signed_refund_event_settles_a_refund_left_pending() {
+    let proxy = FaultProxy::start(localstripe()).await;
+    let db = TestDb::new().await;
+    let mut settings = stripe_settings(&proxy.base);
+    // No look-up within the call either: the refund stays PENDING after the dropped answer.
+    settings.traffic.max_attempts = 1;
+    let mut app = spawn_app_with(&db, move |s| {
+        s.stripe = Some(settings);
+        // Nothing but the webhook may settle it within the test.
+        s.refunds.reconcile_delay = Duration::from_secs(3600);
+    })
+    .await;
+    let charge = new_charge(3_000).await;
+    let r = app
+        .client
+        .create_refund(stripe_request(&charge, Some(1_200)))
+        .await
+        .expect("refund")
+        .into_inner();
+    assert!(
+        proxy.tripped.load(Ordering::SeqCst),
+        "the answer was dropped"
+    );
+    assert_eq!(status_of(&r), pb::RefundStatus::Pending, "{r:?}");
+
+    // The event Stripe sends, with the refund as localstripe made it.
+    let refunds = stripe_refunds(&charge).await;
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(refunds[0]["metadata"]["refund_id"], r.id.as_str());
+    let event = serde_json::json!({
+        "id": "evt_1QdXyZ",
+        "object": "event",
+        "api_version": "2024-06-20",
+        "type": "refund.updated",
+        "data": {"object": refunds[0]},
+    })
+    .to_string();
+    let http_addr = app.http_addr;
+    let post = |header: String, body: String| async move {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{http_addr}/webhooks/stripe"))
+            .header("stripe-signature", header)
+            .body(body)
+            .send()
+            .await
+            .expect("webhook endpoint answers");
+        let status = resp.status().as_u16();
+        (
+            status,
+            resp.json::<serde_json::Value>().await.unwrap_or_default(),
+        )
+    };
+    let now = unix_now();
+    let (status, answer) = post(
+        stripe_lib_signature(&event, WEBHOOK_SECRET, now - 400),
+        event.clone(),
+    )
+    .await;
+    assert_eq!(status, 400, "stale: {answer}");
+    let tampered = event.replace("1200", "3000");
+    let (status, answer) = post(stripe_lib_signature(&event, WEBHOOK_SECRET, now), tampered).await;
+    assert_eq!(status, 400, "tampered: {answer}");
+    let (status, answer) = post(
+        stripe_lib_signature(&event, "whsec_other", now),
+        event.clone(),
+    )
+    .await;
+    assert_eq!(status, 400, "wrong secret: {answer}");
+    let still = app
+        .client
+        .get_refund(pb::GetRefundRequest { id: r.id.clone() })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(
+        status_of(&still),
+        pb::RefundStatus::Pending,
+        "nothing changed"
+    );
+
+    let (status, answer) = post(
+        stripe_lib_signature(&event, WEBHOOK_SECRET, now),
+        event.clone(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["results"][0]["outcome"], "APPLIED", "{answer}");
+    let done = app
+        .client
+        .get_refund(pb::GetRefundRequest { id: r.id.clone() })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(status_of(&done), pb::RefundStatus::Succeeded, "{done:?}");
+    assert_eq!(
+        done.provider_refund_id,
+        refunds[0]["id"].as_str().unwrap_or_default()
+    );
+    let history = status_history(&db, &r.id).await;
+    assert_eq!(
+        history
+            .last()
+            .map(|(_, to, source)| (to.as_str(), source.as_str())),
+        Some(("succeeded", "webhook")),
+        "{history:?}"
     );
 }
 
