@@ -10,6 +10,7 @@
 
 mod bulk;
 mod bulk_runner;
+mod clock;
 mod list;
 mod page;
 mod reconciler;
@@ -19,9 +20,7 @@ mod webhooks;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::domain::{
-    AccountId, Failure, NewRefund, Refund, RefundError, RefundId, RefundStatus, Timestamp,
-};
+use crate::domain::{AccountId, Failure, NewRefund, Refund, RefundError, RefundId, RefundStatus};
 use crate::metrics::Metrics;
 use crate::providers::{
     PaymentStatus, Provider, ProviderError, ProviderRefund, ProviderRefundStatus, Providers,
@@ -31,6 +30,7 @@ use crate::store::{BeginOutcome, BeginRefund, Settlement, Store, StoreError};
 
 pub use bulk::BulkConfig;
 pub use bulk_runner::run_bulk_runner;
+pub use clock::Clock;
 pub use list::{ListPage, ListQuery, MAX_PAGE_SIZE};
 pub use reconciler::run_reconciler;
 pub use webhooks::WebhookReceipt;
@@ -88,6 +88,7 @@ struct Inner {
     /// Bumped whenever this process writes bulk events; streams wait on it (and poll, for
     /// events written by other replicas).
     bulk_events: tokio::sync::watch::Sender<u64>,
+    clock: Clock,
     /// Bumped whenever this process changes a refund's status or provider id; WatchRefund
     /// streams wait on it (and poll, for changes made by other replicas).
     refund_changes: tokio::sync::watch::Sender<u64>,
@@ -109,8 +110,14 @@ impl RefundService {
                 bulk_wakeup: tokio::sync::Notify::new(),
                 bulk_events: tokio::sync::watch::Sender::new(0),
                 refund_changes: tokio::sync::watch::Sender::new(0),
+                clock: Clock::default(),
             }),
         }
+    }
+
+    /// The clock refunds are scheduled by.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
     }
 
     pub fn providers(&self) -> &Providers {
@@ -160,7 +167,7 @@ impl RefundService {
                 ),
             )
         })?;
-        let now = Timestamp::now();
+        let now = self.clock().now();
         let fingerprint = request.fingerprint();
 
         if origin.read_key_first
@@ -346,7 +353,7 @@ impl RefundService {
                     ProviderError::RateLimited { retry_after } => *retry_after,
                     _ => None,
                 };
-                let next = Timestamp::now().saturating_add(
+                let next = self.clock().now().saturating_add(
                     retry_after
                         .unwrap_or(self.inner.config.reconcile_delay)
                         .max(self.inner.config.reconcile_delay),
@@ -372,7 +379,7 @@ impl RefundService {
     ) -> Result<Refund, RefundError> {
         let to = match &provider_refund.status {
             ProviderRefundStatus::Pending => {
-                let next = Timestamp::now().saturating_add(self.backoff(attempts));
+                let next = self.clock().now().saturating_add(self.backoff(attempts));
                 self.inner
                     .store
                     .keep_pending(&refund.id, Some(&provider_refund.id), next)

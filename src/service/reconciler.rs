@@ -19,7 +19,7 @@ const BATCH: u64 = 100;
 impl RefundService {
     /// One pass over the refunds that are due now. Returns how many it looked at.
     pub async fn reconcile_once(&self) -> Result<usize, RefundError> {
-        let now = Timestamp::now();
+        let now = self.clock().now();
         let due = self
             .store()
             .due_pending(now, BATCH)
@@ -97,7 +97,7 @@ impl RefundService {
         refund: &crate::domain::Refund,
         attempts: i32,
     ) -> Result<(), RefundError> {
-        let next = Timestamp::now().saturating_add(self.backoff(attempts));
+        let next = self.clock().now().saturating_add(self.backoff(attempts));
         self.store()
             .keep_pending(&refund.id, None, next)
             .await

@@ -68,7 +68,7 @@ impl RefundService {
 
     /// Applies a recorded event and records its outcome.
     async fn process(&self, event: &InboundEvent) -> Result<WebhookOutcome, RefundError> {
-        let now = Timestamp::now();
+        let now = self.clock().now();
         let (outcome, refund) = match (&event.report, &event.payment) {
             (Some(report), _) => {
                 match self
@@ -137,7 +137,10 @@ impl RefundService {
                 if refund.provider_refund_id.is_some() {
                     return Ok((WebhookOutcome::Ignored, refund));
                 }
-                let next = Timestamp::now().saturating_add(self.config().reconcile_delay);
+                let next = self
+                    .clock()
+                    .now()
+                    .saturating_add(self.config().reconcile_delay);
                 self.store()
                     .keep_pending(&refund.id, Some(&report.provider_refund_id), next)
                     .await
@@ -175,7 +178,7 @@ impl RefundService {
     pub async fn retry_webhooks(&self) -> Result<usize, RefundError> {
         let events = self
             .store()
-            .webhooks_to_retry(Timestamp::now(), RETRY_BATCH)
+            .webhooks_to_retry(self.clock().now(), RETRY_BATCH)
             .await
             .map_err(internal)?;
         let n = events.len();

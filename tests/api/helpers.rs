@@ -66,6 +66,8 @@ pub struct TestApp {
     pub client: Client,
     /// The sandbox this service refunds against, over its HTTP API.
     pub sandbox: SandboxClient,
+    /// The service inside, for its clock.
+    pub service: refund_service::service::RefundService,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -91,6 +93,7 @@ pub async fn spawn_app_with(db: &TestDb, configure: impl FnOnce(&mut ServeSettin
     let app = Application::build(settings).await.expect("build app");
     let grpc_addr = app.grpc_addr();
     let http_addr = app.http_addr();
+    let service = app.service().clone();
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(app.run_until(async {
         let _ = rx.await;
@@ -106,6 +109,7 @@ pub async fn spawn_app_with(db: &TestDb, configure: impl FnOnce(&mut ServeSettin
         http_addr,
         client,
         sandbox,
+        service,
         shutdown: Some(tx),
         task: Some(task),
     }

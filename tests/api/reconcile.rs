@@ -182,3 +182,67 @@ async fn a_timeout_is_resolved_in_line_by_a_lookup_when_retries_are_allowed() {
     assert_eq!(refund.provider_refund_id, ledger[0].id);
     assert_eq!(sandbox.stats().refunds_created, 1);
 }
+
+/// The look-up schedule of a refund the provider keeps PENDING: first after the reconcile delay
+/// (a minute), then doubling. The service's clock is moved forward instead of waiting.
+#[tokio::test]
+async fn a_pending_refund_is_looked_up_after_a_minute_then_on_a_doubling_schedule() {
+    let db = TestDb::new().await;
+    let mut app = spawn_app_with(&db, |s| {
+        s.refunds.reconcile_delay = Duration::from_secs(60);
+        s.refunds.reconcile_max_delay = Duration::from_secs(600);
+        s.refunds.reconcile_interval = Duration::from_millis(20);
+    })
+    .await;
+    app.sandbox
+        .set_faults(&FaultConfig {
+            settle_delay_ms: 24 * 3_600_000,
+            ..FaultConfig::default()
+        })
+        .await
+        .expect("set faults");
+    let payment = app.seed(5_000, "USD").await;
+    let r = app
+        .client
+        .create_refund(refund_request(&payment, Some(5_000), "USD"))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(status_of(&r), pb::RefundStatus::Pending);
+
+    let requests = || async { app.sandbox.stats().await.expect("stats").requests };
+    let clock = app.service.clock().clone();
+    let mut expected = requests().await;
+    // (how far to move the clock, whether a look-up is due by then)
+    let steps = [
+        (59, false),  // t = 59 s
+        (2, true),    // t = 61 s: the first look-up, after a minute
+        (118, false), // t = 179 s
+        (4, true),    // t = 183 s: 120 s after the first
+        (238, false), // t = 421 s
+        (4, true),    // t = 425 s: 240 s after the second
+    ];
+    for (secs, due) in steps {
+        clock.advance(Duration::from_secs(secs));
+        if due {
+            expected += 1;
+            eventually(
+                Duration::from_secs(10),
+                "a look-up at the provider",
+                || async { (requests().await == expected).then_some(()) },
+            )
+            .await;
+        }
+        // Several reconciler passes later, nothing more has been asked.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(requests().await, expected, "after moving {secs} s");
+    }
+    let still = app
+        .client
+        .get_refund(pb::GetRefundRequest { id: r.id.clone() })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(status_of(&still), pb::RefundStatus::Pending);
+    assert_eq!(still.provider_refund_id, r.provider_refund_id);
+}
