@@ -53,6 +53,16 @@ expect '"amount":2500'
 expect '"code": "NOT_FOUND"'
 expect '"succeeded": 3'
 expect 'BULK_REFUND_STATE_COMPLETED'
+expect '"name": "sandbox"'
+expect '"circuitState": "CIRCUIT_STATE_CLOSED"'
+expect '"status": "REFUND_STATUS_PENDING"'
+# WatchRefund: PENDING first, then SUCCEEDED (settled by the sandbox's webhook), then the end.
+python3 - "$work/out.txt" <<'PY' || { echo "check-readme: WatchRefund did not stream PENDING then SUCCEEDED" >&2; exit 1; }
+import re, sys
+out = open(sys.argv[1]).read()
+tail = out[out.rindex('"status": "REFUND_STATUS_PENDING"'):]
+assert '"status": "REFUND_STATUS_SUCCEEDED"' in tail, tail
+PY
 
 # SIGTERM drains and exits cleanly.
 kill -TERM "$server_pid"
