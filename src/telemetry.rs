@@ -38,7 +38,8 @@ pub enum OtlpProtocol {
 #[derive(Debug, Clone)]
 pub struct TelemetryConfig {
     pub log_format: LogFormat,
-    /// OTLP collector, e.g. `http://127.0.0.1:4317`. `None` disables span export.
+    /// OTLP collector: for gRPC e.g. `http://127.0.0.1:4317`; for HTTP the traces URL, e.g.
+    /// `http://127.0.0.1:4318/v1/traces`. `None` disables span export.
     pub otlp_endpoint: Option<String>,
     pub otlp_protocol: OtlpProtocol,
     /// Overrides `OTEL_SERVICE_NAME`; the default is `refund-service`.
@@ -63,11 +64,11 @@ impl TelemetryConfig {
     }
 
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) and
-    /// `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`, the default, or `http/protobuf`).
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`, the default, or `http/protobuf`). As the
+    /// specification says, over HTTP `/v1/traces` is appended to the general endpoint, and the
+    /// traces endpoint is used as it is.
     pub fn from_env(log_format: LogFormat) -> Self {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let otlp_endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
         let otlp_protocol = match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
             .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
             .as_deref()
@@ -75,6 +76,14 @@ impl TelemetryConfig {
             Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
             _ => OtlpProtocol::Grpc,
         };
+        let otlp_endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| {
+            var("OTEL_EXPORTER_OTLP_ENDPOINT").map(|base| match otlp_protocol {
+                OtlpProtocol::Grpc => base,
+                OtlpProtocol::HttpProtobuf => {
+                    format!("{}/v1/traces", base.trim_end_matches('/'))
+                }
+            })
+        });
         Self {
             otlp_endpoint,
             otlp_protocol,
@@ -87,7 +96,7 @@ impl TelemetryConfig {
 #[must_use = "dropping the handle does not flush spans; call shutdown()"]
 #[derive(Debug, Default)]
 pub struct Telemetry {
-    processor: Option<Arc<BatchSpanProcessor>>,
+    processor: Option<Arc<dyn SpanProcessor>>,
 }
 
 impl Telemetry {
@@ -123,21 +132,20 @@ impl Telemetry {
 /// that each [`init`] fills with its own exporter, so that the subscriber (which can be
 /// installed only once per process) need not change.
 struct State {
-    slot: Arc<RwLock<Option<Arc<BatchSpanProcessor>>>>,
+    slot: Slot,
     exporting: Arc<AtomicBool>,
     _provider: SdkTracerProvider,
 }
 
 static STATE: OnceLock<State> = OnceLock::new();
 
+type Slot = Arc<RwLock<Option<Arc<dyn SpanProcessor>>>>;
+
 /// Installs the global subscriber (writing logs to stderr) the first time; later calls keep it
 /// and only swap the span exporter, so tests can call it freely with their own configuration.
 pub fn init(config: TelemetryConfig) -> anyhow::Result<Telemetry> {
     let state = STATE.get_or_init(|| install_subscriber(config.log_format, config.test_writer));
-    opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
-        Box::new(TraceContextPropagator::new()),
-        Box::new(BaggagePropagator::new()),
-    ]));
+    set_propagator();
     let Some(endpoint) = config.otlp_endpoint.as_deref() else {
         return Ok(Telemetry::default());
     };
@@ -147,29 +155,76 @@ pub fn init(config: TelemetryConfig) -> anyhow::Result<Telemetry> {
             .with_endpoint(endpoint)
             .build()?,
         OtlpProtocol::HttpProtobuf => {
-            anyhow::bail!(
-                "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf is not supported yet; use grpc"
-            )
+            // The batch processor exports from its own thread, outside any async runtime: the
+            // blocking HTTP client belongs there. reqwest is built without a default crypto
+            // provider; installing one fails harmlessly if another part of the process did.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(endpoint)
+                .build()?
         }
     };
-    let mut processor = BatchSpanProcessor::builder(exporter)
+    let processor = BatchSpanProcessor::builder(exporter)
         .with_batch_config(
             opentelemetry_sdk::trace::BatchConfigBuilder::default()
                 .with_max_queue_size(config.max_queue_size)
                 .build(),
         )
         .build();
+    Ok(install(state, processor, config.service_name.as_deref()))
+}
+
+/// Exports spans to `exporter` as each one ends (a simple, synchronous processor): for tests that
+/// look at spans in memory, and for embedding. Installs the subscriber too, as [`init`] does.
+pub fn init_with_exporter(
+    config: TelemetryConfig,
+    exporter: impl opentelemetry_sdk::trace::SpanExporter + 'static,
+) -> Telemetry {
+    let state = STATE.get_or_init(|| install_subscriber(config.log_format, config.test_writer));
+    set_propagator();
+    install(
+        state,
+        opentelemetry_sdk::trace::SimpleSpanProcessor::new(exporter),
+        config.service_name.as_deref(),
+    )
+}
+
+/// The current span's W3C trace context as headers (`traceparent`, `tracestate`), to send on to
+/// the services we call. Empty when spans are not exported.
+pub fn trace_headers() -> Vec<(String, String)> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let cx = tracing::Span::current().context();
+    let mut headers = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut headers));
+    headers.into_iter().collect()
+}
+
+fn set_propagator() {
+    opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ]));
+}
+
+/// Puts `processor` in the slot (shutting the previous one down) with the service's resource.
+fn install(
+    state: &State,
+    mut processor: impl SpanProcessor + 'static,
+    service_name: Option<&str>,
+) -> Telemetry {
     // The SDK's builder reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES.
     let mut resource = Resource::builder();
-    resource = match &config.service_name {
-        Some(name) => resource.with_service_name(name.clone()),
+    resource = match service_name {
+        Some(name) => resource.with_service_name(name.to_owned()),
         None if std::env::var_os("OTEL_SERVICE_NAME").is_none() => {
             resource.with_service_name("refund-service")
         }
         None => resource,
     };
     processor.set_resource(&resource.build());
-    let processor = Arc::new(processor);
+    let processor: Arc<dyn SpanProcessor> = Arc::new(processor);
     let previous = state
         .slot
         .write()
@@ -179,9 +234,9 @@ pub fn init(config: TelemetryConfig) -> anyhow::Result<Telemetry> {
     if let Some(previous) = previous {
         let _ = previous.shutdown();
     }
-    Ok(Telemetry {
+    Telemetry {
         processor: Some(processor),
-    })
+    }
 }
 
 fn install_subscriber(format: LogFormat, test_writer: bool) -> State {
@@ -228,10 +283,10 @@ fn install_subscriber(format: LogFormat, test_writer: bool) -> State {
 
 /// Forwards to the processor in the slot, if any.
 #[derive(Debug)]
-struct SlotProcessor(Arc<RwLock<Option<Arc<BatchSpanProcessor>>>>);
+struct SlotProcessor(Slot);
 
 impl SlotProcessor {
-    fn current(&self) -> Option<Arc<BatchSpanProcessor>> {
+    fn current(&self) -> Option<Arc<dyn SpanProcessor>> {
         self.0
             .read()
             .unwrap_or_else(PoisonError::into_inner)

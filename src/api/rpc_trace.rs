@@ -1,6 +1,8 @@
 //! A tower layer giving every gRPC call a server span: `rpc.system`, `rpc.service`,
 //! `rpc.method`, `rpc.grpc.status_code`, continuing the caller's trace from the W3C
-//! `traceparent` / `tracestate` metadata.
+//! `traceparent` / `tracestate` metadata. The span stays open until the call's status is known:
+//! for a streaming call, until its trailers are sent, so a stream's span covers the whole stream
+//! and carries the status it ended with.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,6 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use http_body::{Body, Frame};
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TraceContextExt as _;
 use tonic::codegen::http::{HeaderMap, Request, Response};
@@ -49,8 +52,9 @@ impl<S, B, RB> tower_service::Service<Request<B>> for RpcTrace<S>
 where
     S: tower_service::Service<Request<B>, Response = Response<RB>>,
     S::Future: Send + 'static,
+    RB: Body,
 {
-    type Response = S::Response;
+    type Response = Response<TracedBody<RB>>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -91,31 +95,108 @@ where
         let metrics = self.metrics.clone();
         Box::pin(
             async move {
-                let result = future.await;
-                let span = tracing::Span::current();
-                let code = match &result {
-                    Ok(response) => grpc_status(response.headers()).unwrap_or(0),
-                    Err(_) => 2,
+                let outcome = Outcome {
+                    span: tracing::Span::current(),
+                    started,
+                    name,
+                    metrics,
+                    recorded: false,
                 };
-                metrics.observe_rpc(&name, code, started.elapsed().as_secs_f64());
-                match &result {
-                    Ok(_) => {
-                        // Errors travel in the headers of a trailers-only response; a response
-                        // that got as far as a body started successfully.
-                        span.record("rpc.grpc.status_code", code);
-                        if is_server_error(code) {
-                            span.record("otel.status_code", "ERROR");
+                match future.await {
+                    Ok(response) => {
+                        // An error, or an answer with no message, travels as a trailers-only
+                        // response (the status in the headers); otherwise the status comes in
+                        // the trailers at the end of the body, however long a stream runs.
+                        let mut outcome = outcome;
+                        if let Some(code) = grpc_status(response.headers()) {
+                            outcome.record(code);
                         }
+                        Ok(response.map(|inner| TracedBody { inner, outcome }))
                     }
-                    Err(_) => {
-                        span.record("rpc.grpc.status_code", 2);
-                        span.record("otel.status_code", "ERROR");
+                    Err(e) => {
+                        let mut outcome = outcome;
+                        outcome.record(2);
+                        Err(e)
                     }
                 }
-                result
             }
             .instrument(span),
         )
+    }
+}
+
+/// A call's span and timing, kept until its status is known: for a stream, when its trailers
+/// are sent. Holding the span keeps it open (and its duration running) until then.
+struct Outcome {
+    span: tracing::Span,
+    started: Instant,
+    name: String,
+    metrics: Arc<Metrics>,
+    recorded: bool,
+}
+
+impl Outcome {
+    fn record(&mut self, code: i32) {
+        if self.recorded {
+            return;
+        }
+        self.recorded = true;
+        // Entered for the recording: OpenTelemetry takes a span's end time from its last exit,
+        // so a stream's span ends here, when its status is sent, not when its headers were.
+        let _entered = self.span.enter();
+        self.span.record("rpc.grpc.status_code", code);
+        if is_server_error(code) {
+            self.span.record("otel.status_code", "ERROR");
+        }
+        self.metrics
+            .observe_rpc(&self.name, code, self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        // The body ended without trailers: the client went away (CANCELLED) before the end.
+        self.record(1);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response body, watched for the `grpc-status` trailer.
+    pub struct TracedBody<B> {
+        #[pin]
+        inner: B,
+        outcome: Outcome,
+    }
+}
+
+impl<B: Body> Body for TracedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
+                    this.outcome.record(code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.outcome.record(2),
+            Poll::Ready(None) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

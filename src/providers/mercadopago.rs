@@ -217,7 +217,7 @@ impl MercadoPagoProvider {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body);
         }
-        let resp = req.send().await.map_err(from_reqwest)?;
+        let resp = super::send_traced(req).await.map_err(from_reqwest)?;
         let status = resp.status();
         let retry_after = resp
             .headers()

@@ -69,7 +69,7 @@ impl StripeProvider {
                 .header("Content-Type", "application/x-www-form-urlencoded")
                 .body(body);
         }
-        let resp = req.send().await.map_err(from_reqwest)?;
+        let resp = super::send_traced(req).await.map_err(from_reqwest)?;
         let status = resp.status();
         let retry_after = resp
             .headers()

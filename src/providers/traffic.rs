@@ -350,6 +350,10 @@ impl ControlledProvider {
             attempt = i64::from(number),
             refund_id = refund_id,
             error = tracing::field::Empty,
+            // Recorded by adapters that speak HTTP (`send_traced`).
+            http.request.method = tracing::field::Empty,
+            url.template = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
         );
         let started = Instant::now();
         let result = self.attempt_inner(op, call).instrument(span.clone()).await;

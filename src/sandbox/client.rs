@@ -160,7 +160,9 @@ impl SandboxClient {
     /// Sends a request and decodes a success body as `T` or an error body as
     /// [`ClientError::Sandbox`].
     async fn send<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T, ClientError> {
-        let response = request.send().await.map_err(transport_error)?;
+        let response = crate::providers::send_traced(request)
+            .await
+            .map_err(transport_error)?;
         let status = response.status();
         let retry_after = response
             .headers()

@@ -375,3 +375,10 @@ pub async fn reserved_amount(db: &TestDb, payment: &str) -> i64 {
     conn.close().await.ok();
     reserved
 }
+
+/// Tests that install a span exporter take this first: the tracing subscriber and its exporter
+/// slot are process-wide, shared by every test in this binary.
+pub async fn telemetry_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}

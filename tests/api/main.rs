@@ -16,6 +16,7 @@ mod mercadopago;
 mod observability;
 mod reconcile;
 mod server;
+mod spans;
 mod stripe;
 mod traffic;
 mod webhooks;

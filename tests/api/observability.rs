@@ -8,12 +8,15 @@ use std::time::Duration;
 use refund_service::telemetry::{self, LogFormat, TelemetryConfig};
 use serde_json::Value;
 
-use crate::helpers::{TestApp, eventually, refund_request, spawn_app};
+use crate::helpers::{TestApp, eventually, refund_request, spawn_app, telemetry_lock};
 
 /// `scripts/otlp_receiver.py` on a free port, writing spans as JSON lines to a file.
 struct Receiver {
     child: Child,
+    /// OTLP/gRPC.
     port: u16,
+    /// OTLP/HTTP (`POST /v1/traces`).
+    http_port: u16,
     out: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -36,15 +39,19 @@ impl Receiver {
                 .expect("run scripts/install-tools.sh otlp");
             assert!(status.success(), "scripts/install-tools.sh otlp failed");
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let free_port = || {
+            TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port()
+        };
+        let (port, http_port) = (free_port(), free_port());
         let dir = tempfile::tempdir().expect("temp dir");
         let out = dir.path().join("spans.jsonl");
         let child = Command::new(&python)
             .arg(root.join("scripts/otlp_receiver.py"))
-            .args(["--grpc", &format!("127.0.0.1:{port}"), "--out"])
+            .args(["--grpc", &format!("127.0.0.1:{port}")])
+            .args(["--http", &format!("127.0.0.1:{http_port}"), "--out"])
             .arg(&out)
             .stdout(Stdio::null())
             .spawn()
@@ -52,22 +59,25 @@ impl Receiver {
         Self {
             child,
             port,
+            http_port,
             out,
             _dir: dir,
         }
     }
 
     async fn wait_until_listening(&self) {
-        let addr = format!("127.0.0.1:{}", self.port);
-        eventually(
-            Duration::from_secs(20),
-            "the OTLP receiver to listen",
-            || {
-                let addr = addr.clone();
-                async move { tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()) }
-            },
-        )
-        .await;
+        for port in [self.port, self.http_port] {
+            let addr = format!("127.0.0.1:{port}");
+            eventually(
+                Duration::from_secs(20),
+                "the OTLP receiver to listen",
+                || {
+                    let addr = addr.clone();
+                    async move { tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()) }
+                },
+            )
+            .await;
+        }
     }
 
     fn spans(&self) -> Vec<Value> {
@@ -88,6 +98,7 @@ impl Drop for Receiver {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_refund_exports_a_server_span_continuing_the_callers_trace() {
+    let _exporter = telemetry_lock().await;
     let receiver = Receiver::start();
     receiver.wait_until_listening().await;
     let telemetry = telemetry::init(TelemetryConfig {
@@ -170,6 +181,57 @@ async fn create_refund_exports_a_server_span_continuing_the_callers_trace() {
         found,
         "provider span is not under the server span: {all:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_also_exported_over_otlp_http_protobuf() {
+    let _exporter = telemetry_lock().await;
+    let receiver = Receiver::start();
+    receiver.wait_until_listening().await;
+    let telemetry = telemetry::init(TelemetryConfig {
+        otlp_endpoint: Some(format!("http://127.0.0.1:{}/v1/traces", receiver.http_port)),
+        otlp_protocol: telemetry::OtlpProtocol::HttpProtobuf,
+        test_writer: true,
+        ..TelemetryConfig::logs_only(LogFormat::Pretty)
+    })
+    .expect("telemetry");
+    let (app, _db) = spawn_app().await;
+    let payment = app.seed(10_000, "USD").await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let mut request = tonic::Request::new(refund_request(&payment, Some(100), "USD"));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-b7ad6b7169203331-01")
+            .parse()
+            .expect("metadata"),
+    );
+    app.client
+        .clone()
+        .create_refund(request)
+        .await
+        .expect("create refund");
+    app.stop().await;
+    tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .expect("flush");
+    eventually(
+        Duration::from_secs(10),
+        "the spans to arrive over HTTP",
+        || {
+            let spans = receiver.spans();
+            async move {
+                spans
+                    .iter()
+                    .any(|s| {
+                        s["name"] == "refunds.v1.RefundService/CreateRefund"
+                            && s["trace_id"] == trace_id
+                            && s["kind"] == "SPAN_KIND_SERVER"
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
