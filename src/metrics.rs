@@ -60,6 +60,7 @@ pub struct Metrics {
     refunds: Family<RefundLabels, Counter>,
     refunded_minor_units: Family<CurrencyLabels, Counter>,
     bulk_jobs_in_flight: Gauge,
+    bulk_jobs_queued: Gauge,
 }
 
 impl Default for Metrics {
@@ -121,7 +122,14 @@ impl Metrics {
             "Bulk jobs being run by this process",
             bulk_jobs_in_flight.clone(),
         );
+        let bulk_jobs_queued = Gauge::default();
+        registry.register(
+            "bulk_jobs_queued",
+            "Jobs of running batches not yet handed to a worker (all replicas; read at scrape time)",
+            bulk_jobs_queued.clone(),
+        );
         Self {
+            bulk_jobs_queued,
             registry,
             rpc_duration,
             provider_duration,
@@ -191,6 +199,10 @@ impl Metrics {
     pub fn bulk_jobs_started(&self, n: usize) {
         self.bulk_jobs_in_flight
             .inc_by(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_bulk_jobs_queued(&self, n: i64) {
+        self.bulk_jobs_queued.set(n);
     }
 
     pub fn bulk_jobs_finished(&self, n: usize) {

@@ -259,25 +259,133 @@ fn install_subscriber(format: LogFormat, test_writer: bool) -> State {
     } else {
         BoxMakeWriter::new(std::io::stderr)
     };
-    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let base = tracing_subscriber::registry().with(filter).with(otel);
-    // The JSON lines carry the current span's fields, among them the `trace_id` and `span_id`
-    // that the gRPC layer records on its server span.
+    // Every JSON line inside a traced span starts with its `trace_id` and `span_id`, so logs and
+    // traces join up; the current span's own fields follow under "span".
     let _ = match format {
-        LogFormat::Pretty => base.with(fmt).try_init(),
+        LogFormat::Pretty => base
+            .with(tracing_subscriber::fmt::layer().with_writer(writer))
+            .try_init(),
         LogFormat::Json => base
-            .with(
-                fmt.json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false),
-            )
+            .with(TraceIdLayer::default())
+            .with(json_layer(
+                tracing_subscriber::fmt::layer().with_writer(writer),
+            ))
             .try_init(),
     };
     State {
         slot,
         exporting,
         _provider: provider,
+    }
+}
+
+/// The JSON log layer: one JSON object per line, with the trace and span ids first.
+fn json_layer<S, W>(
+    fmt: tracing_subscriber::fmt::Layer<
+        S,
+        tracing_subscriber::fmt::format::DefaultFields,
+        tracing_subscriber::fmt::format::Format,
+        W,
+    >,
+) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + 'static,
+{
+    let json = tracing_subscriber::fmt::format()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false);
+    fmt.json().event_format(WithTraceIds(json))
+}
+
+/// Puts `"trace_id"` and `"span_id"` of the current span at the start of each JSON line (nothing
+/// when the event is outside any traced span). The ids are those [`TraceIdLayer`] noted.
+struct WithTraceIds<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let ids = ctx
+            .lookup_current()
+            .and_then(|span| span.extensions().get::<TraceIds>().cloned());
+        let Some(TraceIds { trace_id, span_id }) = ids else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.0.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(
+                writer,
+                "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",{rest}"
+            ),
+            None => writer.write_str(&line),
+        }
+    }
+}
+
+/// A span's OpenTelemetry ids, kept in its extensions for the log formatter.
+#[derive(Debug, Clone)]
+struct TraceIds {
+    trace_id: String,
+    span_id: String,
+}
+
+/// Notes each new span's OpenTelemetry trace and span ids (when OpenTelemetry traces it), so log
+/// lines can carry them. Must sit after the OpenTelemetry layer.
+#[derive(Default)]
+struct TraceIdLayer {
+    dispatch: OnceLock<tracing::dispatcher::WeakDispatch>,
+}
+
+impl<S> tracing_subscriber::Layer<S> for TraceIdLayer
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        let _ = self.dispatch.set(subscriber.downgrade());
+    }
+
+    fn on_new_span(
+        &self,
+        _attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        use opentelemetry::trace::TraceContextExt as _;
+        let Some(dispatch) = self.dispatch.get().and_then(|d| d.upgrade()) else {
+            return;
+        };
+        let Some(cx) = tracing_opentelemetry::get_otel_context(id, &dispatch) else {
+            return;
+        };
+        let span = cx.span();
+        let sc = span.span_context();
+        if !sc.is_valid() {
+            return;
+        }
+        let ids = TraceIds {
+            trace_id: sc.trace_id().to_string(),
+            span_id: sc.span_id().to_string(),
+        };
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(ids);
+        }
     }
 }
 
@@ -314,5 +422,72 @@ impl SpanProcessor for SlotProcessor {
     fn shutdown_with_timeout(&self, _timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
         // Each exporter is shut down by its own `Telemetry` handle.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    use opentelemetry::trace::TraceContextExt as _;
+    use opentelemetry_sdk::trace::InMemorySpanExporter;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_start_with_the_trace_and_span_ids_of_the_current_span() {
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(InMemorySpanExporter::default())
+            .build();
+        let lines = Lines::default();
+        let sink = lines.clone();
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(move || sink.clone());
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(TraceIdLayer::default())
+            .with(json_layer(fmt));
+        let ids = tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("outside any span");
+            let span = tracing::info_span!("work", refund_id = "rf_1");
+            let _entered = span.enter();
+            tracing::info!(attempt = 2, "inside");
+            let cx = span.context();
+            let sc = cx.span().span_context().clone();
+            (sc.trace_id().to_string(), sc.span_id().to_string())
+        });
+        let text = String::from_utf8(lines.0.lock().map(|b| b.clone()).unwrap_or_default())
+            .unwrap_or_default();
+        let parsed: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(parsed.len(), 2, "{text}");
+        assert!(parsed[0].get("trace_id").is_none(), "{}", parsed[0]);
+        assert_eq!(parsed[1]["trace_id"], ids.0.as_str());
+        assert_eq!(parsed[1]["span_id"], ids.1.as_str());
+        assert_eq!(parsed[1]["message"], "inside");
+        assert_eq!(parsed[1]["attempt"], 2);
+        assert_eq!(parsed[1]["span"]["refund_id"], "rf_1");
     }
 }

@@ -24,7 +24,16 @@ pub fn router(
     let mut router = Router::new()
         .route(
             "/metrics",
-            get(move || async move { prometheus_text(&metrics) }),
+            get(move |State(service): State<RefundService>| async move {
+                // Queued jobs live in the database, shared by replicas: read at scrape time.
+                match service.store().queued_bulk_jobs().await {
+                    Ok(n) => metrics.set_bulk_jobs_queued(n),
+                    Err(e) => {
+                        tracing::warn!(error = ?anyhow::Error::new(e), "cannot count queued bulk jobs")
+                    }
+                }
+                prometheus_text(&metrics)
+            }),
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))

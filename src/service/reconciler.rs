@@ -8,6 +8,8 @@
 
 use std::future::Future;
 
+use tracing::Instrument as _;
+
 use super::{Origin, RefundService, internal};
 use crate::domain::{Failure, RefundError, Timestamp};
 use crate::providers::{Provider as _, ProviderError};
@@ -38,7 +40,8 @@ impl RefundService {
             }
             handled += 1;
             let id = pending.refund.id.clone();
-            if let Err(e) = self.reconcile_one(pending).await {
+            let span = tracing::info_span!("reconcile", refund_id = %id, provider = %pending.refund.provider);
+            if let Err(e) = self.reconcile_one(pending).instrument(span).await {
                 tracing::error!(refund_id = %id, error = ?anyhow::Error::new(e), "reconciling a refund failed");
             }
         }

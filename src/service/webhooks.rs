@@ -8,6 +8,8 @@
 //!   later or out of order, because status changes are conditional on the refund being PENDING.
 
 use crate::domain::{Failure, PaymentRef, ProviderName};
+use tracing::Instrument as _;
+
 use crate::domain::{
     InboundEvent, Refund, RefundError, RefundReport, RefundStatus, Timestamp, WebhookOutcome,
 };
@@ -36,7 +38,14 @@ impl RefundService {
     ) -> Result<Vec<WebhookReceipt>, RefundError> {
         let mut receipts = Vec::new();
         for inbound in inbound_events(provider, event) {
-            receipts.push(self.receive_one(inbound).await?);
+            let span = tracing::info_span!(
+                "webhook",
+                otel.kind = "server",
+                provider = %inbound.provider,
+                event_id = %inbound.event_id,
+                event_type = %inbound.kind,
+            );
+            receipts.push(self.receive_one(inbound).instrument(span).await?);
         }
         Ok(receipts)
     }

@@ -252,6 +252,22 @@ impl Store {
             .collect()
     }
 
+    /// Jobs of running batches not handed to any worker yet (all replicas together).
+    pub async fn queued_bulk_jobs(&self) -> Result<i64, StoreError> {
+        let rows: Vec<(i32, i32)> = bulk::Entity::find()
+            .select_only()
+            .column(bulk::Column::Total)
+            .column(bulk::Column::DispatchCursor)
+            .filter(bulk::Column::State.eq(BulkState::Running.as_str()))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(total, cursor)| i64::from(Ord::max(total.saturating_sub(cursor), 0)))
+            .sum())
+    }
+
     /// Hands up to `limit` jobs of a batch to `owner` until `lease_until`: first jobs whose
     /// lease expired (their worker died), then jobs never handed out, in order. Nothing new is
     /// handed out once the batch stops dispatching.

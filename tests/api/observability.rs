@@ -301,10 +301,57 @@ async fn metrics_count_refunds_money_and_provider_calls() {
         r#"refund_provider_request_duration_seconds_count{provider="sandbox",operation="get_payment",outcome="ok"} 3"#,
         r#"refund_provider_circuit_open{provider="sandbox"} 0"#,
         "refund_bulk_jobs_in_flight 0",
+        "refund_bulk_jobs_queued 0",
     ] {
         assert!(body.contains(expected), "missing {expected:?} in:\n{body}");
     }
     app.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_show_bulk_jobs_queued_while_a_batch_runs() {
+    let (mut app, _db) = spawn_app().await;
+    app.sandbox
+        .set_faults(&refund_service::sandbox::FaultConfig {
+            latency_ms: 300,
+            ..Default::default()
+        })
+        .await
+        .expect("faults");
+    let payments = app.seed_many(6, 100).await;
+    let mut stream = app
+        .client
+        .bulk_refund(refund_service::api::pb::BulkRefundRequest {
+            jobs: payments
+                .iter()
+                .map(|p| refund_request(p, None, "USD"))
+                .collect(),
+            max_concurrency: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("bulk")
+        .into_inner();
+    // The first event: the batch is stored; at most one job has been handed out.
+    tokio_stream::StreamExt::next(&mut stream)
+        .await
+        .expect("accepted")
+        .expect("ok");
+    let body = scrape_metrics(&app).await;
+    let queued: i64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("refund_bulk_jobs_queued "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no refund_bulk_jobs_queued in:\n{body}"));
+    assert!((4..=6).contains(&queued), "queued {queued}");
+    while let Some(event) = tokio_stream::StreamExt::next(&mut stream).await {
+        event.expect("event");
+    }
+    assert!(
+        scrape_metrics(&app)
+            .await
+            .contains("refund_bulk_jobs_queued 0")
+    );
 }
 
 /// The Prometheus text the app serves at `GET /metrics`.
