@@ -15,7 +15,8 @@ use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider, SpanProcessor};
-use tracing_subscriber::filter::filter_fn;
+use tracing::Level;
+use tracing_subscriber::filter::{FilterExt as _, Targets, filter_fn};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -250,27 +251,38 @@ fn install_subscriber(format: LogFormat, test_writer: bool) -> State {
     let tracer = provider.tracer("refund-service");
     let enabled = exporting.clone();
     // Spans are built for OpenTelemetry only while an exporter is installed.
+    // Traces also get the debug events of provider traffic (rate-limit waits, retries) and of bulk
+    // jobs (dispatch, result), as span events; logs get what RUST_LOG asks for.
+    let trace_events = Targets::new()
+        .with_default(Level::INFO)
+        .with_target("refund_service::providers::traffic", Level::DEBUG)
+        .with_target("refund_service::service::bulk_runner", Level::DEBUG);
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
-        .with_filter(filter_fn(move |_| enabled.load(Ordering::Relaxed)));
+        .with_filter(filter_fn(move |_| enabled.load(Ordering::Relaxed)).and(trace_events));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let writer = if test_writer {
         BoxMakeWriter::new(tracing_subscriber::fmt::TestWriter::new())
     } else {
         BoxMakeWriter::new(std::io::stderr)
     };
-    let base = tracing_subscriber::registry().with(filter).with(otel);
+    let base = tracing_subscriber::registry().with(otel);
     // Every JSON line inside a traced span starts with its `trace_id` and `span_id`, so logs and
     // traces join up; the current span's own fields follow under "span".
     let _ = match format {
         LogFormat::Pretty => base
-            .with(tracing_subscriber::fmt::layer().with_writer(writer))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
+                    .with_filter(filter),
+            )
             .try_init(),
         LogFormat::Json => base
             .with(TraceIdLayer::default())
-            .with(json_layer(
-                tracing_subscriber::fmt::layer().with_writer(writer),
-            ))
+            .with(
+                json_layer(tracing_subscriber::fmt::layer().with_writer(writer))
+                    .with_filter(filter),
+            )
             .try_init(),
     };
     State {

@@ -437,17 +437,19 @@ impl ControlledProvider {
         let Some(limiter) = limiter else {
             return;
         };
-        let mut waited = false;
+        let mut waited = Duration::ZERO;
         while let Err(not_until) = limiter.check() {
-            waited = true;
-            tokio::time::sleep(not_until.wait_time_from(limiter.clock().now())).await;
+            let wait = not_until.wait_time_from(limiter.clock().now());
+            waited += wait;
+            tokio::time::sleep(wait).await;
         }
-        if waited {
+        if !waited.is_zero() {
             self.stats.bump(&self.stats.rate_limit_waits);
             if let Some(metrics) = &self.metrics {
                 metrics.rate_limit_wait(&self.name);
             }
-            tracing::debug!(provider = %self.name, operation = op, "waited for our own rate limit");
+            // A debug event: not logged by default, but an event of the attempt's span in traces.
+            tracing::debug!(provider = %self.name, operation = op, waited = ?waited, "waited for our own rate limit");
         }
     }
 

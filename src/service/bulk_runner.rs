@@ -232,7 +232,9 @@ impl Driver {
 
 /// Runs one job through the ordinary refund path.
 async fn run_job(service: RefundService, bulk: Bulk, item: ClaimedItem) -> JobOutcome {
-    match service
+    // Debug events: not logged by default, but events of the job's span in traces.
+    tracing::debug!(payment_id = item.request.payment.as_str(), "job dispatched");
+    let outcome = match service
         .create(&bulk.account, item.request, Origin::BULK)
         .await
     {
@@ -244,5 +246,12 @@ async fn run_job(service: RefundService, bulk: Bulk, item: ClaimedItem) -> JobOu
             }
             JobOutcome::of_error(&e)
         }
-    }
+    };
+    tracing::debug!(
+        status = outcome.status.as_str(),
+        refund_id = outcome.refund_id.as_ref().map(|id| id.as_str()),
+        error = outcome.error.as_ref().map(|e| e.code.as_str()),
+        "job result"
+    );
+    outcome
 }

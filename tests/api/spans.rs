@@ -342,6 +342,11 @@ async fn a_batch_has_a_span_with_one_span_per_job_and_the_provider_calls_beneath
     assert_eq!(jobs.len(), 3, "{in_batch:#?}");
     for job in &jobs {
         assert_eq!(job.parent_span_id, batch.span_context.span_id());
+        let events: Vec<&str> = job.events.iter().map(|e| e.name.as_ref()).collect();
+        assert!(
+            events.contains(&"job dispatched") && events.contains(&"job result"),
+            "dispatch and result events on the job span: {events:?}"
+        );
     }
     for create in in_batch
         .iter()
