@@ -16,7 +16,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider, SpanProcessor};
 use tracing::Level;
-use tracing_subscriber::filter::{FilterExt as _, Targets, filter_fn};
+use tracing_subscriber::filter::{FilterExt as _, Targets, dynamic_filter_fn};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -259,7 +259,11 @@ fn install_subscriber(format: LogFormat, test_writer: bool) -> State {
         .with_target("refund_service::service::bulk_runner", Level::DEBUG);
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
-        .with_filter(filter_fn(move |_| enabled.load(Ordering::Relaxed)).and(trace_events));
+        // Dynamic: exporters come and go (tests install their own), so whether a callsite is
+        // traced must not be decided once and cached, as a plain `filter_fn` would.
+        .with_filter(
+            dynamic_filter_fn(move |_, _| enabled.load(Ordering::Relaxed)).and(trace_events),
+        );
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let writer = if test_writer {
         BoxMakeWriter::new(tracing_subscriber::fmt::TestWriter::new())
