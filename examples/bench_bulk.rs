@@ -15,6 +15,9 @@ use refund_service::api::max_message_bytes;
 use refund_service::api::pb;
 use refund_service::api::pb::bulk_refund_event::Event;
 use refund_service::api::pb::refund_service_client::RefundServiceClient;
+
+/// The admin key the benchmarked service is started with.
+const BENCH_KEY: &str = "rsk_bench_admin_key_not_a_secret_0123456789";
 use refund_service::sandbox::NewPayments;
 use refund_service::sandbox::client::SandboxClient;
 use tokio_stream::StreamExt as _;
@@ -154,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
                 "--bulk-default-concurrency",
                 &args.concurrency.max(1).to_string(),
             ])
+            .env("REFUND_BOOTSTRAP_API_KEY", BENCH_KEY)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()?,
@@ -170,8 +174,15 @@ async fn main() -> anyhow::Result<()> {
         fail_refunds: false,
     };
     let payments = sandbox.create_payments(&seed(args.jobs)).await?;
-    let mut client = RefundServiceClient::connect(format!("http://127.0.0.1:{grpc}"))
-        .await?
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{grpc}"))?
+        .connect()
+        .await?;
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {BENCH_KEY}").parse()?;
+    let mut client =
+        RefundServiceClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", bearer.clone());
+            Ok(r)
+        })
         .max_encoding_message_size(max_message_bytes(max_jobs))
         .max_decoding_message_size(max_message_bytes(max_jobs));
     let jobs = payments

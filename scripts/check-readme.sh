@@ -34,7 +34,7 @@ done
 ready || { cat "$work/server.log" >&2; echo "check-readme: service not ready" >&2; exit 1; }
 
 echo "check-readme: running the walk-through" >&2
-bash -euo pipefail "$work/walkthrough.sh" >"$work/out.txt" 2>&1 || {
+DATABASE_URL="sqlite://$work/refunds.db?mode=rwc" bash -euo pipefail "$work/walkthrough.sh" >"$work/out.txt" 2>&1 || {
   cat "$work/out.txt" >&2
   echo "check-readme: the walk-through failed" >&2
   exit 1

@@ -33,7 +33,9 @@ pub struct Application {
     sandbox: Option<Arc<Sandbox>>,
     shutdown_grace: Duration,
     webhook_tolerance: Duration,
+    api_key_rate_limit: u32,
     metrics: Arc<Metrics>,
+    bootstrap_key: Option<String>,
 }
 
 impl Application {
@@ -188,6 +190,23 @@ impl Application {
             &ProviderName::from_trusted("sandbox".to_owned()),
             sandbox_secrets,
         );
+        // A fresh installation serving on loopback gets an admin key, shown once, so it works
+        // without set-up; on any other address an operator creates keys (`keys create`). Calls
+        // without a valid key are refused either way.
+        let supplied = settings.bootstrap_api_key.as_ref().map(Secret::expose);
+        let bootstrap_key = if supplied.is_some() || settings.grpc_addr.ip().is_loopback() {
+            crate::service::bootstrap_admin_key(&store, supplied)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot create the first API key: {e}"))?
+        } else {
+            if store.active_api_keys().await.unwrap_or(0) == 0 {
+                tracing::warn!(
+                    "no API keys exist: every call is refused until one is made with \
+                     `refund-service keys create --account ACCOUNT --scopes ...`"
+                );
+            }
+            None
+        };
         let service =
             RefundService::new(store, providers, settings.refunds.clone(), metrics.clone());
         Ok(Self {
@@ -197,7 +216,9 @@ impl Application {
             sandbox,
             shutdown_grace: settings.shutdown_grace,
             webhook_tolerance: settings.webhook_tolerance,
+            api_key_rate_limit: settings.api_key_rate_limit,
             metrics,
+            bootstrap_key,
         })
     }
 
@@ -211,6 +232,12 @@ impl Application {
         self.http
             .local_addr()
             .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into())
+    }
+
+    /// The admin key made at start-up on a fresh installation (see [`Application::build`]);
+    /// the caller shows it once.
+    pub fn bootstrap_key(&self) -> Option<&str> {
+        self.bootstrap_key.as_deref()
     }
 
     /// The in-process sandbox, when the service runs one.
@@ -232,7 +259,9 @@ impl Application {
             sandbox,
             shutdown_grace,
             webhook_tolerance,
+            api_key_rate_limit,
             metrics,
+            bootstrap_key: _,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = move || {
@@ -243,7 +272,7 @@ impl Application {
             }
         };
 
-        let grpc_router = api::router(service.clone(), metrics.clone())
+        let grpc_router = api::router(service.clone(), metrics.clone(), api_key_rate_limit)
             .await
             .context("cannot build the gRPC services")?;
         let grpc_task = tokio::spawn(

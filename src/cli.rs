@@ -46,6 +46,9 @@ pub enum Command {
     /// The built-in sandbox payment provider.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
+    /// API keys: create (the token is printed once, on the last line), list, revoke.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Refund every row of a CSV file through BulkRefund.
     ///
     /// Shows progress, writes the rows that did not succeed to a dead-letter file, and prints a
@@ -242,9 +245,53 @@ pub struct ServeArgs {
     #[arg(long, env = "REFUND_BULK_POLL_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub bulk_poll_interval: Duration,
 
+    /// Requests per second each API key may make (more are refused RESOURCE_EXHAUSTED with a
+    /// retry delay); 0 = unlimited.
+    #[arg(long, env = "REFUND_API_KEY_RATE_LIMIT", default_value_t = 100)]
+    pub api_key_rate_limit: u32,
+
+    /// The admin key (for account acct_default) to create on a fresh installation, e.g. from a
+    /// mounted secret; at least 32 characters. Without it, a fresh installation listening on
+    /// loopback makes one up and prints it once.
+    #[arg(long, env = "REFUND_BOOTSTRAP_API_KEY", hide_env_values = true)]
+    pub bootstrap_api_key: Option<String>,
+
     /// Time in-flight calls get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "REFUND_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a key for an account. Prints its id, then the token on the last line: the token is
+    /// shown only now (the database keeps only its hash).
+    Create {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The account the key acts for (1 to 64 of A-Z a-z 0-9 _ -).
+        #[arg(long)]
+        account: String,
+        /// Comma-separated: refunds:read, refunds:write, refunds:approve, bulk:write, admin.
+        #[arg(long)]
+        scopes: String,
+        /// A label for people, e.g. "billing backend".
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List keys (never their tokens): id, account, scopes, created, revoked.
+    List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Only this account's keys.
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Revoke a key by id (`key_…`); calls with it are refused from then on.
+    Revoke {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -394,6 +441,8 @@ impl ServeArgs {
             bulk_max_concurrency,
             bulk_lease,
             bulk_poll_interval,
+            api_key_rate_limit,
+            bootstrap_api_key,
             shutdown_grace,
         } = self;
         anyhow::ensure!(
@@ -539,6 +588,18 @@ impl ServeArgs {
                 },
             },
             shutdown_grace,
+            api_key_rate_limit,
+            bootstrap_api_key: match bootstrap_api_key {
+                Some(key) => {
+                    let key = key.trim().to_owned();
+                    anyhow::ensure!(
+                        key.len() >= 32 && key.bytes().all(|b| b.is_ascii_graphic()),
+                        "--bootstrap-api-key must be at least 32 printable characters"
+                    );
+                    Some(Secret::opaque(key))
+                }
+                None => None,
+            },
         })
     }
 }
@@ -618,6 +679,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sandbox(SandboxCommand::Serve(args)) => sandbox_serve(args).await,
         Command::Sandbox(SandboxCommand::Seed(args)) => sandbox_seed(args).await,
         Command::Sandbox(SandboxCommand::Ledger(args)) => sandbox_ledger(args).await,
+        Command::Keys(command) => keys(command).await,
         Command::Bulk(args) => crate::bulk_cli::run(args).await,
     };
     // Spans still queued are sent now (a collector that does not answer is only logged).
@@ -628,6 +690,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     let database = settings.database_url.redacted();
     let app = Application::build(settings).await?;
+    if let Some(key) = app.bootstrap_key() {
+        // On stdout, not in the logs, and only this once: the database keeps only its hash.
+        println!(
+            "No API keys existed, so an admin key for account {} was created. It is shown only \
+             now; send it as `authorization: Bearer <key>`:\n{key}",
+            crate::domain::AccountId::DEFAULT
+        );
+    }
     tracing::info!(
         grpc = %app.grpc_addr(),
         http = %app.http_addr(),
@@ -637,6 +707,97 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         "refund-service listening"
     );
     app.run_until(shutdown_signal()).await
+}
+
+async fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    let database = match &command {
+        KeysCommand::Create { database, .. }
+        | KeysCommand::List { database, .. }
+        | KeysCommand::Revoke { database, .. } => database,
+    };
+    let store = Store::connect(
+        &database.database_url,
+        &store_options(database.db_max_connections)?,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot connect to the database {}",
+            Secret::new(database.database_url.clone()).redacted()
+        )
+    })?;
+    store
+        .migrate()
+        .await
+        .context("cannot apply database migrations")?;
+    match command {
+        KeysCommand::Create {
+            account,
+            scopes,
+            name,
+            ..
+        } => {
+            let account = crate::domain::parse_account(&account).map_err(anyhow::Error::msg)?;
+            let scopes = crate::domain::Scope::parse_list(&scopes).map_err(anyhow::Error::msg)?;
+            let (key, token) = crate::service::create_api_key(&store, account, name, scopes)
+                .await
+                .context("cannot create the key")?;
+            println!(
+                "created {} for account {} with scopes {}; the token is shown only now:",
+                key.id,
+                key.account.as_str(),
+                crate::domain::Scope::join(&key.scopes)
+            );
+            println!("{token}");
+        }
+        KeysCommand::List { account, .. } => {
+            let account = account
+                .map(|a| crate::domain::parse_account(&a))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let keys = store
+                .list_api_keys(account.as_ref())
+                .await
+                .context("cannot list keys")?;
+            println!("id\taccount\tscopes\tname\tcreated\trevoked");
+            for key in keys {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    key.id,
+                    key.account.as_str(),
+                    crate::domain::Scope::join(&key.scopes),
+                    key.name,
+                    rfc3339(key.created_at),
+                    key.revoked_at
+                        .map(rfc3339)
+                        .unwrap_or_else(|| "-".to_owned())
+                );
+            }
+        }
+        KeysCommand::Revoke { id, .. } => {
+            let id = crate::domain::ApiKeyId::parse(&id)
+                .ok_or_else(|| anyhow::anyhow!("{id:?} is not a key id (key_…)"))?;
+            if store
+                .revoke_api_key(&id, crate::domain::Timestamp::now())
+                .await
+                .context("cannot revoke the key")?
+            {
+                println!("revoked {id}");
+            } else {
+                anyhow::bail!("no active key {id}");
+            }
+        }
+    }
+    store.close().await.ok();
+    Ok(())
+}
+
+fn rfc3339(t: crate::domain::Timestamp) -> String {
+    let micros = t.as_micros();
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0)),
+    )
+    .to_string()
 }
 
 async fn sandbox_serve(args: SandboxServeArgs) -> anyhow::Result<()> {

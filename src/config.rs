@@ -35,6 +35,11 @@ pub struct ServeSettings {
     pub refunds: RefundsConfig,
     /// How long in-flight calls may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Requests per second each API key may make; 0 = unlimited.
+    pub api_key_rate_limit: u32,
+    /// The admin key of a fresh installation, when the operator supplies it (e.g. from a
+    /// Kubernetes secret). Without it, a fresh installation on loopback makes one up and shows it.
+    pub bootstrap_api_key: Option<Secret>,
 }
 
 impl ServeSettings {
@@ -53,6 +58,8 @@ impl ServeSettings {
             store: StoreOptions::default(),
             refunds: RefundsConfig::default(),
             shutdown_grace: Duration::from_secs(5),
+            api_key_rate_limit: 0,
+            bootstrap_api_key: None,
         }
     }
 }

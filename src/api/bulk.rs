@@ -9,11 +9,11 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{new_refund, refund_to_pb, timestamp_to_pb};
 use super::pb;
-use super::refunds::{IDEMPOTENCY_KEY_HEADER, account, header};
+use super::refunds::{IDEMPOTENCY_KEY_HEADER, header};
 use super::status::to_status;
 use crate::domain::{
-    Bulk, BulkEvent, BulkJob, BulkState, FieldViolation, IdempotencyKey, ItemResult, ItemStatus,
-    NewBulk, RefundError, SequencedEvent, Violations, parse_metadata,
+    AccountId, Bulk, BulkEvent, BulkJob, BulkState, FieldViolation, IdempotencyKey, ItemResult,
+    ItemStatus, NewBulk, RefundError, SequencedEvent, Violations, parse_metadata,
 };
 use crate::service::RefundService;
 
@@ -21,9 +21,9 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::BulkRefundEvent, Sta
 
 pub async fn bulk_refund(
     service: &RefundService,
+    account: AccountId,
     request: Request<pb::BulkRefundRequest>,
 ) -> Result<Response<EventStream>, Status> {
-    let account = account(&request);
     let header_key = header(&request, IDEMPOTENCY_KEY_HEADER);
     let msg = request.into_inner();
     let max_jobs = service.config().bulk.max_jobs as usize;
@@ -52,9 +52,9 @@ pub async fn bulk_refund(
 
 pub async fn watch_bulk_refund(
     service: &RefundService,
+    account: AccountId,
     request: Request<pb::WatchBulkRefundRequest>,
 ) -> Result<Response<EventStream>, Status> {
-    let account = account(&request);
     let pb::WatchBulkRefundRequest {
         bulk_id,
         after_sequence,
@@ -68,9 +68,9 @@ pub async fn watch_bulk_refund(
 
 pub async fn get_bulk_refund(
     service: &RefundService,
+    account: AccountId,
     request: Request<pb::GetBulkRefundRequest>,
 ) -> Result<Response<pb::BulkRefundBatch>, Status> {
-    let account = account(&request);
     let pb::GetBulkRefundRequest { bulk_id } = request.into_inner();
     let bulk = service
         .get_bulk(&account, &bulk_id)
@@ -81,9 +81,9 @@ pub async fn get_bulk_refund(
 
 pub async fn cancel_bulk_refund(
     service: &RefundService,
+    account: AccountId,
     request: Request<pb::CancelBulkRefundRequest>,
 ) -> Result<Response<pb::BulkRefundBatch>, Status> {
-    let account = account(&request);
     let pb::CancelBulkRefundRequest { bulk_id } = request.into_inner();
     let bulk = service
         .cancel_bulk(&account, &bulk_id)
@@ -94,9 +94,9 @@ pub async fn cancel_bulk_refund(
 
 pub async fn list_bulk_refund_items(
     service: &RefundService,
+    account: AccountId,
     request: Request<pb::ListBulkRefundItemsRequest>,
 ) -> Result<Response<pb::ListBulkRefundItemsResponse>, Status> {
-    let account = account(&request);
     let pb::ListBulkRefundItemsRequest {
         bulk_id,
         status,

@@ -3,12 +3,14 @@
 //! Architecture invariant: this is the only layer that knows tonic and the generated protobuf
 //! types. Handlers parse, call one use case, and convert back.
 
+mod auth;
 mod bulk;
 mod convert;
 mod refunds;
 mod rpc_trace;
 mod status;
 
+pub use auth::Auth;
 pub use refunds::RefundsApi;
 pub use rpc_trace::RpcTraceLayer;
 pub use status::{ERROR_DOMAIN, to_status};
@@ -48,6 +50,7 @@ pub fn max_message_bytes(max_jobs: u32) -> usize {
 pub async fn router(
     service: RefundService,
     metrics: Arc<Metrics>,
+    per_key_rate: u32,
 ) -> Result<
     Router<tower_layer::Stack<RpcTraceLayer, tower_layer::Identity>>,
     tonic_reflection::server::Error,
@@ -71,9 +74,12 @@ pub async fn router(
         .build_v1alpha()?;
 
     let max_message = max_message_bytes(service.config().bulk.max_jobs);
-    let refunds = pb::refund_service_server::RefundServiceServer::new(RefundsApi::new(service))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+    let refunds = pb::refund_service_server::RefundServiceServer::new(RefundsApi::new(
+        service.clone(),
+        Auth::new(service.clone(), per_key_rate),
+    ))
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
 
     Ok(tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

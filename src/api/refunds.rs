@@ -6,11 +6,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
+use super::auth::Auth;
 use super::bulk;
 use super::convert;
 use super::pb;
 use super::status::to_status;
-use crate::domain::{AccountId, RefundError};
+use crate::domain::{AccountId, RefundError, Scope};
 use crate::service::RefundService;
 
 /// Request header that carries an idempotency key when the message field is empty.
@@ -20,17 +21,18 @@ pub type RefundStream = Pin<Box<dyn Stream<Item = Result<pb::Refund, Status>> + 
 
 pub struct RefundsApi {
     service: RefundService,
+    auth: Auth,
 }
 
 impl RefundsApi {
-    pub fn new(service: RefundService) -> Self {
-        Self { service }
+    pub fn new(service: RefundService, auth: Auth) -> Self {
+        Self { service, auth }
     }
-}
 
-/// The account a request acts for. Until authentication lands every caller is the default account.
-pub(super) fn account<T>(_request: &Request<T>) -> AccountId {
-    AccountId::default_account()
+    /// The account the caller acts for, once its key checked out for `scope`.
+    async fn account<T>(&self, request: &Request<T>, scope: Scope) -> Result<AccountId, Status> {
+        Ok(self.auth.check(request, scope).await?.account)
+    }
 }
 
 pub(super) fn header(request: &Request<impl Sized>, name: &str) -> Option<String> {
@@ -47,7 +49,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         &self,
         request: Request<pb::CreateRefundRequest>,
     ) -> Result<Response<pb::Refund>, Status> {
-        let account = account(&request);
+        let account = self.account(&request, Scope::RefundsWrite).await?;
         let header_key = header(&request, IDEMPOTENCY_KEY_HEADER);
         let new = convert::new_refund(
             request.into_inner(),
@@ -68,7 +70,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         &self,
         request: Request<pb::GetRefundRequest>,
     ) -> Result<Response<pb::Refund>, Status> {
-        let account = account(&request);
+        let account = self.account(&request, Scope::RefundsRead).await?;
         let pb::GetRefundRequest { id } = request.into_inner();
         let refund = self
             .service
@@ -82,7 +84,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         &self,
         request: Request<pb::ListRefundsRequest>,
     ) -> Result<Response<pb::ListRefundsResponse>, Status> {
-        let account = account(&request);
+        let account = self.account(&request, Scope::RefundsRead).await?;
         let query = convert::list_query(request.into_inner())
             .map_err(|v| to_status(RefundError::InvalidArgument(v)))?;
         let page = self
@@ -106,7 +108,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         &self,
         request: Request<pb::WatchRefundRequest>,
     ) -> Result<Response<Self::WatchRefundStream>, Status> {
-        let account = account(&request);
+        let account = self.account(&request, Scope::RefundsRead).await?;
         let pb::WatchRefundRequest { id } = request.into_inner();
         let changes = self
             .service
@@ -120,8 +122,9 @@ impl pb::refund_service_server::RefundService for RefundsApi {
 
     async fn list_providers(
         &self,
-        _request: Request<pb::ListProvidersRequest>,
+        request: Request<pb::ListProvidersRequest>,
     ) -> Result<Response<pb::ListProvidersResponse>, Status> {
+        self.account(&request, Scope::RefundsRead).await?;
         let providers = self
             .service
             .providers()
@@ -138,7 +141,10 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         &self,
         request: Request<pb::BulkRefundRequest>,
     ) -> Result<Response<Self::BulkRefundStream>, Status> {
-        bulk::bulk_refund(&self.service, request).await
+        {
+            let account = self.account(&request, Scope::BulkWrite).await?;
+            bulk::bulk_refund(&self.service, account, request).await
+        }
     }
 
     type WatchBulkRefundStream = bulk::EventStream;
@@ -147,27 +153,39 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         &self,
         request: Request<pb::WatchBulkRefundRequest>,
     ) -> Result<Response<Self::WatchBulkRefundStream>, Status> {
-        bulk::watch_bulk_refund(&self.service, request).await
+        {
+            let account = self.account(&request, Scope::RefundsRead).await?;
+            bulk::watch_bulk_refund(&self.service, account, request).await
+        }
     }
 
     async fn get_bulk_refund(
         &self,
         request: Request<pb::GetBulkRefundRequest>,
     ) -> Result<Response<pb::BulkRefundBatch>, Status> {
-        bulk::get_bulk_refund(&self.service, request).await
+        {
+            let account = self.account(&request, Scope::RefundsRead).await?;
+            bulk::get_bulk_refund(&self.service, account, request).await
+        }
     }
 
     async fn cancel_bulk_refund(
         &self,
         request: Request<pb::CancelBulkRefundRequest>,
     ) -> Result<Response<pb::BulkRefundBatch>, Status> {
-        bulk::cancel_bulk_refund(&self.service, request).await
+        {
+            let account = self.account(&request, Scope::BulkWrite).await?;
+            bulk::cancel_bulk_refund(&self.service, account, request).await
+        }
     }
 
     async fn list_bulk_refund_items(
         &self,
         request: Request<pb::ListBulkRefundItemsRequest>,
     ) -> Result<Response<pb::ListBulkRefundItemsResponse>, Status> {
-        bulk::list_bulk_refund_items(&self.service, request).await
+        {
+            let account = self.account(&request, Scope::RefundsRead).await?;
+            bulk::list_bulk_refund_items(&self.service, account, request).await
+        }
     }
 }

@@ -77,6 +77,9 @@ where
             rpc.grpc.status_code = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
+            // Recorded once the caller's API key checked out.
+            api_key_id = tracing::field::Empty,
+            account_id = tracing::field::Empty,
         );
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&HeaderExtractor(request.headers()))

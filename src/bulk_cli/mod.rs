@@ -66,6 +66,10 @@ pub struct BulkArgs {
     #[arg(long, env = "REFUND_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
 
+    /// API key with the bulk:write and refunds:read scopes (sent as `authorization: Bearer`).
+    #[arg(long, env = "REFUND_API_KEY", hide_env_values = true)]
+    pub api_key: String,
+
     /// Stop dispatching after the first job that fails; the remaining jobs end SKIPPED (and
     /// later batches of the file are not sent).
     #[arg(long, conflicts_with = "resume")]
@@ -162,7 +166,7 @@ async fn send_file(args: &BulkArgs, interrupt: watch::Receiver<bool>) -> Result<
         }
     }
     let dead_letter_path = dead_letter_path(args, None)?;
-    let client = connect(&args.server, args.batch_size).await?;
+    let client = connect(&args.server, &args.api_key, args.batch_size).await?;
     let mut follower = Follower::new(client, interrupt);
 
     let rows = &input.rows;
@@ -277,7 +281,7 @@ async fn resume(
         None => None,
     };
     let dead_letter_path = dead_letter_path(args, Some(bulk_id))?;
-    let client = connect(&args.server, DEFAULT_BATCH_SIZE).await?;
+    let client = connect(&args.server, &args.api_key, DEFAULT_BATCH_SIZE).await?;
     let mut follower = Follower::new(client, interrupt);
     let batch = match follower.get(bulk_id).await {
         Ok(batch) => batch,
@@ -669,7 +673,10 @@ fn dead_letter_path(args: &BulkArgs, bulk_id: Option<&str>) -> anyhow::Result<Pa
     Ok(path)
 }
 
-async fn connect(server: &str, batch_size: u32) -> anyhow::Result<stream::Client> {
+async fn connect(server: &str, api_key: &str, batch_size: u32) -> anyhow::Result<stream::Client> {
+    let bearer = format!("Bearer {}", api_key.trim())
+        .parse()
+        .map_err(|_| anyhow!("--api-key must be printable ASCII"))?;
     let endpoint = Endpoint::from_shared(server.to_owned())
         .map_err(|e| anyhow!("--server {server:?} is not a valid URL: {e}"))?
         .connect_timeout(Duration::from_secs(10))
@@ -681,9 +688,11 @@ async fn connect(server: &str, batch_size: u32) -> anyhow::Result<stream::Client
         .await
         .with_context(|| format!("cannot connect to {server}"))?;
     let max = crate::api::max_message_bytes(batch_size);
-    Ok(RefundServiceClient::new(channel)
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max))
+    Ok(
+        RefundServiceClient::with_interceptor(channel, stream::BearerAuth(bearer))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    )
 }
 
 /// Turns `true` on Ctrl-C or SIGTERM. Listening starts now, so that the first Ctrl-C during a

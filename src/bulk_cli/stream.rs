@@ -17,8 +17,22 @@ use tonic_types::StatusExt as _;
 use crate::api::pb;
 use crate::api::pb::bulk_refund_event::Event as PbEvent;
 use crate::api::pb::refund_service_client::RefundServiceClient;
+use tonic::service::interceptor::InterceptedService;
 
-pub(super) type Client = RefundServiceClient<Channel>;
+pub(super) type Client = RefundServiceClient<InterceptedService<Channel, BearerAuth>>;
+
+/// Adds `authorization: Bearer <API key>` to every call.
+#[derive(Clone)]
+pub(super) struct BearerAuth(pub(super) tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
 
 /// Re-opening attempts in a row before giving up: about half a minute with the back-off below,
 /// enough for a service restart.

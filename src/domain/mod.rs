@@ -47,6 +47,7 @@ macro_rules! prefixed_id {
     };
 }
 
+mod auth;
 mod bulk;
 mod error;
 mod money;
@@ -54,6 +55,9 @@ mod refund;
 mod request;
 mod webhook;
 
+pub use auth::{
+    ApiKey, ApiKeyId, NewToken, Principal, Scope, TOKEN_PREFIX, parse_account, token_hash,
+};
 pub use bulk::{
     Bulk, BulkCounts, BulkEvent, BulkId, BulkJob, BulkState, ItemResult, ItemStatus, JobError,
     JobOutcome, NewBulk, SequencedEvent, StopReason, derived_job_key,

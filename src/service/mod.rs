@@ -11,6 +11,7 @@
 mod bulk;
 mod bulk_runner;
 mod clock;
+mod keys;
 mod list;
 mod page;
 mod reconciler;
@@ -31,6 +32,7 @@ use crate::store::{BeginOutcome, BeginRefund, Settlement, Store, StoreError};
 pub use bulk::BulkConfig;
 pub use bulk_runner::run_bulk_runner;
 pub use clock::Clock;
+pub use keys::{bootstrap_admin_key, create_api_key};
 pub use list::{ListPage, ListQuery, MAX_PAGE_SIZE};
 pub use reconciler::run_reconciler;
 pub use webhooks::WebhookReceipt;

@@ -6,6 +6,7 @@
 
 mod bulks;
 mod entities;
+mod keys;
 mod migrations;
 mod refunds;
 mod webhooks;

@@ -52,6 +52,7 @@ async fn bulk(dir: &Path, args: &[&str]) -> Run {
             .args(&args)
             .current_dir(&dir)
             .env_remove("REFUND_SERVER")
+            .env("REFUND_API_KEY", crate::helpers::ADMIN_KEY)
             .output()
             .expect("run binary");
         Run {
@@ -498,6 +499,7 @@ async fn ctrl_c_stops_watching_and_the_batch_can_be_resumed() {
                 .args(["bulk", "--concurrency", "1", "--server", &server, "--file"])
                 .arg(&file)
                 .current_dir(&dir)
+                .env("REFUND_API_KEY", crate::helpers::ADMIN_KEY)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()

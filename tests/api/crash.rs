@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use refund_service::api::pb;
 use refund_service::api::pb::bulk_refund_event::Event;
-use refund_service::api::pb::refund_service_client::RefundServiceClient;
 use refund_service::sandbox::client::SandboxClient;
 use tokio_stream::StreamExt as _;
 
@@ -37,6 +36,7 @@ fn spawn(args: &[String]) -> Proc {
         Command::new(BIN)
             .args(args)
             .env_remove("DATABASE_URL")
+            .env("REFUND_BOOTSTRAP_API_KEY", ADMIN_KEY)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(if log { Stdio::inherit() } else { Stdio::null() })
@@ -113,7 +113,7 @@ async fn kill_9_mid_batch_then_restart_finishes_the_batch_without_refunding_twic
     let payments = seed_payments(&sandbox, n, 2_000).await;
 
     let url = format!("http://127.0.0.1:{grpc_port}");
-    let mut client = RefundServiceClient::connect(url.clone()).await.unwrap();
+    let mut client = client_with_key(grpc_addr(&url), Some(ADMIN_KEY)).await;
     let mut stream = client
         .bulk_refund(pb::BulkRefundRequest {
             jobs: payments
@@ -152,7 +152,7 @@ async fn kill_9_mid_batch_then_restart_finishes_the_batch_without_refunding_twic
 
     service = spawn(&serve_args);
     wait_http(&format!("http://127.0.0.1:{http_port}/readyz")).await;
-    let mut client = RefundServiceClient::connect(url).await.unwrap();
+    let mut client = client_with_key(grpc_addr(&url), Some(ADMIN_KEY)).await;
     let watch = client
         .watch_bulk_refund(pb::WatchBulkRefundRequest {
             bulk_id: bulk_id.clone(),
@@ -202,4 +202,10 @@ async fn kill_9_mid_batch_then_restart_finishes_the_batch_without_refunding_twic
         assert_eq!(mine[0].amount, 2_000);
     }
     drop(service);
+}
+
+fn grpc_addr(url: &str) -> std::net::SocketAddr {
+    url.trim_start_matches("http://")
+        .parse()
+        .expect("host:port")
 }

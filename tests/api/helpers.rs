@@ -11,10 +11,44 @@ use refund_service::sandbox::{self, NewPayments};
 use sea_orm::{ConnectionTrait, Database};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-pub type Client = RefundServiceClient<Channel>;
+pub type Client = RefundServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// The admin key (account `acct_default`) every test service starts with.
+pub const ADMIN_KEY: &str = "rsk_test_admin_key_for_the_api_tests_only";
+
+/// Sends `authorization: Bearer <key>` with every call (none when `None`).
+#[derive(Clone)]
+pub struct Bearer(pub Option<String>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(key) = &self.0 {
+            let value = format!("Bearer {key}")
+                .parse()
+                .map_err(|_| tonic::Status::internal("unprintable test key"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+/// A client of the service at `grpc_addr` that authenticates with `key`.
+pub async fn client_with_key(grpc_addr: SocketAddr, key: Option<&str>) -> Client {
+    let channel = Channel::from_shared(format!("http://{grpc_addr}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect gRPC");
+    RefundServiceClient::with_interceptor(channel, Bearer(key.map(str::to_owned)))
+}
 
 /// A database for one test: a SQLite file in a temporary directory, or a new PostgreSQL database.
 pub struct TestDb {
@@ -88,6 +122,7 @@ pub async fn spawn_app_with(db: &TestDb, configure: impl FnOnce(&mut ServeSettin
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut settings = ServeSettings::local(db.url.clone());
     settings.sandbox_traffic.call_timeout = Duration::from_secs(5);
+    settings.bootstrap_api_key = Some(refund_service::config::Secret::opaque(ADMIN_KEY.to_owned()));
     configure(&mut settings);
     let sandbox_url = settings.sandbox_url.clone();
     let app = Application::build(settings).await.expect("build app");
@@ -98,9 +133,7 @@ pub async fn spawn_app_with(db: &TestDb, configure: impl FnOnce(&mut ServeSettin
     let task = tokio::spawn(app.run_until(async {
         let _ = rx.await;
     }));
-    let client = RefundServiceClient::connect(format!("http://{grpc_addr}"))
-        .await
-        .expect("connect gRPC");
+    let client = client_with_key(grpc_addr, Some(ADMIN_KEY)).await;
     let sandbox_url = sandbox_url.unwrap_or_else(|| format!("http://{http_addr}/sandbox"));
     let sandbox =
         SandboxClient::new(&sandbox_url, Duration::from_secs(30)).expect("sandbox client");

@@ -432,3 +432,52 @@ async fn list_providers_reports_the_default_sandbox_its_capabilities_and_health(
     assert!(health.consecutive_failures >= 1, "{health:?}");
     assert!(!health.last_error.is_empty(), "{health:?}");
 }
+
+#[tokio::test]
+async fn a_watcher_on_one_replica_sees_a_change_made_on_another() {
+    let (sandbox_url, _sandbox) = crate::helpers::spawn_sandbox(FaultConfig {
+        settle_delay_ms: 3_600_000,
+        ..FaultConfig::default()
+    })
+    .await;
+    let db = TestDb::new().await;
+    let replica = |url: String| {
+        let db = &db;
+        async move {
+            spawn_app_with(db, move |s| {
+                s.sandbox_url = Some(url);
+                s.sandbox_webhook_secrets =
+                    vec![refund_service::config::Secret::opaque(SECRET.to_owned())];
+                s.refunds.reconcile_delay = Duration::from_secs(3600);
+                s.refunds.watch_poll_interval = Duration::from_millis(100);
+            })
+            .await
+        }
+    };
+    let mut a = replica(sandbox_url.clone()).await;
+    let b = replica(sandbox_url).await;
+    let (r, _) = pending_refund(&mut a, 900).await;
+    let mut stream = a
+        .client
+        .watch_refund(pb::WatchRefundRequest { id: r.id.clone() })
+        .await
+        .expect("watch on A")
+        .into_inner();
+    let first = stream.next().await.expect("current").expect("ok");
+    assert_eq!(status_of(&first), pb::RefundStatus::Pending);
+
+    // The provider's webhook reaches replica B.
+    let body = event("evt_on_b", &r, "succeeded", true);
+    let (status, answer) =
+        post_webhook(&b, "sandbox", &signed(SECRET, unix_now(), &body), &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["results"][0]["outcome"], "APPLIED", "{answer}");
+
+    let next = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("A's watcher hears of it")
+        .expect("a message")
+        .expect("ok");
+    assert_eq!(status_of(&next), pb::RefundStatus::Succeeded);
+    assert!(stream.next().await.is_none());
+}

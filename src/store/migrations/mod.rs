@@ -5,6 +5,7 @@ use sea_orm_migration::prelude::*;
 mod m20261123_000001_initial;
 mod m20261123_000002_bulk;
 mod m20261123_000003_webhooks;
+mod m20261123_000004_api_keys;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_initial::Migration),
             Box::new(m20261123_000002_bulk::Migration),
             Box::new(m20261123_000003_webhooks::Migration),
+            Box::new(m20261123_000004_api_keys::Migration),
         ]
     }
 }

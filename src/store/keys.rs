@@ -1,0 +1,97 @@
+//! API keys.
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+};
+
+use super::entities::api_key;
+use super::{Store, StoreError};
+use crate::domain::{AccountId, ApiKey, ApiKeyId, Principal, Scope, Timestamp};
+
+impl Store {
+    /// Stores a new key (its token's hash only).
+    pub async fn create_api_key(&self, key: &ApiKey, token_hash: &str) -> Result<(), StoreError> {
+        api_key::Entity::insert(api_key::ActiveModel {
+            id: Set(key.id.as_str().to_owned()),
+            account_id: Set(key.account.as_str().to_owned()),
+            name: Set(key.name.clone()),
+            token_hash: Set(token_hash.to_owned()),
+            scopes: Set(Scope::join(&key.scopes)),
+            created_at: Set(key.created_at.as_micros()),
+            revoked_at: Set(None),
+        })
+        .exec_without_returning(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    /// The caller a token stands for, if it is a key that exists and is not revoked.
+    pub async fn principal_for(&self, token_hash: &str) -> Result<Option<Principal>, StoreError> {
+        let Some(row) = api_key::Entity::find()
+            .filter(api_key::Column::TokenHash.eq(token_hash))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let key = to_domain(row)?;
+        Ok(Some(Principal {
+            key_id: key.id,
+            account: key.account,
+            scopes: key.scopes,
+        }))
+    }
+
+    /// Keys, oldest first; only `account`'s when given. Revoked keys included.
+    pub async fn list_api_keys(
+        &self,
+        account: Option<&AccountId>,
+    ) -> Result<Vec<ApiKey>, StoreError> {
+        let mut query = api_key::Entity::find().order_by_asc(api_key::Column::Id);
+        if let Some(account) = account {
+            query = query.filter(api_key::Column::AccountId.eq(account.as_str()));
+        }
+        query
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(to_domain)
+            .collect()
+    }
+
+    /// Revokes a key. Returns false when there is no such key or it was already revoked.
+    pub async fn revoke_api_key(&self, id: &ApiKeyId, now: Timestamp) -> Result<bool, StoreError> {
+        let result = api_key::Entity::update_many()
+            .col_expr(api_key::Column::RevokedAt, Expr::value(now.as_micros()))
+            .filter(api_key::Column::Id.eq(id.as_str()))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// How many keys are not revoked.
+    pub async fn active_api_keys(&self) -> Result<u64, StoreError> {
+        Ok(api_key::Entity::find()
+            .filter(api_key::Column::RevokedAt.is_null())
+            .count(&self.db)
+            .await?)
+    }
+}
+
+fn to_domain(row: api_key::Model) -> Result<ApiKey, StoreError> {
+    let scopes = Scope::parse_list(&row.scopes).map_err(|e| StoreError::Corrupt {
+        table: "api_keys",
+        detail: format!("{}: {e}", row.id),
+    })?;
+    Ok(ApiKey {
+        id: ApiKeyId::from_trusted(row.id),
+        account: AccountId::from_trusted(row.account_id),
+        name: row.name,
+        scopes,
+        created_at: Timestamp::from_micros(row.created_at),
+        revoked_at: row.revoked_at.map(Timestamp::from_micros),
+    })
+}

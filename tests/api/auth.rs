@@ -1,0 +1,338 @@
+//! API keys: authentication, scopes, tenant isolation, revocation, per-key rate limits and the
+//! first key of a fresh installation.
+
+use std::process::Command;
+use std::time::Duration;
+
+use refund_service::api::pb;
+use refund_service::app::Application;
+use refund_service::config::ServeSettings;
+use refund_service::domain::{AccountId, Scope, parse_account};
+use tonic::Code;
+use tonic_types::StatusExt as _;
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_refund-service");
+
+/// A key for `account` with `scopes`, made through the store.
+async fn key(app: &TestApp, account: &str, scopes: &str) -> String {
+    let (_, token) = refund_service::service::create_api_key(
+        app.service.store(),
+        parse_account(account).expect("account"),
+        format!("test key for {account}"),
+        Scope::parse_list(scopes).expect("scopes"),
+    )
+    .await
+    .expect("create key");
+    token
+}
+
+async fn client(app: &TestApp, key: Option<&str>) -> Client {
+    client_with_key(app.grpc_addr, key).await
+}
+
+fn missing_scope(status: &tonic::Status) -> Option<String> {
+    let details = status.get_error_details();
+    let info = details.error_info()?;
+    (info.reason == "MISSING_SCOPE")
+        .then(|| info.metadata.get("scope").cloned().unwrap_or_default())
+}
+
+#[tokio::test]
+async fn calls_without_a_valid_key_are_unauthenticated() {
+    let (mut app, _db) = spawn_app().await;
+    let payment = app.seed(1_000, "USD").await;
+    for key in [None, Some("rsk_not_a_key"), Some("")] {
+        let mut anonymous = client(&app, key).await;
+        let err = anonymous
+            .create_refund(refund_request(&payment, None, "USD"))
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), Code::Unauthenticated, "{key:?}: {err:?}");
+        let err = anonymous
+            .list_refunds(pb::ListRefundsRequest::default())
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), Code::Unauthenticated);
+        let err = anonymous
+            .bulk_refund(pb::BulkRefundRequest::default())
+            .await
+            .map(|_| ())
+            .expect_err("refused");
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
+    assert!(
+        app.ledger(&payment).await.is_empty(),
+        "nothing reached the provider"
+    );
+    // Health checks need no key.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc_addr))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health");
+    assert_eq!(health.into_inner().status, 1);
+    // And the admin key works.
+    app.client
+        .create_refund(refund_request(&payment, None, "USD"))
+        .await
+        .expect("admin can refund");
+}
+
+#[tokio::test]
+async fn a_key_without_the_scope_is_permission_denied() {
+    let (app, _db) = spawn_app().await;
+    let payment = app.seed(1_000, "USD").await;
+    let reader = key(&app, AccountId::DEFAULT, "refunds:read").await;
+    let mut reader = client(&app, Some(&reader)).await;
+    let err = reader
+        .create_refund(refund_request(&payment, None, "USD"))
+        .await
+        .expect_err("read-only key");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(missing_scope(&err).as_deref(), Some("refunds:write"));
+    reader
+        .list_refunds(pb::ListRefundsRequest::default())
+        .await
+        .expect("reading is allowed");
+
+    let writer = key(&app, AccountId::DEFAULT, "refunds:read,refunds:write").await;
+    let mut writer = client(&app, Some(&writer)).await;
+    let err = writer
+        .bulk_refund(pb::BulkRefundRequest {
+            jobs: vec![refund_request(&payment, None, "USD")],
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+        .expect_err("no bulk:write");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(missing_scope(&err).as_deref(), Some("bulk:write"));
+    writer
+        .create_refund(refund_request(&payment, None, "USD"))
+        .await
+        .expect("refunds:write may refund");
+}
+
+#[tokio::test]
+async fn accounts_never_see_or_touch_each_others_refunds() {
+    let (mut app, _db) = spawn_app().await;
+    let payment = app.seed(10_000, "USD").await;
+    let theirs = app
+        .client
+        .create_refund(pb::CreateRefundRequest {
+            idempotency_key: "order-7".into(),
+            ..refund_request(&payment, Some(1_000), "USD")
+        })
+        .await
+        .expect("refund in acct_default")
+        .into_inner();
+
+    let other = key(&app, "acct_other", "refunds:read,refunds:write,bulk:write").await;
+    let mut other = client(&app, Some(&other)).await;
+    let err = other
+        .get_refund(pb::GetRefundRequest {
+            id: theirs.id.clone(),
+        })
+        .await
+        .expect_err("another account's refund");
+    assert_eq!(err.code(), Code::NotFound, "existence is not leaked");
+    let err = other
+        .watch_refund(pb::WatchRefundRequest {
+            id: theirs.id.clone(),
+        })
+        .await
+        .map(|_| ())
+        .expect_err("another account's refund");
+    assert_eq!(err.code(), Code::NotFound);
+    let listed = other
+        .list_refunds(pb::ListRefundsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.refunds.is_empty(), "{listed:?}");
+
+    // The same idempotency key in another account is another key: a new refund, not a replay.
+    let mine = other
+        .create_refund(pb::CreateRefundRequest {
+            idempotency_key: "order-7".into(),
+            ..refund_request(&payment, Some(1_000), "USD")
+        })
+        .await
+        .expect("refund in acct_other")
+        .into_inner();
+    assert_ne!(mine.id, theirs.id);
+    let listed = other
+        .list_refunds(pb::ListRefundsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(
+        listed
+            .refunds
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>(),
+        [mine.id.as_str()]
+    );
+    let own = app
+        .client
+        .list_refunds(pb::ListRefundsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(
+        own.refunds
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>(),
+        [theirs.id.as_str()]
+    );
+}
+
+#[tokio::test]
+async fn keys_are_made_listed_and_revoked_with_the_cli() {
+    let (app, db) = spawn_app().await;
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("keys")
+            .args(args)
+            .args(["--database-url", &db.url])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run keys");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run(&[
+        "create",
+        "--account",
+        "acct_cli",
+        "--scopes",
+        "refunds:read",
+        "--name",
+        "dashboard",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let token = stdout.lines().last().unwrap_or_default().to_owned();
+    assert!(
+        token.starts_with("rsk_"),
+        "the token on the last line: {stdout}"
+    );
+    let key_id = stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("key_"))
+        .expect("the key id")
+        .to_owned();
+
+    let mut cli_client = client(&app, Some(&token)).await;
+    cli_client
+        .list_refunds(pb::ListRefundsRequest::default())
+        .await
+        .expect("the new key works");
+
+    let (code, listed, _) = run(&["list", "--account", "acct_cli"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        listed.contains(&key_id) && listed.contains("dashboard"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&token), "tokens are never listed");
+
+    let (code, _, stderr) = run(&["revoke", &key_id]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let err = cli_client
+        .list_refunds(pb::ListRefundsRequest::default())
+        .await
+        .expect_err("revoked");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let (code, _, stderr) = run(&["revoke", &key_id]);
+    assert_ne!(code, Some(0), "revoking twice fails: {stderr}");
+
+    let (code, _, stderr) = run(&[
+        "create",
+        "--account",
+        "acct_cli",
+        "--scopes",
+        "refunds:delete",
+    ]);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("refunds:delete"), "{stderr}");
+    let (code, _, stderr) = run(&["create", "--account", "no spaces", "--scopes", "admin"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("invalid account id"), "{stderr}");
+}
+
+#[tokio::test]
+async fn each_key_has_a_request_rate_limit() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, |s| s.api_key_rate_limit = 3).await;
+    let fast = key(&app, AccountId::DEFAULT, "refunds:read").await;
+    let mut fast = client(&app, Some(&fast)).await;
+    let mut limited = None;
+    for _ in 0..10 {
+        if let Err(e) = fast.list_refunds(pb::ListRefundsRequest::default()).await {
+            limited = Some(e);
+            break;
+        }
+    }
+    let err = limited.expect("the 10th call within a second is over the limit");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    let retry = err
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("retry info");
+    assert!(retry <= Duration::from_secs(1), "{retry:?}");
+    // Other keys have their own budget.
+    app.client
+        .clone()
+        .list_refunds(pb::ListRefundsRequest::default())
+        .await
+        .expect("another key is not limited");
+    tokio::time::sleep(retry).await;
+    fast.list_refunds(pb::ListRefundsRequest::default())
+        .await
+        .expect("after the delay");
+}
+
+#[tokio::test]
+async fn a_fresh_installation_on_loopback_gets_one_admin_key_shown_once() {
+    let db = TestDb::new().await;
+    let build = |addr: [u8; 4]| {
+        let mut settings = ServeSettings::local(db.url.clone());
+        settings.grpc_addr = (addr, 0).into();
+        settings.http_addr = ([127, 0, 0, 1], 0).into();
+        Application::build(settings)
+    };
+    // Not on loopback: no key is made up.
+    let public = build([0, 0, 0, 0]).await.expect("build");
+    assert!(public.bootstrap_key().is_none());
+    drop(public);
+
+    let first = build([127, 0, 0, 1]).await.expect("build");
+    let token = first
+        .bootstrap_key()
+        .expect("a key on first start")
+        .to_owned();
+    let principal = first
+        .service()
+        .authenticate(&token)
+        .await
+        .expect("store")
+        .expect("the key is valid");
+    assert!(principal.allows(Scope::Admin));
+    assert_eq!(principal.account.as_str(), AccountId::DEFAULT);
+    drop(first);
+
+    let second = build([127, 0, 0, 1]).await.expect("build");
+    assert!(second.bootstrap_key().is_none(), "only once");
+}
