@@ -49,6 +49,9 @@ pub enum Command {
     /// API keys: create (the token is printed once, on the last line), list, revoke.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Per-account settings.
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
     /// Refund every row of a CSV file through BulkRefund.
     ///
     /// Shows progress, writes the rows that did not succeed to a dead-letter file, and prints a
@@ -291,6 +294,26 @@ pub enum KeysCommand {
         #[command(flatten)]
         database: DatabaseArgs,
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    /// Refunds of the account above AMOUNT minor units of CURRENCY wait in REQUIRES_APPROVAL
+    /// until another API key with refunds:approve approves them. `--clear` removes the threshold.
+    SetApprovalThreshold {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[arg(long)]
+        account: String,
+        /// ISO 4217, e.g. USD.
+        #[arg(long)]
+        currency: String,
+        /// Minor units (cents for USD).
+        #[arg(long, required_unless_present = "clear", conflicts_with = "clear")]
+        amount: Option<i64>,
+        #[arg(long)]
+        clear: bool,
     },
 }
 
@@ -680,6 +703,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sandbox(SandboxCommand::Seed(args)) => sandbox_seed(args).await,
         Command::Sandbox(SandboxCommand::Ledger(args)) => sandbox_ledger(args).await,
         Command::Keys(command) => keys(command).await,
+        Command::Accounts(command) => accounts(command).await,
         Command::Bulk(args) => crate::bulk_cli::run(args).await,
     };
     // Spans still queued are sent now (a collector that does not answer is only logged).
@@ -709,12 +733,42 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     app.run_until(shutdown_signal()).await
 }
 
-async fn keys(command: KeysCommand) -> anyhow::Result<()> {
-    let database = match &command {
-        KeysCommand::Create { database, .. }
-        | KeysCommand::List { database, .. }
-        | KeysCommand::Revoke { database, .. } => database,
-    };
+async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
+    let AccountsCommand::SetApprovalThreshold {
+        database,
+        account,
+        currency,
+        amount,
+        clear: _,
+    } = command;
+    let account = crate::domain::parse_account(&account).map_err(anyhow::Error::msg)?;
+    let currency = crate::domain::Currency::parse(&currency).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(amount) = amount {
+        anyhow::ensure!(amount >= 0, "--amount must not be negative");
+    }
+    let store = open_store(&database).await?;
+    store
+        .set_approval_threshold(&account, currency, amount)
+        .await
+        .context("cannot set the threshold")?;
+    match amount {
+        Some(amount) => println!(
+            "refunds of {} above {amount} minor units of {} now need approval",
+            account.as_str(),
+            currency.code()
+        ),
+        None => println!(
+            "refunds of {} in {} no longer need approval",
+            account.as_str(),
+            currency.code()
+        ),
+    }
+    store.close().await.ok();
+    Ok(())
+}
+
+/// Connects to the database of `--database-url` and applies migrations.
+async fn open_store(database: &DatabaseArgs) -> anyhow::Result<Store> {
     let store = Store::connect(
         &database.database_url,
         &store_options(database.db_max_connections)?,
@@ -730,6 +784,16 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
         .migrate()
         .await
         .context("cannot apply database migrations")?;
+    Ok(store)
+}
+
+async fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    let database = match &command {
+        KeysCommand::Create { database, .. }
+        | KeysCommand::List { database, .. }
+        | KeysCommand::Revoke { database, .. } => database,
+    };
+    let store = open_store(database).await?;
     match command {
         KeysCommand::Create {
             account,

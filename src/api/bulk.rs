@@ -13,7 +13,7 @@ use super::refunds::{IDEMPOTENCY_KEY_HEADER, header};
 use super::status::to_status;
 use crate::domain::{
     AccountId, Bulk, BulkEvent, BulkJob, BulkState, FieldViolation, IdempotencyKey, ItemResult,
-    ItemStatus, NewBulk, RefundError, SequencedEvent, Violations, parse_metadata,
+    ItemStatus, NewBulk, Principal, RefundError, SequencedEvent, Violations, parse_metadata,
 };
 use crate::service::RefundService;
 
@@ -21,9 +21,10 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::BulkRefundEvent, Sta
 
 pub async fn bulk_refund(
     service: &RefundService,
-    account: AccountId,
+    principal: Principal,
     request: Request<pb::BulkRefundRequest>,
 ) -> Result<Response<EventStream>, Status> {
+    let account = principal.account;
     let header_key = header(&request, IDEMPOTENCY_KEY_HEADER);
     let msg = request.into_inner();
     let max_jobs = service.config().bulk.max_jobs as usize;
@@ -37,8 +38,9 @@ pub async fn bulk_refund(
             ),
         )));
     }
-    let new = new_bulk(msg, header_key, service)
+    let mut new = new_bulk(msg, header_key, service)
         .map_err(|v| to_status(RefundError::InvalidArgument(v)))?;
+    new.created_by = Some(principal.key_id);
     let (bulk, _created) = service
         .create_bulk(&account, new)
         .await
@@ -170,6 +172,7 @@ fn new_bulk(
             max_concurrency,
             idempotency_key: idempotency_key?,
             metadata,
+            created_by: None,
         })
     })
 }
@@ -279,6 +282,7 @@ pub fn bulk_to_pb(b: Bulk) -> pb::BulkRefundBatch {
         created_at,
         updated_at,
         finished_at,
+        created_by: _,
     } = b;
     let count = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
     pb::BulkRefundBatch {

@@ -175,6 +175,8 @@ pub fn refund_to_pb(r: Refund) -> pb::Refund {
         attempts: _,
         created_at,
         updated_at,
+        created_by,
+        approved_by,
     } = r;
     let (failure_code, failure_reason) = failure.map(|f| (f.code, f.reason)).unwrap_or_default();
     pb::Refund {
@@ -193,6 +195,12 @@ pub fn refund_to_pb(r: Refund) -> pb::Refund {
         created_at: Some(timestamp_to_pb(created_at)),
         updated_at: Some(timestamp_to_pb(updated_at)),
         idempotency_key: idempotency_key
+            .map(|k| k.as_str().to_owned())
+            .unwrap_or_default(),
+        created_by_key_id: created_by
+            .map(|k| k.as_str().to_owned())
+            .unwrap_or_default(),
+        approved_by_key_id: approved_by
             .map(|k| k.as_str().to_owned())
             .unwrap_or_default(),
     }

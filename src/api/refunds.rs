@@ -49,7 +49,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         &self,
         request: Request<pb::CreateRefundRequest>,
     ) -> Result<Response<pb::Refund>, Status> {
-        let account = self.account(&request, Scope::RefundsWrite).await?;
+        let principal = self.auth.check(&request, Scope::RefundsWrite).await?;
         let header_key = header(&request, IDEMPOTENCY_KEY_HEADER);
         let new = convert::new_refund(
             request.into_inner(),
@@ -60,7 +60,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         .map_err(|v| to_status(RefundError::InvalidArgument(v)))?;
         let refund = self
             .service
-            .create_refund(&account, new)
+            .create_refund(&principal.account, Some(&principal.key_id), new)
             .await
             .map_err(to_status)?;
         Ok(Response::new(convert::refund_to_pb(refund)))
@@ -100,6 +100,34 @@ impl pb::refund_service_server::RefundService for RefundsApi {
                 .collect(),
             next_page_token: page.next_page_token,
         }))
+    }
+
+    async fn approve_refund(
+        &self,
+        request: Request<pb::ApproveRefundRequest>,
+    ) -> Result<Response<pb::Refund>, Status> {
+        let principal = self.auth.check(&request, Scope::RefundsApprove).await?;
+        let pb::ApproveRefundRequest { id } = request.into_inner();
+        let refund = self
+            .service
+            .approve_refund(&principal, &id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(convert::refund_to_pb(refund)))
+    }
+
+    async fn reject_refund(
+        &self,
+        request: Request<pb::RejectRefundRequest>,
+    ) -> Result<Response<pb::Refund>, Status> {
+        let principal = self.auth.check(&request, Scope::RefundsApprove).await?;
+        let pb::RejectRefundRequest { id } = request.into_inner();
+        let refund = self
+            .service
+            .reject_refund(&principal, &id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(convert::refund_to_pb(refund)))
     }
 
     type WatchRefundStream = RefundStream;
@@ -142,8 +170,8 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         request: Request<pb::BulkRefundRequest>,
     ) -> Result<Response<Self::BulkRefundStream>, Status> {
         {
-            let account = self.account(&request, Scope::BulkWrite).await?;
-            bulk::bulk_refund(&self.service, account, request).await
+            let principal = self.auth.check(&request, Scope::BulkWrite).await?;
+            bulk::bulk_refund(&self.service, principal, request).await
         }
     }
 

@@ -58,6 +58,16 @@ pub fn to_status(err: RefundError) -> Status {
             failed_precondition(e, "IDEMPOTENCY_KEY_REUSED", [])
         }
         e @ RefundError::ProviderUnavailable { .. } => Status::unavailable(e.to_string()),
+        ref e @ RefundError::SelfApproval { .. } => Status::with_error_details(
+            Code::PermissionDenied,
+            e.to_string(),
+            ErrorDetails::with_error_info("SELF_APPROVAL", ERROR_DOMAIN, HashMap::new()),
+        ),
+        ref e @ RefundError::NotAwaitingApproval { status, .. } => failed_precondition(
+            e,
+            "NOT_AWAITING_APPROVAL",
+            [("status", status.as_str().to_owned())],
+        ),
         RefundError::Internal(cause) => {
             // The client gets a generic message; the log gets the whole cause chain.
             tracing::error!(error = ?cause, "internal error");

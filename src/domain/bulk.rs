@@ -163,6 +163,8 @@ impl JobError {
             RefundError::AlreadyRefunded { .. } => ("ALREADY_REFUNDED", false),
             RefundError::IdempotencyKeyReused { .. } => ("IDEMPOTENCY_KEY_REUSED", false),
             RefundError::ProviderUnavailable { .. } => ("UNAVAILABLE", true),
+            RefundError::SelfApproval { .. } => ("SELF_APPROVAL", false),
+            RefundError::NotAwaitingApproval { .. } => ("NOT_AWAITING_APPROVAL", false),
             RefundError::Internal(_) => ("INTERNAL", true),
         };
         Self {
@@ -225,6 +227,8 @@ impl JobOutcome {
             | RefundError::IdempotencyKeyReused { .. }
             | RefundError::RefundNotFound { .. }
             | RefundError::BulkNotFound { .. }
+            | RefundError::SelfApproval { .. }
+            | RefundError::NotAwaitingApproval { .. }
             | RefundError::Internal(_) => 0,
         };
         Self {
@@ -247,6 +251,8 @@ pub struct NewBulk {
     pub max_concurrency: u32,
     pub idempotency_key: Option<IdempotencyKey>,
     pub metadata: BTreeMap<String, String>,
+    /// The API key that sent the batch; its jobs' refunds count as made by it.
+    pub created_by: Option<super::ApiKeyId>,
 }
 
 impl NewBulk {
@@ -338,6 +344,7 @@ pub struct Bulk {
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub finished_at: Option<Timestamp>,
+    pub created_by: Option<super::ApiKeyId>,
 }
 
 /// The outcome of one job, as reported in the stream and by ListBulkRefundItems.

@@ -43,6 +43,17 @@ pub enum RefundError {
     },
 
     /// Anything the client could not have caused. Logged with its cause chain, reported generically.
+    #[error(
+        "refund {id} was asked for with the same API key that tries to approve it; another key must approve it"
+    )]
+    SelfApproval { id: String },
+
+    #[error("refund {id} is not waiting for approval (its status is {status})", status = .status.as_str())]
+    NotAwaitingApproval {
+        id: String,
+        status: super::RefundStatus,
+    },
+
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }

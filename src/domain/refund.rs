@@ -159,6 +159,10 @@ pub struct Refund {
     pub idempotency_key: Option<super::IdempotencyKey>,
     /// Provider calls made for it: the creation, and look-ups or re-sends by the reconciler.
     pub attempts: u32,
+    /// The API key that asked for it, and the one that approved it (refunds above the account's
+    /// approval threshold).
+    pub created_by: Option<super::ApiKeyId>,
+    pub approved_by: Option<super::ApiKeyId>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }

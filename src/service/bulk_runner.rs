@@ -235,7 +235,12 @@ async fn run_job(service: RefundService, bulk: Bulk, item: ClaimedItem) -> JobOu
     // Debug events: not logged by default, but events of the job's span in traces.
     tracing::debug!(payment_id = item.request.payment.as_str(), "job dispatched");
     let outcome = match service
-        .create(&bulk.account, item.request, Origin::BULK)
+        .create(
+            &bulk.account,
+            bulk.created_by.as_ref(),
+            item.request,
+            Origin::BULK,
+        )
         .await
     {
         // Succeeded, failed at the provider, replayed, or PENDING there (the reconciler settles it).

@@ -8,6 +8,7 @@
 //! 5. a clear answer settles the refund; an ambiguous one (timeout, lost connection) leaves it
 //!    PENDING for the reconciler, which looks it up at the provider before anything is re-sent.
 
+mod approval;
 mod bulk;
 mod bulk_runner;
 mod clock;
@@ -21,7 +22,9 @@ mod webhooks;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::domain::{AccountId, Failure, NewRefund, Refund, RefundError, RefundId, RefundStatus};
+use crate::domain::{
+    AccountId, ApiKeyId, Failure, NewRefund, Refund, RefundError, RefundId, RefundStatus,
+};
 use crate::metrics::Metrics;
 use crate::providers::{
     PaymentStatus, Provider, ProviderError, ProviderRefund, ProviderRefundStatus, Providers,
@@ -134,12 +137,14 @@ impl RefundService {
         &self.inner.config
     }
 
+    /// A refund for `account`, asked for by the API key `created_by`.
     pub async fn create_refund(
         &self,
         account: &AccountId,
+        created_by: Option<&ApiKeyId>,
         request: NewRefund,
     ) -> Result<Refund, RefundError> {
-        self.create(account, request, Origin::API).await
+        self.create(account, created_by, request, Origin::API).await
     }
 
     /// A refund for a request (`origin` says whose). A bulk job skips the read of its idempotency
@@ -148,6 +153,7 @@ impl RefundService {
     pub(super) async fn create(
         &self,
         account: &AccountId,
+        created_by: Option<&ApiKeyId>,
         request: NewRefund,
         origin: Origin,
     ) -> Result<Refund, RefundError> {
@@ -227,6 +233,10 @@ impl RefundService {
             ));
         }
 
+        let approval_threshold = store
+            .approval_threshold(account, request.currency)
+            .await
+            .map_err(internal)?;
         let outcome = store
             .begin_refund(BeginRefund {
                 id: RefundId::generate(),
@@ -239,6 +249,8 @@ impl RefundService {
                 lease_until: now.saturating_add(self.request_lease()),
                 idempotency_expires_at: now.saturating_add(config.idempotency_ttl),
                 source: origin.source,
+                created_by,
+                approval_threshold,
             })
             .await
             .map_err(internal)?;
@@ -246,7 +258,11 @@ impl RefundService {
             BeginOutcome::Created(refund) => {
                 self.inner
                     .metrics
-                    .refund(refund.provider.as_str(), RefundStatus::Pending.as_str());
+                    .refund(refund.provider.as_str(), refund.status.as_str());
+                if refund.status == RefundStatus::RequiresApproval {
+                    tracing::info!(refund_id = %refund.id, amount = refund.amount.minor_units(), "refund above the approval threshold; waiting for approval");
+                    return Ok(refund);
+                }
                 self.submit(provider.as_ref(), refund, origin).await
             }
             BeginOutcome::Replayed(refund) => Ok(refund),
@@ -410,6 +426,8 @@ impl RefundService {
                 provider_refund_id: Some(provider_refund.id),
                 failure,
                 source: origin.source,
+                approved_by: None,
+                lease_until: None,
             },
         )
         .await
@@ -429,6 +447,8 @@ impl RefundService {
                 provider_refund_id: None,
                 failure: Some(failure),
                 source: origin.source,
+                approved_by: None,
+                lease_until: None,
             },
         )
         .await

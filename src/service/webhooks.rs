@@ -168,6 +168,8 @@ impl RefundService {
                             provider_refund_id: Some(report.provider_refund_id.clone()),
                             failure: report.failure.clone(),
                             source: "webhook",
+                            approved_by: None,
+                            lease_until: None,
                         },
                     )
                     .await?;

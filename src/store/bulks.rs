@@ -17,9 +17,9 @@ use super::entities::{bulk, bulk_event, bulk_item, refund};
 use super::refunds::to_domain as refund_to_domain;
 use super::{Store, StoreError};
 use crate::domain::{
-    AccountId, Amount, Bulk, BulkCounts, BulkEvent, BulkId, BulkState, Currency, IdempotencyKey,
-    ItemResult, ItemStatus, JobError, JobOutcome, NewBulk, NewRefund, PaymentRef, ProviderName,
-    Refund, RefundReason, SequencedEvent, StopReason, Timestamp, derived_job_key,
+    AccountId, Amount, ApiKeyId, Bulk, BulkCounts, BulkEvent, BulkId, BulkState, Currency,
+    IdempotencyKey, ItemResult, ItemStatus, JobError, JobOutcome, NewBulk, NewRefund, PaymentRef,
+    ProviderName, Refund, RefundReason, SequencedEvent, StopReason, Timestamp, derived_job_key,
 };
 
 /// Rows per INSERT: well under SQLite's limit of bound parameters.
@@ -122,6 +122,7 @@ impl Store {
             created_at: Set(t),
             updated_at: Set(t),
             finished_at: Set(None),
+            created_by_key: Set(new.created_by.as_ref().map(|k| k.as_str().to_owned())),
         })
         .on_conflict_do_nothing_on([bulk::Column::AccountId, bulk::Column::IdempotencyKey])
         .exec_without_returning(&txn)
@@ -866,6 +867,7 @@ fn bulk_to_domain(b: bulk::Model) -> Result<Bulk, StoreError> {
         created_at: Timestamp::from_micros(b.created_at),
         updated_at: Timestamp::from_micros(b.updated_at),
         finished_at: b.finished_at.map(Timestamp::from_micros),
+        created_by: b.created_by_key.map(ApiKeyId::from_trusted),
     })
 }
 

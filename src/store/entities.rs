@@ -57,6 +57,9 @@ pub mod refund {
         pub next_check_at: Option<i64>,
         pub created_at: i64,
         pub updated_at: i64,
+        /// The API key that asked for it (none for refunds made before keys existed).
+        pub created_by_key: Option<String>,
+        pub approved_by_key: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -142,6 +145,7 @@ pub mod bulk {
         pub created_at: i64,
         pub updated_at: i64,
         pub finished_at: Option<i64>,
+        pub created_by_key: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -255,6 +259,27 @@ pub mod api_key {
         pub scopes: String,
         pub created_at: i64,
         pub revoked_at: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod approval_threshold {
+    use sea_orm::entity::prelude::*;
+
+    /// Refunds of an account above `amount` minor units of `currency` need a second person.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "approval_thresholds")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub account_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub currency: String,
+        pub amount: i64,
+        pub updated_at: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

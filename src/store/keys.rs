@@ -5,9 +5,9 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
 };
 
-use super::entities::api_key;
+use super::entities::{api_key, approval_threshold};
 use super::{Store, StoreError};
-use crate::domain::{AccountId, ApiKey, ApiKeyId, Principal, Scope, Timestamp};
+use crate::domain::{AccountId, ApiKey, ApiKeyId, Currency, Principal, Scope, Timestamp};
 
 impl Store {
     /// Stores a new key (its token's hash only).
@@ -78,6 +78,47 @@ impl Store {
             .filter(api_key::Column::RevokedAt.is_null())
             .count(&self.db)
             .await?)
+    }
+}
+
+impl Store {
+    /// Refunds of `account` in `currency` above this many minor units need approval.
+    pub async fn approval_threshold(
+        &self,
+        account: &AccountId,
+        currency: Currency,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(approval_threshold::Entity::find_by_id((
+            account.as_str().to_owned(),
+            currency.code().to_owned(),
+        ))
+        .one(&self.db)
+        .await?
+        .map(|row| row.amount))
+    }
+
+    /// Sets (`Some`) or removes (`None`) an account's approval threshold for a currency.
+    pub async fn set_approval_threshold(
+        &self,
+        account: &AccountId,
+        currency: Currency,
+        amount: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let pk = (account.as_str().to_owned(), currency.code().to_owned());
+        approval_threshold::Entity::delete_by_id(pk)
+            .exec(&self.db)
+            .await?;
+        if let Some(amount) = amount {
+            approval_threshold::Entity::insert(approval_threshold::ActiveModel {
+                account_id: Set(account.as_str().to_owned()),
+                currency: Set(currency.code().to_owned()),
+                amount: Set(amount),
+                updated_at: Set(Timestamp::now().as_micros()),
+            })
+            .exec_without_returning(&self.db)
+            .await?;
+        }
+        Ok(())
     }
 }
 

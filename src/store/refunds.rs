@@ -11,8 +11,8 @@ use sea_orm::{
 use super::entities::{idempotency_key, payment, refund, refund_event};
 use super::{Store, StoreError};
 use crate::domain::{
-    AccountId, Amount, Currency, Failure, IdempotencyKey, NewRefund, PaymentRef, ProviderName,
-    Refund, RefundId, RefundReason, RefundStatus, Timestamp,
+    AccountId, Amount, ApiKeyId, Currency, Failure, IdempotencyKey, NewRefund, PaymentRef,
+    ProviderName, Refund, RefundId, RefundReason, RefundStatus, Timestamp,
 };
 
 /// Everything needed to store a new PENDING refund and reserve its amount.
@@ -34,6 +34,11 @@ pub struct BeginRefund<'a> {
     pub idempotency_expires_at: Timestamp,
     /// Who asked for it (`api`, `bulk`, ...), recorded with its first status.
     pub source: &'static str,
+    /// The API key that asked for it.
+    pub created_by: Option<&'a ApiKeyId>,
+    /// Refunds of more minor units than this are stored REQUIRES_APPROVAL instead of PENDING
+    /// (decided on the reserved amount, so "refund the rest" is covered too).
+    pub approval_threshold: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -59,6 +64,10 @@ pub struct Settlement {
     pub failure: Option<Failure>,
     /// What caused it: `api`, `reconciler`, ...
     pub source: &'static str,
+    /// The key that approved it (REQUIRES_APPROVAL -> PENDING).
+    pub approved_by: Option<ApiKeyId>,
+    /// Until when the caller owns the refund (its provider call); the reconciler waits for it.
+    pub lease_until: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -142,8 +151,11 @@ impl Store {
             .col_expr(refund::Column::UpdatedAt, Expr::value(now))
             .col_expr(
                 refund::Column::NextCheckAt,
-                Expr::value(Option::<i64>::None),
+                Expr::value(s.lease_until.map(Timestamp::as_micros)),
             );
+        if let Some(key) = &s.approved_by {
+            update = update.col_expr(refund::Column::ApprovedByKey, Expr::value(key.as_str()));
+        }
         if let Some(provider_refund_id) = &s.provider_refund_id {
             update = update.col_expr(
                 refund::Column::ProviderRefundId,
@@ -462,7 +474,12 @@ async fn begin_in(
         Reservation::NothingLeft => return Ok(BeginOutcome::AlreadyRefunded),
     };
 
-    // 4. The refund itself, PENDING, with the key it will be sent to the provider with (its id).
+    // 4. The refund itself, PENDING (or REQUIRES_APPROVAL above the account's threshold), with
+    //    the key it will be sent to the provider with (its id).
+    let status = match b.approval_threshold {
+        Some(threshold) if amount > threshold => RefundStatus::RequiresApproval,
+        Some(_) | None => RefundStatus::Pending,
+    };
     let model = refund::ActiveModel {
         id: Set(b.id.as_str().to_owned()),
         account_id: Set(account.to_owned()),
@@ -471,7 +488,7 @@ async fn begin_in(
         provider_refund_id: Set(None),
         amount: Set(amount),
         currency: Set(r.currency.code().to_owned()),
-        status: Set(RefundStatus::Pending.as_str().to_owned()),
+        status: Set(status.as_str().to_owned()),
         reason: Set(r.reason.as_str().to_owned()),
         reason_detail: Set(r.reason_detail.clone()),
         metadata: Set(
@@ -483,15 +500,18 @@ async fn begin_in(
         failure_code: Set(None),
         failure_reason: Set(None),
         idempotency_key: Set(r.idempotency_key.as_ref().map(|k| k.as_str().to_owned())),
-        attempts: Set(1),
-        next_check_at: Set(Some(b.lease_until.as_micros())),
+        attempts: Set(i32::from(status == RefundStatus::Pending)),
+        // Waiting for approval is not the reconciler's business.
+        next_check_at: Set((status == RefundStatus::Pending).then(|| b.lease_until.as_micros())),
+        created_by_key: Set(b.created_by.map(|k| k.as_str().to_owned())),
+        approved_by_key: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     };
     let row = refund::Entity::insert(model)
         .exec_with_returning(txn)
         .await?;
-    insert_event(txn, &row, None, RefundStatus::Pending, b.source, now).await?;
+    insert_event(txn, &row, None, status, b.source, now).await?;
     Ok(BeginOutcome::Created(to_domain(row)?))
 }
 
@@ -690,6 +710,8 @@ pub(super) fn to_domain(row: refund::Model) -> Result<Refund, StoreError> {
         failure,
         idempotency_key: row.idempotency_key.map(IdempotencyKey::from_trusted),
         attempts: u32::try_from(row.attempts).unwrap_or(0),
+        created_by: row.created_by_key.map(ApiKeyId::from_trusted),
+        approved_by: row.approved_by_key.map(ApiKeyId::from_trusted),
         created_at: Timestamp::from_micros(row.created_at),
         updated_at: Timestamp::from_micros(row.updated_at),
     })

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod approval;
 mod auth;
 mod bulk;
 mod bulk_cli;

@@ -6,6 +6,7 @@ mod m20261123_000001_initial;
 mod m20261123_000002_bulk;
 mod m20261123_000003_webhooks;
 mod m20261123_000004_api_keys;
+mod m20261123_000005_approval;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_bulk::Migration),
             Box::new(m20261123_000003_webhooks::Migration),
             Box::new(m20261123_000004_api_keys::Migration),
+            Box::new(m20261123_000005_approval::Migration),
         ]
     }
 }

@@ -1,0 +1,109 @@
+//! Four eyes: refunds above their account's threshold wait in REQUIRES_APPROVAL, holding their
+//! amount, until another API key with `refunds:approve` approves them (then they are sent to the
+//! provider) or anyone with that scope rejects them (CANCELED, amount released).
+
+use super::{Origin, RefundService};
+use crate::domain::{Principal, Refund, RefundError, RefundStatus};
+use crate::store::Settlement;
+
+impl RefundService {
+    /// Approves a waiting refund and sends it to its provider. The key that asked for the refund
+    /// cannot approve it.
+    pub async fn approve_refund(
+        &self,
+        approver: &Principal,
+        id: &str,
+    ) -> Result<Refund, RefundError> {
+        let refund = self.get_refund(&approver.account, id).await?;
+        self.awaiting_approval(&refund)?;
+        if refund.created_by.as_ref() == Some(&approver.key_id) {
+            return Err(RefundError::SelfApproval {
+                id: refund.id.as_str().to_owned(),
+            });
+        }
+        let provider = self
+            .providers()
+            .get(&refund.provider)
+            .cloned()
+            .ok_or_else(|| {
+                RefundError::invalid(
+                    "id",
+                    format!(
+                        "the refund's provider {} is not configured",
+                        refund.provider
+                    ),
+                )
+            })?;
+        let lease = self.clock().now().saturating_add(self.request_lease());
+        let pending = self
+            .settle(
+                refund.clone(),
+                Settlement {
+                    from: RefundStatus::RequiresApproval,
+                    to: RefundStatus::Pending,
+                    provider_refund_id: None,
+                    failure: None,
+                    source: "approval",
+                    approved_by: Some(approver.key_id.clone()),
+                    lease_until: Some(lease),
+                },
+            )
+            .await?;
+        if pending.status != RefundStatus::Pending
+            || pending.approved_by.as_ref() != Some(&approver.key_id)
+        {
+            // Someone else approved or rejected it first.
+            return Err(RefundError::NotAwaitingApproval {
+                id: pending.id.as_str().to_owned(),
+                status: pending.status,
+            });
+        }
+        tracing::info!(refund_id = %pending.id, approver = %approver.key_id, "refund approved; sending it to the provider");
+        self.submit(provider.as_ref(), pending, Origin::API).await
+    }
+
+    /// Rejects a waiting refund: it ends CANCELED and its amount is released.
+    pub async fn reject_refund(
+        &self,
+        rejecter: &Principal,
+        id: &str,
+    ) -> Result<Refund, RefundError> {
+        let refund = self.get_refund(&rejecter.account, id).await?;
+        self.awaiting_approval(&refund)?;
+        let canceled = self
+            .settle(
+                refund,
+                Settlement {
+                    from: RefundStatus::RequiresApproval,
+                    to: RefundStatus::Canceled,
+                    provider_refund_id: None,
+                    failure: Some(crate::domain::Failure {
+                        code: "rejected".to_owned(),
+                        reason: format!("rejected by {}", rejecter.key_id),
+                    }),
+                    source: "approval",
+                    approved_by: None,
+                    lease_until: None,
+                },
+            )
+            .await?;
+        if canceled.status != RefundStatus::Canceled {
+            return Err(RefundError::NotAwaitingApproval {
+                id: canceled.id.as_str().to_owned(),
+                status: canceled.status,
+            });
+        }
+        Ok(canceled)
+    }
+
+    fn awaiting_approval(&self, refund: &Refund) -> Result<(), RefundError> {
+        if refund.status == RefundStatus::RequiresApproval {
+            Ok(())
+        } else {
+            Err(RefundError::NotAwaitingApproval {
+                id: refund.id.as_str().to_owned(),
+                status: refund.status,
+            })
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Four eyes: refunds above an account's threshold wait for a second key.
+
+use std::process::Command;
+
+use refund_service::api::pb;
+use refund_service::domain::{AccountId, Currency, Scope, parse_account};
+use tokio_stream::StreamExt as _;
+use tonic::Code;
+use tonic_types::StatusExt as _;
+
+use crate::helpers::*;
+
+async fn key(app: &TestApp, scopes: &str) -> String {
+    refund_service::service::create_api_key(
+        app.service.store(),
+        parse_account(AccountId::DEFAULT).expect("account"),
+        format!("{scopes} key"),
+        Scope::parse_list(scopes).expect("scopes"),
+    )
+    .await
+    .expect("key")
+    .1
+}
+
+/// Refunds above 50.00 USD need approval in the default account.
+async fn with_threshold(app: &TestApp) {
+    app.service
+        .store()
+        .set_approval_threshold(
+            &AccountId::default_account(),
+            Currency::parse("USD").expect("USD"),
+            Some(5_000),
+        )
+        .await
+        .expect("threshold");
+}
+
+fn reason(status: &tonic::Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_refund_above_the_threshold_waits_and_only_another_key_can_approve_it() {
+    let (app, db) = spawn_app().await;
+    with_threshold(&app).await;
+    let payment = app.seed(20_000, "USD").await;
+    let clerk = key(&app, "refunds:read,refunds:write,refunds:approve").await;
+    let mut clerk = client_with_key(app.grpc_addr, Some(&clerk)).await;
+    let manager = key(&app, "refunds:read,refunds:approve").await;
+    let mut manager = client_with_key(app.grpc_addr, Some(&manager)).await;
+
+    // At the threshold: no approval needed.
+    let small = clerk
+        .create_refund(refund_request(&payment, Some(5_000), "USD"))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(status_of(&small), pb::RefundStatus::Succeeded);
+
+    let big = clerk
+        .create_refund(refund_request(&payment, Some(9_000), "USD"))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(
+        status_of(&big),
+        pb::RefundStatus::RequiresApproval,
+        "{big:?}"
+    );
+    assert!(big.created_by_key_id.starts_with("key_"));
+    assert_eq!(
+        app.ledger(&payment).await.len(),
+        1,
+        "not sent to the provider"
+    );
+    // Its amount is held: only 6,000 remain.
+    let err = clerk
+        .create_refund(refund_request(&payment, Some(6_001), "USD"))
+        .await
+        .expect_err("over-refund");
+    assert_eq!(reason(&err), "OVER_REFUND");
+
+    // The key that asked cannot approve it.
+    let err = clerk
+        .approve_refund(pb::ApproveRefundRequest { id: big.id.clone() })
+        .await
+        .expect_err("self-approval");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(reason(&err), "SELF_APPROVAL");
+    // A key without refunds:approve cannot either.
+    let writer = key(&app, "refunds:write").await;
+    let err = client_with_key(app.grpc_addr, Some(&writer))
+        .await
+        .approve_refund(pb::ApproveRefundRequest { id: big.id.clone() })
+        .await
+        .expect_err("no refunds:approve");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(reason(&err), "MISSING_SCOPE");
+
+    let approved = manager
+        .approve_refund(pb::ApproveRefundRequest { id: big.id.clone() })
+        .await
+        .expect("approve")
+        .into_inner();
+    assert_eq!(
+        status_of(&approved),
+        pb::RefundStatus::Succeeded,
+        "{approved:?}"
+    );
+    assert!(approved.approved_by_key_id.starts_with("key_"));
+    assert_ne!(approved.approved_by_key_id, approved.created_by_key_id);
+    assert_eq!(app.ledger(&payment).await.len(), 2, "sent once approved");
+    let err = manager
+        .approve_refund(pb::ApproveRefundRequest { id: big.id.clone() })
+        .await
+        .expect_err("twice");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&err), "NOT_AWAITING_APPROVAL");
+
+    let history = status_history(&db, &big.id).await;
+    let sources: Vec<(&str, &str)> = history
+        .iter()
+        .map(|(_, to, source)| (to.as_str(), source.as_str()))
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            ("requires_approval", "api"),
+            ("pending", "approval"),
+            ("succeeded", "api")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn rejecting_cancels_the_refund_and_releases_its_amount() {
+    let (app, _db) = spawn_app().await;
+    with_threshold(&app).await;
+    let payment = app.seed(10_000, "USD").await;
+    let manager = key(&app, "refunds:approve").await;
+    let mut manager = client_with_key(app.grpc_addr, Some(&manager)).await;
+    let big = app
+        .client
+        .clone()
+        .create_refund(refund_request(&payment, None, "USD"))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(status_of(&big), pb::RefundStatus::RequiresApproval);
+    assert_eq!(big.amount, 10_000, "the whole remainder is held");
+
+    let rejected = manager
+        .reject_refund(pb::RejectRefundRequest { id: big.id.clone() })
+        .await
+        .expect("reject")
+        .into_inner();
+    assert_eq!(status_of(&rejected), pb::RefundStatus::Canceled);
+    assert_eq!(rejected.failure_code, "rejected");
+    assert!(app.ledger(&payment).await.is_empty());
+    // Released: the payment can be refunded again (below the threshold, no approval).
+    let again = app
+        .client
+        .clone()
+        .create_refund(refund_request(&payment, Some(4_000), "USD"))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(status_of(&again), pb::RefundStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn bulk_jobs_above_the_threshold_wait_for_approval_too() {
+    let (mut app, _db) = spawn_app().await;
+    with_threshold(&app).await;
+    let small = app.seed(1_000, "USD").await;
+    let big = app.seed(8_000, "USD").await;
+    let results: Vec<pb::BulkJobResult> = app
+        .client
+        .bulk_refund(pb::BulkRefundRequest {
+            jobs: vec![
+                refund_request(&small, None, "USD"),
+                refund_request(&big, None, "USD"),
+            ],
+            ..Default::default()
+        })
+        .await
+        .expect("bulk")
+        .into_inner()
+        .filter_map(|e| match e.ok()?.event? {
+            pb::bulk_refund_event::Event::Result(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+        .await;
+    let waiting = results
+        .iter()
+        .find(|r| r.payment_id == big)
+        .and_then(|r| r.refund.clone())
+        .expect("the big job's refund");
+    assert_eq!(status_of(&waiting), pb::RefundStatus::RequiresApproval);
+    assert!(app.ledger(&big).await.is_empty());
+    assert_eq!(app.ledger(&small).await.len(), 1);
+
+    // The batch's key (the admin key here) cannot approve its own jobs' refunds.
+    let err = app
+        .client
+        .approve_refund(pb::ApproveRefundRequest {
+            id: waiting.id.clone(),
+        })
+        .await
+        .expect_err("self-approval");
+    assert_eq!(reason(&err), "SELF_APPROVAL");
+}
+
+#[tokio::test]
+async fn thresholds_are_set_and_cleared_with_the_cli() {
+    let (mut app, db) = spawn_app().await;
+    let bin = env!("CARGO_BIN_EXE_refund-service");
+    let run = |extra: &[&str]| {
+        Command::new(bin)
+            .args([
+                "accounts",
+                "set-approval-threshold",
+                "--account",
+                "acct_default",
+            ])
+            .args(["--currency", "USD", "--database-url", &db.url])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run")
+    };
+    let out = run(&["--amount", "100"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let payment = app.seed(1_000, "USD").await;
+    let r = app
+        .client
+        .create_refund(refund_request(&payment, Some(101), "USD"))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(status_of(&r), pb::RefundStatus::RequiresApproval);
+    let out = run(&["--clear"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = app
+        .client
+        .create_refund(refund_request(&payment, Some(101), "USD"))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(status_of(&r), pb::RefundStatus::Succeeded);
+    assert!(
+        !run(&[]).status.success(),
+        "an amount or --clear is required"
+    );
+}
