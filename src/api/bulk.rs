@@ -83,12 +83,12 @@ pub async fn get_bulk_refund(
 
 pub async fn cancel_bulk_refund(
     service: &RefundService,
-    account: AccountId,
+    principal: Principal,
     request: Request<pb::CancelBulkRefundRequest>,
 ) -> Result<Response<pb::BulkRefundBatch>, Status> {
     let pb::CancelBulkRefundRequest { bulk_id } = request.into_inner();
     let bulk = service
-        .cancel_bulk(&account, &bulk_id)
+        .cancel_bulk(&principal.account, Some(&principal.key_id), &bulk_id)
         .await
         .map_err(to_status)?;
     Ok(Response::new(bulk_to_pb(bulk)))

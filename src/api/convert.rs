@@ -5,8 +5,8 @@ use prost_types::Timestamp as PbTimestamp;
 
 use super::pb;
 use crate::domain::{
-    FieldViolation, NewRefund, ProviderName, RawRefundRequest, Refund, RefundReason, RefundStatus,
-    Timestamp,
+    AuditEvent, FieldViolation, NewRefund, ProviderName, RawRefundRequest, Refund, RefundReason,
+    RefundStatus, Timestamp,
 };
 use crate::providers::ProviderSummary;
 use crate::providers::traffic::CircuitState;
@@ -223,6 +223,33 @@ pub fn provider_to_pb(p: ProviderSummary) -> pb::ProviderInfo {
             last_error: p.health.last_error.unwrap_or_default(),
         }),
         webhooks_enabled: p.webhooks_enabled,
+    }
+}
+
+pub fn audit_to_pb(e: AuditEvent) -> pb::AuditEvent {
+    let AuditEvent {
+        id,
+        account,
+        actor_key,
+        source,
+        action,
+        resource_id,
+        request_id,
+        outcome,
+        detail,
+        created_at,
+    } = e;
+    pb::AuditEvent {
+        id: id.as_str().to_owned(),
+        account_id: account.as_str().to_owned(),
+        actor_key_id: actor_key.map(|k| k.as_str().to_owned()).unwrap_or_default(),
+        source,
+        action,
+        resource_id,
+        request_id: request_id.unwrap_or_default(),
+        outcome,
+        detail,
+        created_at: Some(timestamp_to_pb(created_at)),
     }
 }
 

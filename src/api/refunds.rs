@@ -130,6 +130,49 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         Ok(Response::new(convert::refund_to_pb(refund)))
     }
 
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let principal = self.auth.check(&request, Scope::RefundsRead).await?;
+        let pb::ListAuditEventsRequest {
+            account_id,
+            resource_id,
+            action,
+            actor_key_id,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let account = if account_id.is_empty() || account_id == principal.account.as_str() {
+            principal.account.clone()
+        } else if principal.allows(Scope::Admin) {
+            crate::domain::parse_account(&account_id)
+                .map_err(|e| to_status(RefundError::invalid("account_id", e)))?
+        } else {
+            return Err(Status::permission_denied(
+                "another account's audit trail needs an admin key",
+            ));
+        };
+        let page = self
+            .service
+            .list_audit_events(
+                &account,
+                crate::service::AuditQuery {
+                    resource_id,
+                    action,
+                    actor_key_id,
+                    page_size,
+                    page_token,
+                },
+            )
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: page.events.into_iter().map(convert::audit_to_pb).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
     type WatchRefundStream = RefundStream;
 
     async fn watch_refund(
@@ -202,8 +245,8 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         request: Request<pb::CancelBulkRefundRequest>,
     ) -> Result<Response<pb::BulkRefundBatch>, Status> {
         {
-            let account = self.account(&request, Scope::BulkWrite).await?;
-            bulk::cancel_bulk_refund(&self.service, account, request).await
+            let principal = self.auth.check(&request, Scope::BulkWrite).await?;
+            bulk::cancel_bulk_refund(&self.service, principal, request).await
         }
     }
 

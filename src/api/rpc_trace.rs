@@ -13,11 +13,14 @@ use std::time::Instant;
 use http_body::{Body, Frame};
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TraceContextExt as _;
-use tonic::codegen::http::{HeaderMap, Request, Response};
+use tonic::codegen::http::{HeaderMap, HeaderValue, Request, Response};
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::metrics::Metrics;
+
+/// The request id metadata, read from calls and returned on responses.
+pub const REQUEST_ID: &str = "x-request-id";
 
 /// Wraps the tonic server's services; see the module docs. Also records call durations.
 #[derive(Debug, Clone)]
@@ -77,6 +80,7 @@ where
             rpc.grpc.status_code = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
+            request_id = tracing::field::Empty,
             // Recorded once the caller's API key checked out.
             api_key_id = tracing::field::Empty,
             account_id = tracing::field::Empty,
@@ -91,9 +95,20 @@ where
             span.record("trace_id", span_context.trace_id().to_string());
             span.record("span_id", span_context.span_id().to_string());
         }
+        // The caller's x-request-id when it is a sensible one, else one of ours; it goes into the
+        // audit trail, the span and the response.
+        let request_id = request
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("req_{}", uuid::Uuid::now_v7().simple()));
+        span.record("request_id", request_id.as_str());
+        let response_id = HeaderValue::from_str(&request_id).ok();
         let future = {
             let _entered = span.enter();
-            self.inner.call(request)
+            crate::service::context::with_request_id(request_id, self.inner.call(request))
         };
         let metrics = self.metrics.clone();
         Box::pin(
@@ -106,7 +121,10 @@ where
                     recorded: false,
                 };
                 match future.await {
-                    Ok(response) => {
+                    Ok(mut response) => {
+                        if let Some(id) = response_id {
+                            response.headers_mut().insert(REQUEST_ID, id);
+                        }
                         // An error, or an answer with no message, travels as a trailers-only
                         // response (the status in the headers); otherwise the status comes in
                         // the trailers at the end of the body, however long a stream runs.

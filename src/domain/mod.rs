@@ -47,6 +47,7 @@ macro_rules! prefixed_id {
     };
 }
 
+mod audit;
 mod auth;
 mod bulk;
 mod error;
@@ -55,6 +56,7 @@ mod refund;
 mod request;
 mod webhook;
 
+pub use audit::{AuditEvent, AuditId};
 pub use auth::{
     ApiKey, ApiKeyId, NewToken, Principal, Scope, TOKEN_PREFIX, parse_account, token_hash,
 };

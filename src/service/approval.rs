@@ -46,6 +46,8 @@ impl RefundService {
                     source: "approval",
                     approved_by: Some(approver.key_id.clone()),
                     lease_until: Some(lease),
+                    actor: Some(approver.key_id.clone()),
+                    request_id: super::context::request_id(),
                 },
             )
             .await?;
@@ -84,6 +86,8 @@ impl RefundService {
                     source: "approval",
                     approved_by: None,
                     lease_until: None,
+                    actor: Some(rejecter.key_id.clone()),
+                    request_id: super::context::request_id(),
                 },
             )
             .await?;

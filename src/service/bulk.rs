@@ -90,6 +90,7 @@ impl RefundService {
                 &new,
                 self.providers().default_name(),
                 Timestamp::now(),
+                super::context::request_id().as_deref(),
             )
             .await
             .map_err(internal)?;
@@ -121,11 +122,21 @@ impl RefundService {
 
     /// Stops dispatching the batch's remaining jobs; they end CANCELED once the jobs in flight
     /// have finished. Canceling a finished batch changes nothing.
-    pub async fn cancel_bulk(&self, account: &AccountId, id: &str) -> Result<Bulk, RefundError> {
+    pub async fn cancel_bulk(
+        &self,
+        account: &AccountId,
+        actor: Option<&crate::domain::ApiKeyId>,
+        id: &str,
+    ) -> Result<Bulk, RefundError> {
         let bulk_id = parse_bulk_id(id)?;
         let bulk = self
             .store()
-            .cancel_bulk(account, &bulk_id)
+            .cancel_bulk(
+                account,
+                &bulk_id,
+                actor,
+                super::context::request_id().as_deref(),
+            )
             .await
             .map_err(internal)?
             .ok_or_else(|| RefundError::BulkNotFound { id: id.to_owned() })?;

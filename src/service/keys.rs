@@ -36,7 +36,7 @@ pub async fn create_api_key(
         revoked_at: None,
     };
     store
-        .create_api_key(&key, &token.hash)
+        .create_api_key(&key, &token.hash, "cli")
         .await
         .map_err(internal)?;
     Ok((key, token.token))
@@ -65,7 +65,7 @@ pub async fn bootstrap_admin_key(
                 revoked_at: None,
             };
             store
-                .create_api_key(&key, &token_hash(token))
+                .create_api_key(&key, &token_hash(token), "bootstrap")
                 .await
                 .map_err(internal)?;
             Ok(None)

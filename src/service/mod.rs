@@ -9,9 +9,11 @@
 //!    PENDING for the reconciler, which looks it up at the provider before anything is re-sent.
 
 mod approval;
+mod audit;
 mod bulk;
 mod bulk_runner;
 mod clock;
+pub mod context;
 mod keys;
 mod list;
 mod page;
@@ -32,6 +34,7 @@ use crate::providers::{
 };
 use crate::store::{BeginOutcome, BeginRefund, Settlement, Store, StoreError};
 
+pub use audit::{AuditPage, AuditQuery};
 pub use bulk::BulkConfig;
 pub use bulk_runner::run_bulk_runner;
 pub use clock::Clock;
@@ -233,6 +236,7 @@ impl RefundService {
             ));
         }
 
+        let request_id = context::request_id();
         let approval_threshold = store
             .approval_threshold(account, request.currency)
             .await
@@ -250,6 +254,7 @@ impl RefundService {
                 idempotency_expires_at: now.saturating_add(config.idempotency_ttl),
                 source: origin.source,
                 created_by,
+                request_id: request_id.as_deref(),
                 approval_threshold,
             })
             .await
@@ -428,6 +433,8 @@ impl RefundService {
                 source: origin.source,
                 approved_by: None,
                 lease_until: None,
+                actor: None,
+                request_id: context::request_id(),
             },
         )
         .await
@@ -449,6 +456,8 @@ impl RefundService {
                 source: origin.source,
                 approved_by: None,
                 lease_until: None,
+                actor: None,
+                request_id: context::request_id(),
             },
         )
         .await

@@ -170,6 +170,8 @@ impl RefundService {
                             source: "webhook",
                             approved_by: None,
                             lease_until: None,
+                            actor: None,
+                            request_id: super::context::request_id(),
                         },
                     )
                     .await?;

@@ -13,6 +13,7 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::audit::{AuditEntry, insert_audit};
 use super::entities::{bulk, bulk_event, bulk_item, refund};
 use super::refunds::to_domain as refund_to_domain;
 use super::{Store, StoreError};
@@ -92,6 +93,7 @@ impl Store {
         new: &NewBulk,
         default_provider: &ProviderName,
         now: Timestamp,
+        request_id: Option<&str>,
     ) -> Result<CreateBulkOutcome, StoreError> {
         let id = BulkId::generate();
         let fingerprint = new.fingerprint();
@@ -224,6 +226,21 @@ impl Store {
             .one(&txn)
             .await?
             .ok_or_else(|| corrupt("bulks", "batch missing after insert"))?;
+        insert_audit(
+            &txn,
+            AuditEntry {
+                account: account.as_str(),
+                actor_key: new.created_by.as_ref(),
+                source: "api",
+                action: "bulk.create",
+                resource_id: id.as_str(),
+                request_id,
+                outcome: "accepted",
+                detail: format!("{total} jobs, {invalid} invalid"),
+                now: t,
+            },
+        )
+        .await?;
         txn.commit().await?;
         Ok(CreateBulkOutcome::Created(bulk_to_domain(row)?))
     }
@@ -493,22 +510,43 @@ impl Store {
         &self,
         account: &AccountId,
         id: &BulkId,
+        actor: Option<&ApiKeyId>,
+        request_id: Option<&str>,
     ) -> Result<Option<Bulk>, StoreError> {
-        bulk::Entity::update_many()
+        let now = Timestamp::now().as_micros();
+        let txn = self.db.begin().await?;
+        let canceled = bulk::Entity::update_many()
             .col_expr(
                 bulk::Column::StopReason,
                 Expr::value(StopReason::Cancel.as_str()),
             )
-            .col_expr(
-                bulk::Column::UpdatedAt,
-                Expr::value(Timestamp::now().as_micros()),
-            )
+            .col_expr(bulk::Column::UpdatedAt, Expr::value(now))
             .filter(bulk::Column::Id.eq(id.as_str()))
             .filter(bulk::Column::AccountId.eq(account.as_str()))
             .filter(bulk::Column::State.eq(BulkState::Running.as_str()))
             .filter(bulk::Column::StopReason.is_null())
-            .exec(&self.db)
+            .exec(&txn)
+            .await?
+            .rows_affected
+            == 1;
+        if canceled {
+            insert_audit(
+                &txn,
+                AuditEntry {
+                    account: account.as_str(),
+                    actor_key: actor,
+                    source: "api",
+                    action: "bulk.cancel",
+                    resource_id: id.as_str(),
+                    request_id,
+                    outcome: "canceling",
+                    detail: String::new(),
+                    now,
+                },
+            )
             .await?;
+        }
+        txn.commit().await?;
         self.get_bulk(account, id).await
     }
 

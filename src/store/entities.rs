@@ -287,3 +287,29 @@ pub mod approval_threshold {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod audit_event {
+    use sea_orm::entity::prelude::*;
+
+    /// One audited state change.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "audit_events")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub account_id: String,
+        pub actor_key_id: Option<String>,
+        pub source: String,
+        pub action: String,
+        pub resource_id: String,
+        pub request_id: Option<String>,
+        pub outcome: String,
+        pub detail: String,
+        pub created_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -3,15 +3,24 @@
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    TransactionTrait,
 };
 
+use super::audit::{AuditEntry, insert_audit};
 use super::entities::{api_key, approval_threshold};
 use super::{Store, StoreError};
 use crate::domain::{AccountId, ApiKey, ApiKeyId, Currency, Principal, Scope, Timestamp};
 
 impl Store {
-    /// Stores a new key (its token's hash only).
-    pub async fn create_api_key(&self, key: &ApiKey, token_hash: &str) -> Result<(), StoreError> {
+    /// Stores a new key (its token's hash only), with its audit record; `source` says who made
+    /// it (`cli`, `bootstrap`).
+    pub async fn create_api_key(
+        &self,
+        key: &ApiKey,
+        token_hash: &str,
+        source: &str,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin().await?;
         api_key::Entity::insert(api_key::ActiveModel {
             id: Set(key.id.as_str().to_owned()),
             account_id: Set(key.account.as_str().to_owned()),
@@ -21,8 +30,24 @@ impl Store {
             created_at: Set(key.created_at.as_micros()),
             revoked_at: Set(None),
         })
-        .exec_without_returning(&self.db)
+        .exec_without_returning(&txn)
         .await?;
+        insert_audit(
+            &txn,
+            AuditEntry {
+                account: key.account.as_str(),
+                actor_key: None,
+                source,
+                action: "api_key.create",
+                resource_id: key.id.as_str(),
+                request_id: None,
+                outcome: "active",
+                detail: format!("scopes {}; name {:?}", Scope::join(&key.scopes), key.name),
+                now: key.created_at.as_micros(),
+            },
+        )
+        .await?;
+        txn.commit().await?;
         Ok(())
     }
 
@@ -63,13 +88,35 @@ impl Store {
 
     /// Revokes a key. Returns false when there is no such key or it was already revoked.
     pub async fn revoke_api_key(&self, id: &ApiKeyId, now: Timestamp) -> Result<bool, StoreError> {
-        let result = api_key::Entity::update_many()
+        let txn = self.db.begin().await?;
+        let Some(row) = api_key::Entity::update_many()
             .col_expr(api_key::Column::RevokedAt, Expr::value(now.as_micros()))
             .filter(api_key::Column::Id.eq(id.as_str()))
             .filter(api_key::Column::RevokedAt.is_null())
-            .exec(&self.db)
-            .await?;
-        Ok(result.rows_affected == 1)
+            .exec_with_returning(&txn)
+            .await?
+            .pop()
+        else {
+            txn.rollback().await?;
+            return Ok(false);
+        };
+        insert_audit(
+            &txn,
+            AuditEntry {
+                account: &row.account_id,
+                actor_key: None,
+                source: "cli",
+                action: "api_key.revoke",
+                resource_id: &row.id,
+                request_id: None,
+                outcome: "revoked",
+                detail: String::new(),
+                now: now.as_micros(),
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(true)
     }
 
     /// How many keys are not revoked.

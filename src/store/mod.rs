@@ -4,6 +4,7 @@
 //! one money rule it owns — a payment's reserved amount never exceeds its captured amount — is
 //! enforced by conditional writes inside transactions, never by a read followed by a blind write.
 
+mod audit;
 mod bulks;
 mod entities;
 mod keys;
@@ -17,6 +18,7 @@ use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 use sea_orm_migration::MigratorTrait;
 
+pub use audit::AuditFilter;
 pub use bulks::{ClaimedItem, CreateBulkOutcome};
 pub use refunds::{BeginOutcome, BeginRefund, ListFilter, PendingRefund, Settlement};
 

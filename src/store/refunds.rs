@@ -8,6 +8,7 @@ use sea_orm::{
     QuerySelect, TransactionTrait, TryInsertResult,
 };
 
+use super::audit::{AuditEntry, insert_audit};
 use super::entities::{idempotency_key, payment, refund, refund_event};
 use super::{Store, StoreError};
 use crate::domain::{
@@ -36,6 +37,8 @@ pub struct BeginRefund<'a> {
     pub source: &'static str,
     /// The API key that asked for it.
     pub created_by: Option<&'a ApiKeyId>,
+    /// The request it was asked for in, for the audit trail.
+    pub request_id: Option<&'a str>,
     /// Refunds of more minor units than this are stored REQUIRES_APPROVAL instead of PENDING
     /// (decided on the reserved amount, so "refund the rest" is covered too).
     pub approval_threshold: Option<i64>,
@@ -68,6 +71,10 @@ pub struct Settlement {
     pub approved_by: Option<ApiKeyId>,
     /// Until when the caller owns the refund (its provider call); the reconciler waits for it.
     pub lease_until: Option<Timestamp>,
+    /// The API key behind the change, when a person's call made it (approval, rejection).
+    pub actor: Option<ApiKeyId>,
+    /// The request it happened in, for the audit trail.
+    pub request_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -206,6 +213,36 @@ impl Store {
             }
         }
         insert_event(&txn, &row, Some(s.from), s.to, s.source, now).await?;
+        let action = match (s.from, s.to) {
+            (RefundStatus::RequiresApproval, RefundStatus::Pending) => "refund.approve",
+            (RefundStatus::RequiresApproval, _) => "refund.reject",
+            _ => "refund.settle",
+        };
+        let mut detail = match &s.failure {
+            Some(f) => format!("{}: {}", f.code, f.reason),
+            None => String::new(),
+        };
+        if let Some(pid) = &s.provider_refund_id {
+            detail = format!(
+                "provider refund {pid}{}{detail}",
+                if detail.is_empty() { "" } else { "; " }
+            );
+        }
+        insert_audit(
+            &txn,
+            AuditEntry {
+                account: &row.account_id,
+                actor_key: s.actor.as_ref(),
+                source: s.source,
+                action,
+                resource_id: &row.id,
+                request_id: s.request_id.as_deref(),
+                outcome: s.to.as_str(),
+                detail,
+                now,
+            },
+        )
+        .await?;
         txn.commit().await?;
         to_domain(row).map(Some)
     }
@@ -512,6 +549,24 @@ async fn begin_in(
         .exec_with_returning(txn)
         .await?;
     insert_event(txn, &row, None, status, b.source, now).await?;
+    insert_audit(
+        txn,
+        AuditEntry {
+            account: &row.account_id,
+            actor_key: b.created_by,
+            source: b.source,
+            action: "refund.create",
+            resource_id: &row.id,
+            request_id: b.request_id,
+            outcome: status.as_str(),
+            detail: format!(
+                "{} {} of payment {} at {}",
+                row.amount, row.currency, row.payment_id, row.provider
+            ),
+            now,
+        },
+    )
+    .await?;
     Ok(BeginOutcome::Created(to_domain(row)?))
 }
 

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod approval;
+mod audit;
 mod auth;
 mod bulk;
 mod bulk_cli;

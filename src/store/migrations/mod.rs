@@ -7,6 +7,7 @@ mod m20261123_000002_bulk;
 mod m20261123_000003_webhooks;
 mod m20261123_000004_api_keys;
 mod m20261123_000005_approval;
+mod m20261123_000006_audit;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000003_webhooks::Migration),
             Box::new(m20261123_000004_api_keys::Migration),
             Box::new(m20261123_000005_approval::Migration),
+            Box::new(m20261123_000006_audit::Migration),
         ]
     }
 }
