@@ -132,10 +132,14 @@ async fn the_sandbox_webhook_settles_a_pending_refund_and_watch_refund_streams_i
 
     // The sandbox counts a delivery once our answer reaches it, which can be just after the
     // refund moved.
-    eventually(Duration::from_secs(5), "the sandbox to count its delivery", || async {
-        let stats = app.sandbox.stats().await.ok()?;
-        (stats.webhooks_sent == 1 && stats.webhooks_failed == 0).then_some(())
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the sandbox to count its delivery",
+        || async {
+            let stats = app.sandbox.stats().await.ok()?;
+            (stats.webhooks_sent == 1 && stats.webhooks_failed == 0).then_some(())
+        },
+    )
     .await;
     assert_eq!(
         status_history(&db, &r.id).await,
