@@ -34,6 +34,7 @@ pub struct Application {
     shutdown_grace: Duration,
     webhook_tolerance: Duration,
     api_key_rate_limit: u32,
+    tls: Option<crate::config::TlsSettings>,
     metrics: Arc<Metrics>,
     bootstrap_key: Option<String>,
 }
@@ -173,7 +174,9 @@ impl Application {
         // The in-process sandbox announces settled refunds to this process, signed with a secret
         // made up here unless one is configured.
         let mut sandbox_secrets = settings.sandbox_webhook_secrets.clone();
-        if let Some(sandbox) = &sandbox {
+        if let Some(sandbox) = sandbox.as_ref().filter(|_| settings.tls.is_none()) {
+            // (With TLS on, the in-process sandbox would have to trust our certificate and hold
+            // a client certificate; it sends no webhooks then, and the reconciler settles.)
             if sandbox_secrets.is_empty() {
                 sandbox_secrets.push(Secret::opaque(random_secret()));
             }
@@ -217,6 +220,7 @@ impl Application {
             shutdown_grace: settings.shutdown_grace,
             webhook_tolerance: settings.webhook_tolerance,
             api_key_rate_limit: settings.api_key_rate_limit,
+            tls: settings.tls.clone(),
             metrics,
             bootstrap_key,
         })
@@ -260,6 +264,7 @@ impl Application {
             shutdown_grace,
             webhook_tolerance,
             api_key_rate_limit,
+            tls,
             metrics,
             bootstrap_key: _,
         } = self;
@@ -272,19 +277,34 @@ impl Application {
             }
         };
 
-        let grpc_router = api::router(service.clone(), metrics.clone(), api_key_rate_limit)
-            .await
-            .context("cannot build the gRPC services")?;
+        let grpc_router = api::router(
+            service.clone(),
+            metrics.clone(),
+            api_key_rate_limit,
+            tls.as_ref(),
+        )
+        .await
+        .context("cannot build the gRPC services")?;
         let grpc_task = tokio::spawn(
             grpc_router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped()),
         );
         let http_app = http::router(service.clone(), sandbox, metrics, webhook_tolerance);
         let http_stopped = stopped();
-        let http_task = tokio::spawn(async move {
-            axum::serve(http, http_app)
-                .with_graceful_shutdown(http_stopped)
-                .await
-        });
+        let http_task = match &tls {
+            Some(tls) => {
+                let listener = http::tls::TlsListener::new(http, tls)?;
+                tokio::spawn(async move {
+                    axum::serve(listener, http_app)
+                        .with_graceful_shutdown(http_stopped)
+                        .await
+                })
+            }
+            None => tokio::spawn(async move {
+                axum::serve(http, http_app)
+                    .with_graceful_shutdown(http_stopped)
+                    .await
+            }),
+        };
         let reconciler_task = tokio::spawn(run_reconciler(service.clone(), stopped()));
         let bulk_task = tokio::spawn(run_bulk_runner(service, stopped()));
 

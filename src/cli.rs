@@ -259,6 +259,19 @@ pub struct ServeArgs {
     #[arg(long, env = "REFUND_BOOTSTRAP_API_KEY", hide_env_values = true)]
     pub bootstrap_api_key: Option<String>,
 
+    /// PEM certificate (chain) for TLS on both ports; with --tls-key. Without them both ports
+    /// are plaintext.
+    #[arg(long, env = "REFUND_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "REFUND_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// PEM CA certificate(s): with it, clients must present a certificate it signed (mTLS).
+    #[arg(long, env = "REFUND_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+
     /// Time in-flight calls get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "REFUND_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -466,6 +479,9 @@ impl ServeArgs {
             bulk_poll_interval,
             api_key_rate_limit,
             bootstrap_api_key,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
             shutdown_grace,
         } = self;
         anyhow::ensure!(
@@ -612,6 +628,28 @@ impl ServeArgs {
             },
             shutdown_grace,
             api_key_rate_limit,
+            tls: match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => {
+                    let read = |path: &std::path::Path, what: &str| {
+                        std::fs::read(path)
+                            .with_context(|| format!("cannot read {what} {}", path.display()))
+                    };
+                    let tls = crate::config::TlsSettings {
+                        cert_pem: read(&cert, "--tls-cert")?,
+                        key_pem: Secret::opaque(
+                            String::from_utf8(read(&key, "--tls-key")?)
+                                .context("--tls-key is not a PEM file")?,
+                        ),
+                        client_ca_pem: tls_client_ca
+                            .map(|ca| read(&ca, "--tls-client-ca"))
+                            .transpose()?,
+                    };
+                    // Fail at start-up, not at the first connection.
+                    tls.rustls_server_config()?;
+                    Some(tls)
+                }
+                _ => None,
+            },
             bootstrap_api_key: match bootstrap_api_key {
                 Some(key) => {
                     let key = key.trim().to_owned();

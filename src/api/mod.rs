@@ -51,10 +51,8 @@ pub async fn router(
     service: RefundService,
     metrics: Arc<Metrics>,
     per_key_rate: u32,
-) -> Result<
-    Router<tower_layer::Stack<RpcTraceLayer, tower_layer::Identity>>,
-    tonic_reflection::server::Error,
-> {
+    tls: Option<&crate::config::TlsSettings>,
+) -> anyhow::Result<Router<tower_layer::Stack<RpcTraceLayer, tower_layer::Identity>>> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::refund_service_server::RefundServiceServer<RefundsApi>>()
@@ -81,7 +79,19 @@ pub async fn router(
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
 
-    Ok(tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        let mut config = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(&tls.cert_pem, tls.key_pem.expose()),
+        );
+        if let Some(ca) = &tls.client_ca_pem {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        builder = builder
+            .tls_config(config)
+            .map_err(|e| anyhow::anyhow!("bad TLS configuration: {e}"))?;
+    }
+    Ok(builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(RpcTraceLayer::new(metrics))
         .add_service(health_service)

@@ -1,6 +1,7 @@
 //! The HTTP port: liveness and readiness probes, Prometheus metrics, provider webhooks under
 //! `/webhooks/{provider}`, and the embedded sandbox's API under `/sandbox`.
 
+pub mod tls;
 pub mod webhooks;
 
 use std::sync::Arc;

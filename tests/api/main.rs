@@ -21,5 +21,6 @@ mod reconcile;
 mod server;
 mod spans;
 mod stripe;
+mod tls;
 mod traffic;
 mod webhooks;
