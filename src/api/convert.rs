@@ -255,7 +255,66 @@ pub fn audit_to_pb(e: AuditEvent) -> pb::AuditEvent {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn any_request() -> impl Strategy<Value = pb::CreateRefundRequest> {
+        (
+            (
+                ".{0,300}",
+                ".{0,80}",
+                proptest::option::of(any::<i64>()),
+                ".{0,6}",
+            ),
+            (
+                any::<i32>(),
+                ".{0,600}",
+                proptest::collection::btree_map(".{0,60}", ".{0,600}", 0..60),
+            ),
+            ".{0,300}",
+        )
+            .prop_map(
+                |(
+                    (payment_id, provider, amount, currency),
+                    (reason, reason_detail, metadata),
+                    key,
+                )| {
+                    pb::CreateRefundRequest {
+                        payment_id,
+                        provider,
+                        amount,
+                        currency,
+                        reason,
+                        reason_detail,
+                        metadata: metadata.into_iter().collect(),
+                        idempotency_key: key,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        /// Anything a client can send is either a valid request or a list of named field
+        /// violations: never a panic, never an empty rejection.
+        #[test]
+        fn any_create_request_parses_or_names_its_bad_fields(
+            msg in any_request(),
+            header in proptest::option::of(".{0,300}"),
+        ) {
+            let default = ProviderName::from_trusted("sandbox".to_owned());
+            match new_refund(msg, header, &default, "") {
+                Ok(parsed) => {
+                    prop_assert!(parsed.amount.is_none_or(|a| a.minor_units() > 0));
+                    prop_assert!(parsed.metadata.len() <= 50);
+                }
+                Err(violations) => {
+                    prop_assert!(!violations.is_empty());
+                    prop_assert!(violations.iter().all(|v| !v.field.is_empty() && !v.description.is_empty()));
+                }
+            }
+        }
+    }
 
     #[test]
     fn timestamps_round_trip_including_before_the_epoch() {

@@ -35,6 +35,9 @@ use crate::service::RefundService;
 
 /// Smallest limit on gRPC message size; the limit grows with the configured batch size.
 pub const MIN_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest total size of one call's metadata (HTTP/2 header list).
+pub const MAX_METADATA_BYTES: u32 = 16 * 1024;
+
 /// Room per bulk job in a BulkRefund request: a job with a few metadata entries is well under
 /// 1 KiB; one that needs more can go in a smaller batch.
 pub const BYTES_PER_BULK_JOB: usize = 2 * 1024;
@@ -93,6 +96,9 @@ pub async fn router(
     }
     Ok(builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Metadata (headers) of one call: API key, idempotency key, trace context and request id
+        // fit many times over; more is refused before any handler runs.
+        .http2_max_header_list_size(MAX_METADATA_BYTES)
         .layer(RpcTraceLayer::new(metrics))
         .add_service(health_service)
         .add_service(reflection_v1)

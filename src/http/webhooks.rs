@@ -25,6 +25,8 @@ use crate::service::RefundService;
 /// The header carrying the sandbox's signature (same scheme as Stripe's).
 pub const SANDBOX_SIGNATURE_HEADER: &str = "sandbox-signature";
 pub const STRIPE_SIGNATURE_HEADER: &str = "stripe-signature";
+/// Largest webhook body accepted.
+pub const MAX_WEBHOOK_BYTES: usize = 256 * 1024;
 
 #[derive(Clone)]
 struct WebhookState {
@@ -38,6 +40,8 @@ pub fn router(service: RefundService, tolerance: Duration) -> Router {
         .route("/stripe", post(stripe_webhook))
         .route("/sandbox", post(sandbox_webhook))
         .route("/mercadopago", post(mercadopago_webhook))
+        // Provider events are a few kilobytes; anything near this is not one.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_WEBHOOK_BYTES))
         .with_state(WebhookState { service, tolerance })
 }
 

@@ -1914,4 +1914,40 @@ mod tests {
             let _ = verify_signature(&header, request_id.as_deref(), Some("1"), &[SECRET], now, FIVE_MIN);
         }
     }
+
+    #[test]
+    fn notifications_name_the_payment_and_others_are_ignored() {
+        let event = parse_webhook(
+            br#"{"id": 12345, "type": "payment", "action": "payment.updated", "data": {"id": "999"}}"#,
+            Some("req-1"),
+        )
+        .expect("parses");
+        assert_eq!(event.id, "12345");
+        assert_eq!(event.kind, "payment.updated");
+        assert_eq!(
+            event.subject,
+            EventSubject::Payment(PaymentRef::from_trusted("999".into()))
+        );
+        let other = parse_webhook(br#"{"type": "plan", "data": {"id": "x"}}"#, Some("req-2"))
+            .expect("parses");
+        assert_eq!(other.subject, EventSubject::Ignored);
+        assert_eq!(
+            other.id, "plan:x:req-2",
+            "kind, resource and request id without an id"
+        );
+        assert!(parse_webhook(br#"{"type": "payment", "data": {"id": "abc"}}"#, None).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn notification_bodies_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+            kind in "(payment|[a-z_]{0,12})",
+            data_id in ".{0,30}",
+        ) {
+            let _ = parse_webhook(&bytes, None);
+            let body = serde_json::json!({"type": kind, "data": {"id": data_id}});
+            let _ = parse_webhook(body.to_string().as_bytes(), Some("r"));
+        }
+    }
 }

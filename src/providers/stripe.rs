@@ -719,4 +719,25 @@ mod tests {
                 .is_err()
         );
     }
+
+    proptest::proptest! {
+        /// Signed bodies are read defensively too: any bytes, and event-shaped JSON with random
+        /// values, give an event or an error, never a panic.
+        #[test]
+        fn webhook_bodies_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            kind in "(refund\\.(created|updated|failed)|charge\\.refunded|[a-z.]{0,20})",
+            id in ".{0,40}",
+            status in ".{0,12}",
+            amount in proptest::prelude::any::<i64>(),
+        ) {
+            let _ = parse_webhook(&bytes);
+            let body = serde_json::json!({
+                "id": id, "type": kind,
+                "data": {"object": {"id": "re_1", "amount": amount, "status": status,
+                                    "refunds": {"data": [], "has_more": false}}},
+            });
+            let _ = parse_webhook(body.to_string().as_bytes());
+        }
+    }
 }

@@ -13,6 +13,7 @@ mod cli;
 mod concurrency;
 mod crash;
 mod create;
+mod fuzz;
 mod idempotency;
 mod list;
 mod mercadopago;
