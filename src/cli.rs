@@ -173,6 +173,11 @@ pub struct ServeArgs {
     #[arg(long, env = "REFUND_WEBHOOK_TOLERANCE", default_value = "300s", value_parser = humantime::parse_duration)]
     pub webhook_tolerance: Duration,
 
+    /// How long an account's approval threshold is kept in memory before it is read again (a
+    /// change applies on every replica within this time).
+    #[arg(long, env = "REFUND_SETTINGS_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub settings_cache_ttl: Duration,
+
     /// How often a WatchRefund stream re-reads its refund to see changes made by other replicas.
     #[arg(long, env = "REFUND_WATCH_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub watch_poll_interval: Duration,
@@ -460,6 +465,7 @@ impl ServeArgs {
             sandbox_webhook_secret,
             webhook_tolerance,
             watch_poll_interval,
+            settings_cache_ttl,
             stripe_rate_limit,
             provider_concurrency,
             provider_max_attempts,
@@ -617,6 +623,7 @@ impl ServeArgs {
                 reconcile_max_delay,
                 reconcile_interval,
                 watch_poll_interval,
+                settings_cache_ttl,
                 max_attempts,
                 bulk: BulkConfig {
                     max_jobs: bulk_max_jobs,

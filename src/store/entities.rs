@@ -91,30 +91,6 @@ pub mod idempotency_key {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-pub mod refund_event {
-    use sea_orm::entity::prelude::*;
-
-    /// One status change of a refund, with what caused it.
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "refund_events")]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub id: String,
-        pub refund_id: String,
-        pub account_id: String,
-        pub from_status: Option<String>,
-        pub to_status: String,
-        /// `api`, `reconciler`, ...
-        pub source: String,
-        pub created_at: i64,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
-}
-
 pub mod bulk {
     use sea_orm::entity::prelude::*;
 

@@ -9,7 +9,7 @@ use sea_orm::{
 };
 
 use super::audit::{AuditEntry, insert_audit};
-use super::entities::{idempotency_key, payment, refund, refund_event};
+use super::entities::{idempotency_key, payment, refund};
 use super::{Store, StoreError};
 use crate::domain::{
     AccountId, Amount, ApiKeyId, Currency, Failure, IdempotencyKey, NewRefund, PaymentRef,
@@ -143,7 +143,8 @@ impl Store {
     }
 
     /// Applies a status change if the refund is still in `s.from`, releasing its reservation when
-    /// the new status no longer holds one. Returns `None` when someone else moved it first.
+    /// the new status no longer holds one, and records it in the audit trail (the refund's status
+    /// history). Returns `None` when someone else moved it first.
     pub async fn settle(&self, id: &RefundId, s: Settlement) -> Result<Option<Refund>, StoreError> {
         if let Err(e) = s.from.transition(s.to) {
             return Err(StoreError::Corrupt {
@@ -212,7 +213,6 @@ impl Store {
                 });
             }
         }
-        insert_event(&txn, &row, Some(s.from), s.to, s.source, now).await?;
         let action = match (s.from, s.to) {
             (RefundStatus::RequiresApproval, RefundStatus::Pending) => "refund.approve",
             (RefundStatus::RequiresApproval, _) => "refund.reject",
@@ -548,7 +548,6 @@ async fn begin_in(
     let row = refund::Entity::insert(model)
         .exec_with_returning(txn)
         .await?;
-    insert_event(txn, &row, None, status, b.source, now).await?;
     insert_audit(
         txn,
         AuditEntry {
@@ -706,28 +705,6 @@ where
         TryInsertResult::Inserted(n) => n > 0,
         TryInsertResult::Conflicted | TryInsertResult::Empty => false,
     })
-}
-
-async fn insert_event(
-    txn: &DatabaseTransaction,
-    row: &refund::Model,
-    from: Option<RefundStatus>,
-    to: RefundStatus,
-    source: &str,
-    now: i64,
-) -> Result<(), StoreError> {
-    refund_event::Entity::insert(refund_event::ActiveModel {
-        id: Set(format!("rfe_{}", uuid::Uuid::now_v7().simple())),
-        refund_id: Set(row.id.clone()),
-        account_id: Set(row.account_id.clone()),
-        from_status: Set(from.map(|s| s.as_str().to_owned())),
-        to_status: Set(to.as_str().to_owned()),
-        source: Set(source.to_owned()),
-        created_at: Set(now),
-    })
-    .exec_without_returning(txn)
-    .await?;
-    Ok(())
 }
 
 pub(super) fn to_domain(row: refund::Model) -> Result<Refund, StoreError> {

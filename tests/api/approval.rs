@@ -1,6 +1,7 @@
 //! Four eyes: refunds above an account's threshold wait for a second key.
 
 use std::process::Command;
+use std::time::Duration;
 
 use refund_service::api::pb;
 use refund_service::domain::{AccountId, Currency, Scope, parse_account};
@@ -218,7 +219,9 @@ async fn bulk_jobs_above_the_threshold_wait_for_approval_too() {
 
 #[tokio::test]
 async fn thresholds_are_set_and_cleared_with_the_cli() {
-    let (mut app, db) = spawn_app().await;
+    let db = TestDb::new().await;
+    // Read the threshold on every refund, so the change made by the CLI applies at once.
+    let mut app = spawn_app_with(&db, |s| s.refunds.settings_cache_ttl = Duration::ZERO).await;
     let bin = env!("CARGO_BIN_EXE_refund-service");
     let run = |extra: &[&str]| {
         Command::new(bin)

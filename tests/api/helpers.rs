@@ -343,7 +343,8 @@ pub fn unix_now() -> i64 {
         .unwrap_or_default()
 }
 
-/// A refund's recorded status changes as (from, to, source), oldest first, read from the database.
+/// A refund's recorded status changes as (from, to, source), oldest first, read from the audit
+/// trail in the database (`from` is the previous record's status).
 pub async fn status_history(db: &TestDb, refund_id: &str) -> Vec<(Option<String>, String, String)> {
     use sea_orm::{ConnectionTrait as _, Statement};
     assert!(
@@ -360,21 +361,20 @@ pub async fn status_history(db: &TestDb, refund_id: &str) -> Vec<(Option<String>
         .query_all_raw(Statement::from_string(
             backend,
             format!(
-                "SELECT from_status, to_status, source FROM refund_events \
-                 WHERE refund_id = '{refund_id}' ORDER BY id"
+                "SELECT outcome, source FROM audit_events \
+                 WHERE resource_id = '{refund_id}' AND action LIKE 'refund.%' ORDER BY id"
             ),
         ))
         .await
-        .expect("read refund_events");
+        .expect("read audit_events");
+    let mut previous: Option<String> = None;
     let history = rows
         .iter()
         .map(|row| {
-            (
-                row.try_get::<Option<String>>("", "from_status")
-                    .expect("from_status"),
-                row.try_get::<String>("", "to_status").expect("to_status"),
-                row.try_get::<String>("", "source").expect("source"),
-            )
+            let to = row.try_get::<String>("", "outcome").expect("outcome");
+            let source = row.try_get::<String>("", "source").expect("source");
+            let from = previous.replace(to.clone());
+            (from, to, source)
         })
         .collect();
     conn.close().await.ok();

@@ -8,6 +8,7 @@ mod m20261123_000003_webhooks;
 mod m20261123_000004_api_keys;
 mod m20261123_000005_approval;
 mod m20261123_000006_audit;
+mod m20261123_000007_one_history;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000004_api_keys::Migration),
             Box::new(m20261123_000005_approval::Migration),
             Box::new(m20261123_000006_audit::Migration),
+            Box::new(m20261123_000007_one_history::Migration),
         ]
     }
 }
