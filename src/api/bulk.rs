@@ -183,6 +183,7 @@ fn item_status_from_pb(s: pb::BulkItemStatus) -> Option<ItemStatus> {
         pb::BulkItemStatus::Queued => ItemStatus::Queued,
         pb::BulkItemStatus::Running => ItemStatus::Running,
         pb::BulkItemStatus::Succeeded => ItemStatus::Succeeded,
+        pb::BulkItemStatus::RequiresApproval => ItemStatus::RequiresApproval,
         pb::BulkItemStatus::Failed => ItemStatus::Failed,
         pb::BulkItemStatus::Skipped => ItemStatus::Skipped,
         pb::BulkItemStatus::Canceled => ItemStatus::Canceled,
@@ -194,6 +195,7 @@ fn item_status_to_pb(s: ItemStatus) -> pb::BulkItemStatus {
         ItemStatus::Queued => pb::BulkItemStatus::Queued,
         ItemStatus::Running => pb::BulkItemStatus::Running,
         ItemStatus::Succeeded => pb::BulkItemStatus::Succeeded,
+        ItemStatus::RequiresApproval => pb::BulkItemStatus::RequiresApproval,
         ItemStatus::Failed => pb::BulkItemStatus::Failed,
         ItemStatus::Skipped => pb::BulkItemStatus::Skipped,
         ItemStatus::Canceled => pb::BulkItemStatus::Canceled,
@@ -222,7 +224,7 @@ fn item_to_pb(i: ItemResult) -> pb::BulkJobResult {
     pb::BulkJobResult {
         index: i32::try_from(index).unwrap_or(i32::MAX),
         payment_id,
-        success: status == ItemStatus::Succeeded,
+        success: matches!(status, ItemStatus::Succeeded | ItemStatus::RequiresApproval),
         refund: refund.map(refund_to_pb),
         error: error.map(|e| pb::BulkJobError {
             code: e.code,

@@ -369,8 +369,12 @@ impl Tally {
         let status =
             pb::BulkItemStatus::try_from(result.status).unwrap_or(pb::BulkItemStatus::Failed);
         progress.record(status);
-        if status != pb::BulkItemStatus::Succeeded {
-            self.failures.insert(index, result);
+        match status {
+            // Made; waiting for approval is not a failure to retry.
+            pb::BulkItemStatus::Succeeded | pb::BulkItemStatus::RequiresApproval => {}
+            _ => {
+                self.failures.insert(index, result);
+            }
         }
     }
 

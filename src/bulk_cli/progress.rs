@@ -66,7 +66,7 @@ impl Progress {
     /// Counts jobs that finish without running (rows of parts that were never sent).
     pub(super) fn add(&mut self, status: BulkItemStatus, n: u64) {
         match status {
-            BulkItemStatus::Succeeded => self.succeeded += n,
+            BulkItemStatus::Succeeded | BulkItemStatus::RequiresApproval => self.succeeded += n,
             BulkItemStatus::Skipped => self.skipped += n,
             BulkItemStatus::Canceled => self.canceled += n,
             _ => self.failed += n,

@@ -89,16 +89,20 @@ pub enum ItemStatus {
     Queued,
     Running,
     Succeeded,
+    /// Its refund was made but is above the account's approval threshold: it waits for
+    /// ApproveRefund. The job itself is done (counted with the succeeded ones).
+    RequiresApproval,
     Failed,
     Skipped,
     Canceled,
 }
 
 impl ItemStatus {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Queued,
         Self::Running,
         Self::Succeeded,
+        Self::RequiresApproval,
         Self::Failed,
         Self::Skipped,
         Self::Canceled,
@@ -109,6 +113,7 @@ impl ItemStatus {
             Self::Queued => "queued",
             Self::Running => "running",
             Self::Succeeded => "succeeded",
+            Self::RequiresApproval => "requires_approval",
             Self::Failed => "failed",
             Self::Skipped => "skipped",
             Self::Canceled => "canceled",
@@ -121,7 +126,11 @@ impl ItemStatus {
 
     pub fn is_final(self) -> bool {
         match self {
-            Self::Succeeded | Self::Failed | Self::Skipped | Self::Canceled => true,
+            Self::Succeeded
+            | Self::RequiresApproval
+            | Self::Failed
+            | Self::Skipped
+            | Self::Canceled => true,
             Self::Queued | Self::Running => false,
         }
     }
@@ -204,10 +213,12 @@ impl JobOutcome {
     pub fn of_refund(refund: &Refund) -> Self {
         let failed = refund.status == super::RefundStatus::Failed;
         Self {
-            status: if failed {
-                ItemStatus::Failed
-            } else {
-                ItemStatus::Succeeded
+            status: match refund.status {
+                super::RefundStatus::Failed => ItemStatus::Failed,
+                super::RefundStatus::RequiresApproval => ItemStatus::RequiresApproval,
+                super::RefundStatus::Pending
+                | super::RefundStatus::Succeeded
+                | super::RefundStatus::Canceled => ItemStatus::Succeeded,
             },
             refund_id: Some(refund.id.clone()),
             error: failed.then(|| JobError::from_failed_refund(refund)),

@@ -439,7 +439,8 @@ impl Store {
         let mut counts = [0i64; 4]; // succeeded, failed, skipped, canceled
         for (index, outcome) in finished {
             let slot = match outcome.status {
-                ItemStatus::Succeeded => 0,
+                // A job whose refund waits for approval did its part.
+                ItemStatus::Succeeded | ItemStatus::RequiresApproval => 0,
                 ItemStatus::Failed => 1,
                 ItemStatus::Skipped => 2,
                 ItemStatus::Canceled => 3,

@@ -197,11 +197,17 @@ async fn bulk_jobs_above_the_threshold_wait_for_approval_too() {
         })
         .collect()
         .await;
-    let waiting = results
+    let big_result = results
         .iter()
         .find(|r| r.payment_id == big)
-        .and_then(|r| r.refund.clone())
-        .expect("the big job's refund");
+        .expect("the big job's result");
+    assert_eq!(
+        big_result.status(),
+        pb::BulkItemStatus::RequiresApproval,
+        "reported as waiting for approval"
+    );
+    assert!(big_result.success);
+    let waiting = big_result.refund.clone().expect("the big job's refund");
     assert_eq!(status_of(&waiting), pb::RefundStatus::RequiresApproval);
     assert!(app.ledger(&big).await.is_empty());
     assert_eq!(app.ledger(&small).await.len(), 1);
