@@ -848,6 +848,7 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
         } => {
             let account = crate::domain::parse_account(&account).map_err(anyhow::Error::msg)?;
             let scopes = crate::domain::Scope::parse_list(&scopes).map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(name.len() <= 200, "--name is at most 200 characters");
             let (key, token) = crate::service::create_api_key(&store, account, name, scopes)
                 .await
                 .context("cannot create the key")?;

@@ -113,7 +113,8 @@ impl ItemStatus {
             Self::Queued => "queued",
             Self::Running => "running",
             Self::Succeeded => "succeeded",
-            Self::RequiresApproval => "requires_approval",
+            // The column is 16 characters wide.
+            Self::RequiresApproval => "needs_approval",
             Self::Failed => "failed",
             Self::Skipped => "skipped",
             Self::Canceled => "canceled",

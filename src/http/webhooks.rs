@@ -149,6 +149,14 @@ async fn receive(state: &WebhookState, provider: &ProviderName, event: WebhookEv
             )
                 .into_response()
         }
+        Err(crate::domain::RefundError::InvalidArgument(violations)) => {
+            let message = violations
+                .iter()
+                .map(|v| v.description.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            bad_request(provider, &message)
+        }
         Err(e) => {
             tracing::error!(provider = %provider, event_id = %event_id, error = ?anyhow::Error::new(e), "webhook could not be stored");
             (

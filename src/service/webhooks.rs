@@ -36,8 +36,36 @@ impl RefundService {
         provider: &ProviderName,
         event: WebhookEvent,
     ) -> Result<Vec<WebhookReceipt>, RefundError> {
+        let inbound = inbound_events(provider, event);
+        // Signed, but still checked against what the store can hold: a refusal, not a 500 that
+        // the provider would redeliver forever.
+        for e in &inbound {
+            let report = e.report.as_ref();
+            for (field, value, max) in [
+                ("id", Some(e.event_id.as_str()), 255),
+                ("type", Some(e.kind.as_str()), 64),
+                ("payment", e.payment.as_ref().map(|p| p.as_str()), 255),
+                (
+                    "refund.id",
+                    report.map(|r| r.provider_refund_id.as_str()),
+                    255,
+                ),
+                (
+                    "metadata.refund_id",
+                    report.and_then(|r| r.refund_id.as_deref()),
+                    64,
+                ),
+            ] {
+                if value.is_some_and(|v| v.len() > max) {
+                    return Err(RefundError::invalid(
+                        field,
+                        format!("the event's {field} is longer than {max} bytes"),
+                    ));
+                }
+            }
+        }
         let mut receipts = Vec::new();
-        for inbound in inbound_events(provider, event) {
+        for inbound in inbound {
             let span = tracing::info_span!(
                 "webhook",
                 otel.kind = "server",

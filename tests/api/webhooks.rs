@@ -187,6 +187,11 @@ async fn bad_signatures_are_refused_and_change_nothing_and_a_rotated_secret_stil
         "nothing changed"
     );
 
+    // Signed, but with an id no provider sends: refused, not a 500 to be redelivered forever.
+    let long = event(&"e".repeat(300), &r, "succeeded", true);
+    let (status, answer) = post_webhook(&app, "sandbox", &signed(SECRET, now, &long), &long).await;
+    assert_eq!(status, 400, "{answer}");
+
     // Signed with the secret being rotated out: accepted.
     let (status, answer) =
         post_webhook(&app, "sandbox", &signed(OLD_SECRET, now, &body), &body).await;
