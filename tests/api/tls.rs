@@ -125,6 +125,26 @@ async fn both_ports_speak_tls_and_plaintext_is_refused() {
             .is_err(),
         "plain HTTP is refused"
     );
+
+    // Clients that connect and say nothing do not hold up anyone else's handshake (each may
+    // take up to 5 s; one after the other, these two would take 10).
+    let _silent: Vec<tokio::net::TcpStream> = vec![
+        tokio::net::TcpStream::connect(http).await.expect("connect"),
+        tokio::net::TcpStream::connect(http).await.expect("connect"),
+    ];
+    // A new client: the one above would reuse its connection and need no handshake.
+    let fresh = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca.as_bytes()).expect("CA"))
+        .resolve("localhost", http)
+        .build()
+        .expect("client");
+    let ready = fresh
+        .get(format!("https://localhost:{}/healthz", http.port()))
+        .timeout(std::time::Duration::from_secs(4))
+        .send()
+        .await
+        .expect("served beside silent connections");
+    assert!(ready.status().is_success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
