@@ -69,7 +69,7 @@ impl Application {
         };
         settings.refunds.provider_budget = settings.sandbox_traffic.budget();
         let metrics = Arc::new(Metrics::new());
-        let providers = Providers::new(
+        let mut providers = Providers::new(
             ProviderName::from_trusted("sandbox".to_owned()),
             Arc::new(
                 ControlledProvider::new(
@@ -80,89 +80,40 @@ impl Application {
                 .with_metrics(metrics.clone()),
             ),
         );
-        let providers = match &settings.stripe {
-            Some(stripe) => {
-                let client = StripeProvider::new(
-                    &stripe.api_base,
-                    stripe.secret_key.clone(),
-                    stripe.traffic.call_timeout,
-                )
-                .map_err(|e| anyhow::anyhow!("bad --stripe-api-base: {e}"))?;
-                settings.refunds.provider_budget = settings
-                    .refunds
-                    .provider_budget
-                    .max(stripe.traffic.budget());
-                let name = ProviderName::from_trusted("stripe".to_owned());
-                providers
-                    .with(
-                        name.clone(),
-                        Arc::new(
-                            ControlledProvider::new(
-                                "stripe",
-                                Arc::new(client),
-                                stripe.traffic.clone(),
-                            )
-                            .with_metrics(metrics.clone()),
-                        ),
-                    )
-                    .with_webhook_secrets(&name, stripe.webhook_secrets.clone())
-            }
-            None => providers,
-        };
-        let providers = match &settings.mercadopago {
-            Some(mp) => {
-                let client = MercadoPagoProvider::new(
-                    &mp.api_base,
-                    mp.access_token.clone(),
-                    mp.traffic.call_timeout,
-                )
-                .map_err(|e| anyhow::anyhow!("bad --mercadopago-api-base: {e}"))?;
-                settings.refunds.provider_budget =
-                    settings.refunds.provider_budget.max(mp.traffic.budget());
-                let name = ProviderName::from_trusted("mercadopago".to_owned());
-                providers
-                    .with(
-                        name.clone(),
-                        Arc::new(
-                            ControlledProvider::new(
-                                "mercadopago",
-                                Arc::new(client),
-                                mp.traffic.clone(),
-                            )
-                            .with_metrics(metrics.clone()),
-                        ),
-                    )
-                    .with_webhook_secrets(&name, mp.webhook_secrets.clone())
-            }
-            None => providers,
-        };
-        let providers = match &settings.mercadopago {
-            Some(mp) => {
-                let client = MercadoPagoProvider::new(
-                    &mp.api_base,
-                    mp.access_token.clone(),
-                    mp.traffic.call_timeout,
-                )
-                .map_err(|e| anyhow::anyhow!("bad --mercadopago-api-base: {e}"))?;
-                settings.refunds.provider_budget =
-                    settings.refunds.provider_budget.max(mp.traffic.budget());
-                let name = ProviderName::from_trusted("mercadopago".to_owned());
-                providers
-                    .with(
-                        name.clone(),
-                        Arc::new(
-                            ControlledProvider::new(
-                                "mercadopago",
-                                Arc::new(client),
-                                mp.traffic.clone(),
-                            )
-                            .with_metrics(metrics.clone()),
-                        ),
-                    )
-                    .with_webhook_secrets(&name, mp.webhook_secrets.clone())
-            }
-            None => providers,
-        };
+        if let Some(stripe) = &settings.stripe {
+            let client = StripeProvider::new(
+                &stripe.api_base,
+                stripe.secret_key.clone(),
+                stripe.traffic.call_timeout,
+            )
+            .map_err(|e| anyhow::anyhow!("bad --stripe-api-base: {e}"))?;
+            providers = register(
+                providers,
+                "stripe",
+                Arc::new(client),
+                &stripe.traffic,
+                stripe.webhook_secrets.clone(),
+                &metrics,
+                &mut settings.refunds.provider_budget,
+            );
+        }
+        if let Some(mp) = &settings.mercadopago {
+            let client = MercadoPagoProvider::new(
+                &mp.api_base,
+                mp.access_token.clone(),
+                mp.traffic.call_timeout,
+            )
+            .map_err(|e| anyhow::anyhow!("bad --mercadopago-api-base: {e}"))?;
+            providers = register(
+                providers,
+                "mercadopago",
+                Arc::new(client),
+                &mp.traffic,
+                mp.webhook_secrets.clone(),
+                &metrics,
+                &mut settings.refunds.provider_budget,
+            );
+        }
 
         let grpc = TcpListener::bind(settings.grpc_addr)
             .await
@@ -333,6 +284,30 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// Adds a provider under `name`, wrapped in traffic control, accepting webhooks signed with
+/// `webhook_secrets`; the provider budget grows to cover its retries.
+fn register(
+    providers: Providers,
+    name: &str,
+    client: Arc<dyn crate::providers::Provider>,
+    traffic: &crate::providers::traffic::TrafficConfig,
+    webhook_secrets: Vec<Secret>,
+    metrics: &Arc<Metrics>,
+    provider_budget: &mut Duration,
+) -> Providers {
+    *provider_budget = (*provider_budget).max(traffic.budget());
+    let provider_name = ProviderName::from_trusted(name.to_owned());
+    providers
+        .with(
+            provider_name.clone(),
+            Arc::new(
+                ControlledProvider::new(name, client, traffic.clone())
+                    .with_metrics(metrics.clone()),
+            ),
+        )
+        .with_webhook_secrets(&provider_name, webhook_secrets)
 }
 
 /// 32 random alphanumerics.

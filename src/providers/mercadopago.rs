@@ -174,19 +174,8 @@ impl MercadoPagoProvider {
     /// `api_base` is e.g. `https://api.mercadopago.com` (no `/v1`); `timeout` bounds one HTTP
     /// call.
     pub fn new(api_base: &str, access_token: Secret, timeout: Duration) -> Result<Self, String> {
-        let base = api_base.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(format!(
-                "invalid Mercado Pago API base '{api_base}': expected an http(s) URL"
-            ));
-        }
-        // reqwest is built without a default TLS crypto provider; installing fails harmlessly
-        // when another part of the process already did it.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| format!("could not build the HTTP client: {}", chain(&e)))?;
+        let base = super::http::api_base(api_base, "Mercado Pago")?;
+        let http = super::http::client(timeout)?;
         Ok(Self {
             http,
             base,
@@ -217,7 +206,9 @@ impl MercadoPagoProvider {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body);
         }
-        let resp = super::send_traced(req).await.map_err(from_reqwest)?;
+        let resp = super::send_traced(req)
+            .await
+            .map_err(super::http::from_reqwest)?;
         let status = resp.status();
         let retry_after = resp
             .headers()
@@ -225,7 +216,7 @@ impl MercadoPagoProvider {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = resp.bytes().await.map_err(from_reqwest)?;
+        let body = resp.bytes().await.map_err(super::http::from_reqwest)?;
         if status.is_success() {
             Ok(body.to_vec())
         } else {
@@ -519,28 +510,6 @@ fn amount(raw: &RawValue, currency: Currency, kind: Call) -> Result<i64, Provide
     })?;
     decimal_to_minor(raw.get(), exponent)
         .map_err(|e| bad_answer(kind, format!("bad {currency} amount: {e}")))
-}
-
-fn from_reqwest(e: reqwest::Error) -> ProviderError {
-    if e.is_timeout() {
-        ProviderError::Timeout
-    } else if e.is_connect() || e.is_builder() {
-        // Nothing was sent: the connection was never made, or the request never built.
-        ProviderError::Unavailable(chain(&e))
-    } else {
-        ProviderError::Ambiguous(chain(&e))
-    }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 /// Causes that say the payment or refund does not exist, whatever the HTTP status.

@@ -36,19 +36,8 @@ pub struct StripeProvider {
 impl StripeProvider {
     /// `api_base` is e.g. `https://api.stripe.com` (no `/v1`); `timeout` bounds one HTTP call.
     pub fn new(api_base: &str, key: Secret, timeout: Duration) -> Result<Self, String> {
-        let base = api_base.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(format!(
-                "invalid Stripe API base '{api_base}': expected an http(s) URL"
-            ));
-        }
-        // reqwest is built without a default TLS crypto provider; installing fails harmlessly
-        // when another part of the process already did it.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| format!("could not build the HTTP client: {}", chain(&e)))?;
+        let base = super::http::api_base(api_base, "Stripe")?;
+        let http = super::http::client(timeout)?;
         Ok(Self { http, base, key })
     }
 
@@ -69,7 +58,9 @@ impl StripeProvider {
                 .header("Content-Type", "application/x-www-form-urlencoded")
                 .body(body);
         }
-        let resp = super::send_traced(req).await.map_err(from_reqwest)?;
+        let resp = super::send_traced(req)
+            .await
+            .map_err(super::http::from_reqwest)?;
         let status = resp.status();
         let retry_after = resp
             .headers()
@@ -77,7 +68,7 @@ impl StripeProvider {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = resp.bytes().await.map_err(from_reqwest)?;
+        let body = resp.bytes().await.map_err(super::http::from_reqwest)?;
         if status.is_success() {
             serde_json::from_slice(&body).map_err(|e| {
                 ProviderError::Ambiguous(format!("undecodable answer from Stripe: {e}"))
@@ -324,30 +315,6 @@ fn encode(s: &str) -> String {
 fn currency(code: &str) -> Result<Currency, ProviderError> {
     Currency::parse(code)
         .map_err(|e| ProviderError::Ambiguous(format!("Stripe payment has a bad currency: {e}")))
-}
-
-fn from_reqwest(e: reqwest::Error) -> ProviderError {
-    if e.is_timeout() {
-        ProviderError::Timeout
-    } else if e.is_connect() {
-        // Nothing was sent: the connection was never made.
-        ProviderError::Unavailable(chain(&e))
-    } else if e.is_builder() {
-        ProviderError::Unavailable(chain(&e))
-    } else {
-        ProviderError::Ambiguous(chain(&e))
-    }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 #[derive(Debug, Default, Deserialize)]
