@@ -17,6 +17,15 @@ pub(super) fn api_base(api_base: &str, provider: &str) -> Result<String, String>
     }
 }
 
+/// Whether a non-2xx answer leaves open that the provider acted on the request, or is worth
+/// asking again: a 5xx (it may have failed after processing), 408 (it stopped waiting, maybe
+/// half-way) or 409 (a request with the same idempotency key is still being processed, e.g. our
+/// own attempt that timed out). On a creation such an answer is ambiguous, never a refusal: the
+/// refund is looked up before anything else. Other 4xx answers are the provider saying no.
+pub(super) fn is_inconclusive(status: reqwest::StatusCode) -> bool {
+    status.is_server_error() || matches!(status.as_u16(), 408 | 409)
+}
+
 /// A client whose every call is bounded by `timeout`.
 pub(super) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
     // reqwest is built without a default TLS crypto provider; installing fails harmlessly when

@@ -576,8 +576,9 @@ fn error_from_response(
         .unwrap_or_else(|| format!("Mercado Pago answered {status}"));
     match status.as_u16() {
         429 => ProviderError::RateLimited { retry_after },
-        500..=599 => match kind {
-            // Mercado Pago may have processed the creation before failing: look it up first.
+        // A 5xx, 408 or 409 (a request with our idempotency key still in progress): Mercado Pago
+        // may have made, or may still make, the refund. Look it up first.
+        _ if super::http::is_inconclusive(status) => match kind {
             Call::Write => {
                 ProviderError::Ambiguous(format!("Mercado Pago answered {status}: {message}"))
             }
@@ -980,6 +981,25 @@ mod tests {
             body.as_bytes(),
             kind,
         )
+    }
+
+    /// A conflict (another request with our `X-Idempotency-Key` still being processed) or a
+    /// request timeout proves nothing about the creation: it is ambiguous, never a refusal.
+    #[test]
+    fn a_conflict_on_a_creation_is_ambiguous_never_a_refusal() {
+        let conflict = r#"{"message": "request with the same idempotency key in progress", "error": "conflict", "status": 409, "cause": []}"#;
+        assert!(matches!(
+            err(409, conflict, Call::Write),
+            ProviderError::Ambiguous(_)
+        ));
+        assert!(matches!(
+            err(408, "", Call::Write),
+            ProviderError::Ambiguous(_)
+        ));
+        assert!(matches!(
+            err(409, conflict, Call::Read),
+            ProviderError::Unavailable(_)
+        ));
     }
 
     #[test]

@@ -62,8 +62,14 @@ impl Provider for SandboxProvider {
         };
         let key = Some(call.idempotency_key.as_str());
         match self {
-            Self::Local(s) => s.create_refund(req, key).await.map_err(from_sandbox),
-            Self::Remote(c) => c.create_refund(&req, key).await.map_err(from_client),
+            Self::Local(s) => s
+                .create_refund(req, key)
+                .await
+                .map_err(|e| on_creation(from_sandbox(e))),
+            Self::Remote(c) => c.create_refund(&req, key).await.map_err(|e| match e {
+                ClientError::Sandbox(e) => on_creation(from_sandbox(e)),
+                other => from_client(other),
+            }),
         }
         .map(to_refund)
     }
@@ -110,6 +116,20 @@ fn to_refund(r: sandbox::Refund) -> ProviderRefund {
     }
 }
 
+/// A 500 answer to a creation may come after the sandbox recorded the refund (as real PSPs'
+/// do), so it is ambiguous there; on a read it is only unavailability. (A connection that was
+/// never made stays `Unavailable`: nothing was sent.)
+fn on_creation(e: ProviderError) -> ProviderError {
+    match e {
+        ProviderError::Unavailable(message) => ProviderError::Ambiguous(message),
+        other @ (ProviderError::NotFound(_)
+        | ProviderError::Rejected { .. }
+        | ProviderError::RateLimited { .. }
+        | ProviderError::Timeout
+        | ProviderError::Ambiguous(_)) => other,
+    }
+}
+
 fn from_sandbox(e: SandboxError) -> ProviderError {
     match e {
         SandboxError::NotFound { message, .. } => ProviderError::NotFound(message),
@@ -117,8 +137,7 @@ fn from_sandbox(e: SandboxError) -> ProviderError {
         SandboxError::RateLimited { retry_after_secs } => ProviderError::RateLimited {
             retry_after: Some(std::time::Duration::from_secs(retry_after_secs)),
         },
-        // The sandbox answers 500 before processing anything. Even so the service treats it like
-        // any 5xx: the refund stays PENDING and is looked up before it is sent again.
+        // A 500 may come after processing; see `on_creation`.
         SandboxError::Api { message } => ProviderError::Unavailable(message),
     }
 }
@@ -129,5 +148,30 @@ fn from_client(e: ClientError) -> ProviderError {
         ClientError::Timeout => ProviderError::Timeout,
         ClientError::Connect(m) => ProviderError::Unavailable(m),
         ClientError::Transport(m) | ClientError::Protocol(m) => ProviderError::Ambiguous(m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_500_to_a_creation_is_ambiguous_and_to_a_read_unavailable() {
+        let api = || SandboxError::Api {
+            message: "boom".into(),
+        };
+        assert!(matches!(from_sandbox(api()), ProviderError::Unavailable(_)));
+        assert!(matches!(
+            on_creation(from_sandbox(api())),
+            ProviderError::Ambiguous(_)
+        ));
+        let refused = SandboxError::InvalidRequest {
+            code: "amount_too_large".into(),
+            message: "too much".into(),
+        };
+        assert!(matches!(
+            on_creation(from_sandbox(refused)),
+            ProviderError::Rejected { .. }
+        ));
     }
 }

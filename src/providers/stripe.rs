@@ -352,9 +352,23 @@ fn error_from_response(
         .or_else(|| err.kind.clone())
         .unwrap_or_else(|| format!("http_{}", status.as_u16()));
     match status.as_u16() {
+        429 => ProviderError::RateLimited { retry_after },
+        // A 5xx, 408, or 409 `idempotency_key_in_use` (our key is still being processed): Stripe
+        // may have made, or may still make, the refund. Look it up before anything else.
+        _ if super::http::is_inconclusive(status) => match kind {
+            Call::Write => {
+                ProviderError::Ambiguous(format!("Stripe answered {status}: {code}: {message}"))
+            }
+            Call::Read => {
+                ProviderError::Unavailable(format!("Stripe answered {status}: {code}: {message}"))
+            }
+        },
+        // The key was used before (with other parameters): a refund may exist under it.
+        _ if kind == Call::Write && err.kind.as_deref() == Some("idempotency_error") => {
+            ProviderError::Ambiguous(format!("Stripe answered {status}: {code}: {message}"))
+        }
         404 => ProviderError::NotFound(message),
         _ if err.code.as_deref() == Some("resource_missing") => ProviderError::NotFound(message),
-        429 => ProviderError::RateLimited { retry_after },
         401 => ProviderError::Rejected {
             code: "authentication_error".to_owned(),
             message,
@@ -363,14 +377,7 @@ fn error_from_response(
             code: "permission_error".to_owned(),
             message,
         },
-        500..=599 => match kind {
-            // Stripe may have processed the creation before failing: look it up before resending.
-            Call::Write => ProviderError::Ambiguous(format!("Stripe answered {status}: {message}")),
-            Call::Read => {
-                ProviderError::Unavailable(format!("Stripe answered {status}: {message}"))
-            }
-        },
-        // 400, 402, 409 (idempotency conflicts) and anything else: Stripe said no.
+        // 400, 402 and any other 4xx: Stripe said no, and did nothing.
         _ => ProviderError::Rejected { code, message },
     }
 }
@@ -540,6 +547,32 @@ mod tests {
                 retry_after: Some(Duration::from_secs(2))
             }
         );
+    }
+
+    /// Stripe answers 409 `idempotency_key_in_use` while a request with the same key is still
+    /// being processed (exactly what follows our own timed-out attempt), and 400
+    /// `idempotency_error` when the key was used before: neither proves the refund was not made.
+    #[test]
+    fn a_409_or_an_idempotency_error_on_a_creation_is_ambiguous_never_a_refusal() {
+        let in_use = r#"{"error":{"type":"invalid_request_error","code":"idempotency_key_in_use","message":"There is currently another in-progress request using this idempotent key."}}"#;
+        assert!(matches!(
+            err(409, in_use, Call::Write),
+            ProviderError::Ambiguous(_)
+        ));
+        let reused = r#"{"error":{"type":"idempotency_error","message":"Keys for idempotent requests can only be used with the same parameters they were first used with."}}"#;
+        assert!(matches!(
+            err(400, reused, Call::Write),
+            ProviderError::Ambiguous(_)
+        ));
+        assert!(matches!(
+            err(408, "{}", Call::Write),
+            ProviderError::Ambiguous(_)
+        ));
+        // A read changes nothing: a conflict there is only a reason to try again.
+        assert!(matches!(
+            err(409, in_use, Call::Read),
+            ProviderError::Unavailable(_)
+        ));
     }
 
     #[test]

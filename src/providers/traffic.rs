@@ -267,9 +267,15 @@ impl ControlledProvider {
         const OP: &str = CREATE_REFUND;
         let mut backoff = self.backoff();
         let mut attempt = 1;
+        // The first ambiguous answer, once there was one. A look-up that found nothing makes it
+        // safe to send again with the same key, but not to believe a later refusal: the earlier
+        // attempt may still be in flight at the provider, or have made the refund that the
+        // refusal ("already refunded") is about.
+        let mut maybe_processed: Option<ProviderError> = None;
         loop {
-            // Invariant: every earlier attempt is known not to have been processed, so failing
-            // fast here (circuit open) or with `Unavailable` tells the caller the truth.
+            // Invariant: every earlier attempt was ambiguous and looked up without result, or
+            // certainly not processed. Failing fast here (circuit open) or with `Unavailable`
+            // leaves the refund PENDING, which is the truth either way.
             let error = match self
                 .attempt(OP, attempt, Some(&call.idempotency_key), || {
                     self.inner.create_refund(call)
@@ -281,7 +287,15 @@ impl ControlledProvider {
                 Err(Attempt::Failed(e)) => e,
             };
             match &error {
-                ProviderError::NotFound(_) | ProviderError::Rejected { .. } => return Err(error),
+                ProviderError::NotFound(_) | ProviderError::Rejected { .. } => {
+                    return Err(match maybe_processed {
+                        Some(ambiguous) => {
+                            tracing::warn!(provider = %self.name, attempt, error = %error, earlier = %ambiguous, "a refusal after an ambiguous attempt proves nothing about that attempt; the refund stays unresolved");
+                            ambiguous
+                        }
+                        None => error,
+                    });
+                }
                 ProviderError::RateLimited { .. } | ProviderError::Unavailable(_) => {
                     let Some(delay) = self.retry_delay(OP, attempt, &error, &mut backoff) else {
                         return Err(error);
@@ -289,6 +303,7 @@ impl ControlledProvider {
                     tokio::time::sleep(delay).await;
                 }
                 ProviderError::Timeout | ProviderError::Ambiguous(_) => {
+                    maybe_processed.get_or_insert_with(|| error.clone());
                     let Some(delay) = self.retry_delay(OP, attempt, &error, &mut backoff) else {
                         // The caller leaves the refund PENDING; the reconciler looks it up.
                         return Err(error);
@@ -1245,6 +1260,36 @@ mod tests {
         );
         assert!(fake.seen().iter().all(|s| s.key.as_deref() == Some(KEY)));
         assert_eq!(provider.stats().retries, 1);
+    }
+
+    /// After an attempt that may have been processed, a later "no" (the payment is fully
+    /// refunded, say, by our own first attempt) proves nothing about that first attempt: the
+    /// creation stays ambiguous, so the refund stays PENDING and its amount reserved.
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_after_an_ambiguous_attempt_stays_ambiguous() {
+        let refused = ProviderError::Rejected {
+            code: "charge_already_refunded".into(),
+            message: "already refunded".into(),
+        };
+        let missing = ProviderError::NotFound("no such charge".into());
+        for later in [refused, missing] {
+            let fake = Fake::new(Script {
+                creates: [hang(), err(later.clone())].into(),
+                finds: [ok(None)].into(),
+                ..Script::default()
+            });
+            let provider = controlled(&fake, config());
+
+            assert_eq!(
+                provider.create_refund(&call()).await,
+                Err(ProviderError::Timeout),
+                "{later:?}"
+            );
+            assert_eq!(
+                fake.ops(),
+                ["create_refund", "find_refund", "create_refund"]
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -581,3 +581,70 @@ async fn proxy_connection(conn: TcpStream, upstream: String, tripped: Arc<Atomic
         }
     }
 }
+
+/// Defect: Stripe's 409 `idempotency_key_in_use` (a request with our key is still being
+/// processed, e.g. our own first attempt) was taken for a refusal, so the refund was stored
+/// FAILED and its amount released while Stripe went on to make it. A fake Stripe (wiremock)
+/// answers every creation 409 and shows no refund on look-up: the refund must stay PENDING with
+/// its amount reserved, and the rest of the payment must not be refundable twice.
+#[tokio::test]
+async fn a_409_in_progress_leaves_the_refund_pending_and_its_amount_reserved() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let api = MockServer::start().await;
+    let json = |status: u16, body: serde_json::Value| {
+        ResponseTemplate::new(status).set_body_raw(body.to_string(), "application/json")
+    };
+    Mock::given(method("GET"))
+        .and(path("/v1/charges/ch_409"))
+        .respond_with(json(
+            200,
+            serde_json::json!({"id": "ch_409", "object": "charge", "amount": 5000,
+                "amount_captured": 5000, "amount_refunded": 0, "currency": "usd",
+                "captured": true, "paid": true, "status": "succeeded"}),
+        ))
+        .mount(&api)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/refunds"))
+        .respond_with(json(
+            409,
+            serde_json::json!({"error": {"type": "invalid_request_error",
+                "code": "idempotency_key_in_use",
+                "message": "There is currently another in-progress request using this idempotent key."}}),
+        ))
+        .mount(&api)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v1/refunds"))
+        .respond_with(json(
+            200,
+            serde_json::json!({"object": "list", "data": [], "has_more": false}),
+        ))
+        .mount(&api)
+        .await;
+    let db = TestDb::new().await;
+    let settings = stripe_settings(&api.uri());
+    let mut app = spawn_app_with(&db, move |s| {
+        s.stripe = Some(settings);
+        // Keep the reconciler away: this is about the request path's own answer.
+        s.refunds.reconcile_delay = Duration::from_secs(3600);
+    })
+    .await;
+
+    let r = app
+        .client
+        .create_refund(stripe_request("ch_409", Some(5_000)))
+        .await
+        .expect("the refund is accepted")
+        .into_inner();
+    assert_eq!(status_of(&r), pb::RefundStatus::Pending, "{r:?}");
+    assert_eq!(reserved_amount(&db, "ch_409").await, 5_000);
+    let again = app
+        .client
+        .create_refund(stripe_request("ch_409", None))
+        .await
+        .expect_err("nothing is left to refund");
+    assert_eq!(error_reason(&again), "ALREADY_REFUNDED", "{again:?}");
+}
