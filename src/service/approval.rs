@@ -74,9 +74,9 @@ impl RefundService {
                 )
             })?;
         let lease = self.clock().now().saturating_add(self.request_lease());
-        let pending = self
-            .settle(
-                refund.clone(),
+        let won = self
+            .try_settle(
+                &refund,
                 Settlement {
                     from: RefundStatus::RequiresApproval,
                     to: RefundStatus::Pending,
@@ -90,15 +90,15 @@ impl RefundService {
                 },
             )
             .await?;
-        if pending.status != RefundStatus::Pending
-            || pending.approved_by.as_ref() != Some(&approver.key_id)
-        {
-            // Someone else approved or rejected it first.
+        // Only the call that moved it out of REQUIRES_APPROVAL sends it: a concurrent approval,
+        // even by the same key, finds it PENDING and must not send it again.
+        let Some(pending) = won else {
+            let now = self.reread(refund).await?;
             return Err(RefundError::NotAwaitingApproval {
-                id: pending.id.as_str().to_owned(),
-                status: pending.status,
+                id: now.id.as_str().to_owned(),
+                status: now.status,
             });
-        }
+        };
         tracing::info!(refund_id = %pending.id, approver = %approver.key_id, "refund approved; sending it to the provider");
         self.submit(provider.as_ref(), pending, Origin::API).await
     }

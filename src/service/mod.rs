@@ -472,6 +472,21 @@ impl RefundService {
     }
 
     async fn settle(&self, refund: Refund, s: Settlement) -> Result<Refund, RefundError> {
+        match self.try_settle(&refund, s).await? {
+            Some(settled) => Ok(settled),
+            // Someone else (the reconciler, another replica) settled it first: report theirs.
+            None => self.reread(refund).await,
+        }
+    }
+
+    /// Applies `s` if the refund is still in `s.from`: the refund as this call left it, or
+    /// `None` when someone else moved it first (then this caller owns nothing, whatever the
+    /// refund reads like now).
+    async fn try_settle(
+        &self,
+        refund: &Refund,
+        s: Settlement,
+    ) -> Result<Option<Refund>, RefundError> {
         match self
             .inner
             .store
@@ -486,10 +501,9 @@ impl RefundService {
                 if settled.status == RefundStatus::Succeeded {
                     metrics.refunded(settled.currency.code(), settled.amount.minor_units());
                 }
-                Ok(settled)
+                Ok(Some(settled))
             }
-            // Someone else (the reconciler, another replica) settled it first: report theirs.
-            None => self.reread(refund).await,
+            None => Ok(None),
         }
     }
 

@@ -275,3 +275,77 @@ async fn thresholds_are_set_and_cleared_with_the_cli() {
         "an amount or --clear is required"
     );
 }
+
+/// Defect: of two concurrent ApproveRefund calls by the same key, the loser read the refund back
+/// PENDING with its own key as approver and sent it to the provider again. Exactly one approval
+/// may send; the others are told the refund no longer awaits approval. (The calls go straight to
+/// the service, so that nothing in front of it staggers them.)
+#[tokio::test]
+async fn concurrent_approvals_by_one_key_send_the_refund_once() {
+    let (app, _db) = spawn_app().await;
+    with_threshold(&app).await;
+    let scopes = Scope::parse_list("refunds:read,refunds:approve").expect("scopes");
+    let (manager, _) = refund_service::service::create_api_key(
+        app.service.store(),
+        AccountId::default_account(),
+        "manager".into(),
+        scopes.clone(),
+    )
+    .await
+    .expect("key");
+    let manager = refund_service::domain::Principal {
+        key_id: manager.id,
+        account: AccountId::default_account(),
+        scopes,
+    };
+    // A slow provider keeps the winner's call in flight while the others run.
+    app.sandbox
+        .set_faults(&refund_service::sandbox::FaultConfig {
+            latency_ms: 300,
+            ..Default::default()
+        })
+        .await
+        .expect("faults");
+
+    for round in 0..3 {
+        let payment = app.seed(20_000, "USD").await;
+        let big = app
+            .client
+            .clone()
+            .create_refund(refund_request(&payment, Some(9_000), "USD"))
+            .await
+            .expect("create")
+            .into_inner();
+        assert_eq!(status_of(&big), pb::RefundStatus::RequiresApproval);
+        let before = app.sandbox.stats().await.expect("stats");
+
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let service = app.service.clone();
+                let manager = manager.clone();
+                let id = big.id.clone();
+                tokio::spawn(async move { service.approve_refund(&manager, &id).await })
+            })
+            .collect();
+        let mut approved = 0;
+        for call in calls {
+            match call.await.expect("task") {
+                Ok(_) => approved += 1,
+                Err(e) => assert!(
+                    matches!(
+                        e,
+                        refund_service::domain::RefundError::NotAwaitingApproval { .. }
+                    ),
+                    "{e:?}"
+                ),
+            }
+        }
+        assert_eq!(approved, 1, "round {round}: exactly one approval wins");
+        let after = app.sandbox.stats().await.expect("stats");
+        assert_eq!(app.ledger(&payment).await.len(), 1);
+        assert_eq!(
+            after.idempotent_replays, before.idempotent_replays,
+            "round {round}: the refund reached the provider once"
+        );
+    }
+}
