@@ -293,6 +293,11 @@ impl RefundService {
             BeginOutcome::AlreadyRefunded => Err(RefundError::AlreadyRefunded {
                 payment: request.payment,
             }),
+            // Another account refunds this payment here: to this one, it does not exist.
+            BeginOutcome::PaymentNotOwned => Err(RefundError::PaymentNotFound {
+                payment: request.payment,
+                provider: request.provider,
+            }),
         }
     }
 

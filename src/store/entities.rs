@@ -4,17 +4,19 @@
 pub mod payment {
     use sea_orm::entity::prelude::*;
 
-    /// What the service knows of a payment's balance. `reserved_amount` is the sum of refunds that
+    /// What the service knows of a payment's balance: one row per real payment (provider and
+    /// payment id), whichever account refunds it. `reserved_amount` is the sum of refunds that
     /// have not failed or been canceled; the store never lets it exceed `captured_amount`.
+    /// `account_id` owns the payment here (the account that refunded it first); no other account
+    /// can refund it.
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "payments")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
-        pub account_id: String,
-        #[sea_orm(primary_key, auto_increment = false)]
         pub provider: String,
         #[sea_orm(primary_key, auto_increment = false)]
         pub payment_id: String,
+        pub account_id: String,
         pub currency: String,
         pub captured_amount: i64,
         pub reserved_amount: i64,

@@ -56,6 +56,9 @@ pub enum BeginOutcome {
         remaining: i64,
     },
     AlreadyRefunded,
+    /// Another account owns the payment here (it refunded it first): to this account it does not
+    /// exist.
+    PaymentNotOwned,
 }
 
 /// A status change to apply, conditional on the refund still being in `from`.
@@ -137,7 +140,8 @@ impl Store {
             BeginOutcome::Replayed(_)
             | BeginOutcome::KeyReused
             | BeginOutcome::OverRefund { .. }
-            | BeginOutcome::AlreadyRefunded => txn.rollback().await?,
+            | BeginOutcome::AlreadyRefunded
+            | BeginOutcome::PaymentNotOwned => txn.rollback().await?,
         }
         Ok(outcome)
     }
@@ -198,7 +202,6 @@ impl Store {
                     Expr::col(payment::Column::ReservedAmount).sub(row.amount),
                 )
                 .col_expr(payment::Column::UpdatedAt, Expr::value(now))
-                .filter(payment::Column::AccountId.eq(row.account_id.as_str()))
                 .filter(payment::Column::Provider.eq(row.provider.as_str()))
                 .filter(payment::Column::PaymentId.eq(row.payment_id.as_str()))
                 .filter(payment::Column::ReservedAmount.gte(row.amount))
@@ -390,21 +393,23 @@ impl Store {
             .collect()
     }
 
-    /// The payment's balance as the store holds it: (captured, reserved).
+    /// The payment's balance as the store holds it, (captured, reserved), if `account` owns it.
     pub async fn payment_balance(
         &self,
         account: &AccountId,
         provider: &ProviderName,
         payment: &PaymentRef,
     ) -> Result<Option<(i64, i64)>, StoreError> {
-        Ok(payment::Entity::find_by_id((
-            account.as_str().to_owned(),
-            provider.as_str().to_owned(),
-            payment.as_str().to_owned(),
-        ))
-        .one(&self.db)
-        .await?
-        .map(|p| (p.captured_amount, p.reserved_amount)))
+        Ok(
+            payment::Entity::find_by_id((
+                provider.as_str().to_owned(),
+                payment.as_str().to_owned(),
+            ))
+            .one(&self.db)
+            .await?
+            .filter(|p| p.account_id == account.as_str())
+            .map(|p| (p.captured_amount, p.reserved_amount)),
+        )
     }
 
     /// Deletes idempotency keys past their expiry. Returns how many.
@@ -509,6 +514,7 @@ async fn begin_in(
         Reservation::Reserved(amount) => amount,
         Reservation::OverRefund { remaining } => return Ok(BeginOutcome::OverRefund { remaining }),
         Reservation::NothingLeft => return Ok(BeginOutcome::AlreadyRefunded),
+        Reservation::NotOwned => return Ok(BeginOutcome::PaymentNotOwned),
     };
 
     // 4. The refund itself, PENDING (or REQUIRES_APPROVAL above the account's threshold), with
@@ -571,11 +577,19 @@ async fn begin_in(
 
 enum Reservation {
     Reserved(i64),
-    OverRefund { remaining: i64 },
+    OverRefund {
+        remaining: i64,
+    },
     NothingLeft,
+    /// The payment's balance row belongs to another account.
+    NotOwned,
 }
 
-/// Reserves the refund's amount against the payment's balance.
+/// Reserves the refund's amount against the payment's balance: one row per real payment
+/// (provider and payment id), whichever account asks, so accounts cannot together exceed the
+/// capture. The account that creates the row owns the payment; every write is conditional on
+/// being that account, so another account's request changes nothing and is told the payment
+/// does not exist.
 ///
 /// An explicit amount is reserved when the payment's balance row is created (its first refund;
 /// a concurrent first refund loses the insert race) or by one conditional `UPDATE`
@@ -590,7 +604,6 @@ async fn reserve(
     let r = b.request;
     let now = b.now.as_micros();
     let pk = (
-        account.to_owned(),
         r.provider.as_str().to_owned(),
         r.payment.as_str().to_owned(),
     );
@@ -605,12 +618,10 @@ async fn reserve(
             created_at: Set(now),
             updated_at: Set(now),
         })
-        .on_conflict_do_nothing_on([
-            payment::Column::AccountId,
-            payment::Column::Provider,
-            payment::Column::PaymentId,
-        ])
+        .on_conflict_do_nothing_on([payment::Column::Provider, payment::Column::PaymentId])
     };
+    let owned_by_other =
+        |row: Option<&payment::Model>| row.is_some_and(|p| p.account_id != account);
     // Ours and the provider's view; the provider's also counts refunds made elsewhere.
     let remaining_of = |row: Option<&payment::Model>| {
         let ours = row.map_or(b.captured, |p| p.captured_amount - p.reserved_amount);
@@ -619,9 +630,9 @@ async fn reserve(
     let balance = || {
         payment::Entity::update_many()
             .col_expr(payment::Column::UpdatedAt, Expr::value(now))
-            .filter(payment::Column::AccountId.eq(account))
             .filter(payment::Column::Provider.eq(r.provider.as_str()))
             .filter(payment::Column::PaymentId.eq(r.payment.as_str()))
+            .filter(payment::Column::AccountId.eq(account))
     };
 
     for _ in 0..16 {
@@ -654,6 +665,9 @@ async fn reserve(
                     }
                 }
                 let row = payment::Entity::find_by_id(pk.clone()).one(txn).await?;
+                if owned_by_other(row.as_ref()) {
+                    return Ok(Reservation::NotOwned);
+                }
                 let remaining = remaining_of(row.as_ref());
                 return Ok(if remaining <= 0 {
                     Reservation::NothingLeft
@@ -663,6 +677,9 @@ async fn reserve(
             }
             None => {
                 let row = payment::Entity::find_by_id(pk.clone()).one(txn).await?;
+                if owned_by_other(row.as_ref()) {
+                    return Ok(Reservation::NotOwned);
+                }
                 let remaining = remaining_of(row.as_ref());
                 if remaining <= 0 {
                     return Ok(Reservation::NothingLeft);
@@ -670,11 +687,17 @@ async fn reserve(
                 let taken = match row {
                     None => insert_ignoring_conflict(txn, first_row(remaining)).await?,
                     Some(row) => {
+                        let Some(reserved) = row.reserved_amount.checked_add(remaining) else {
+                            return Err(StoreError::Corrupt {
+                                table: "payments",
+                                detail: format!(
+                                    "reserved amount of {} overflows",
+                                    r.payment.as_str()
+                                ),
+                            });
+                        };
                         balance()
-                            .col_expr(
-                                payment::Column::ReservedAmount,
-                                Expr::value(row.reserved_amount + remaining),
-                            )
+                            .col_expr(payment::Column::ReservedAmount, Expr::value(reserved))
                             .filter(payment::Column::ReservedAmount.eq(row.reserved_amount))
                             .exec(txn)
                             .await?

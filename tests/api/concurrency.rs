@@ -79,3 +79,74 @@ async fn concurrent_full_refunds_refund_the_payment_once() {
     assert_eq!(ok, 1);
     assert_eq!(app.ledger(&payment).await.len(), 1);
 }
+
+/// A client of another account, with refund scopes.
+async fn other_account_client(app: &TestApp, account: &str) -> Client {
+    let scopes =
+        refund_service::domain::Scope::parse_list("refunds:read,refunds:write").expect("scopes");
+    let (_, token) = refund_service::service::create_api_key(
+        app.service.store(),
+        refund_service::domain::parse_account(account).expect("account"),
+        "other account".into(),
+        scopes,
+    )
+    .await
+    .expect("key");
+    client_with_key(app.grpc_addr, Some(&token)).await
+}
+
+/// Defect: the balance row was keyed by (account, provider, payment), so each account reserved
+/// against its own row: account B could refund account A's payment, and two accounts together
+/// could reserve more than the capture. The guard is now one row per real payment (provider and
+/// payment id), owned by the account that refunded it first; to any other account the payment
+/// does not exist.
+#[tokio::test]
+async fn another_account_can_neither_refund_a_payment_nor_push_it_past_its_capture() {
+    let (app, db) = spawn_app().await;
+    let mut other = other_account_client(&app, "acct_other").await;
+    let payment = app.seed(10_000, "USD").await;
+
+    app.client
+        .clone()
+        .create_refund(refund_request(&payment, Some(4_000), "USD"))
+        .await
+        .expect("the first account refunds part of it");
+    let err = other
+        .create_refund(refund_request(&payment, Some(6_000), "USD"))
+        .await
+        .expect_err("another account's payment");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert_eq!(reserved_amount(&db, &payment).await, 4_000);
+    assert_eq!(app.ledger(&payment).await.len(), 1);
+
+    // Two accounts racing for a fresh payment: one balance, never beyond the capture.
+    for _ in 0..5 {
+        let payment = app.seed(10_000, "USD").await;
+        let calls: Vec<_> = (0..16)
+            .map(|i| {
+                let mut client = if i % 2 == 0 {
+                    app.client.clone()
+                } else {
+                    other.clone()
+                };
+                let req = refund_request(&payment, Some(3_000), "USD");
+                tokio::spawn(async move { client.create_refund(req).await })
+            })
+            .collect();
+        let mut refunded = 0;
+        for call in calls {
+            match call.await.expect("task") {
+                Ok(r) => {
+                    assert_eq!(status_of(r.get_ref()), pb::RefundStatus::Succeeded);
+                    refunded += 3_000;
+                }
+                Err(e) => assert!(
+                    matches!(e.code(), Code::FailedPrecondition | Code::NotFound),
+                    "{e:?}"
+                ),
+            }
+        }
+        assert_eq!(refunded, 9_000, "three of 3,000 fit in 10,000");
+        assert_eq!(reserved_amount(&db, &payment).await, 9_000);
+    }
+}

@@ -9,6 +9,7 @@ mod m20261123_000004_api_keys;
 mod m20261123_000005_approval;
 mod m20261123_000006_audit;
 mod m20261123_000007_one_history;
+mod m20261202_000008_payment_balance_per_payment;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000005_approval::Migration),
             Box::new(m20261123_000006_audit::Migration),
             Box::new(m20261123_000007_one_history::Migration),
+            Box::new(m20261202_000008_payment_balance_per_payment::Migration),
         ]
     }
 }
