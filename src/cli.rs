@@ -178,6 +178,11 @@ pub struct ServeArgs {
     #[arg(long, env = "REFUND_SETTINGS_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub settings_cache_ttl: Duration,
 
+    /// How much longer a refund's lease lasts than the provider work it protects (room for clock
+    /// skew between replicas); a holder stops its provider call this long before its lease ends.
+    #[arg(long, env = "REFUND_LEASE_MARGIN", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub lease_margin: Duration,
+
     /// How often a WatchRefund stream re-reads its refund to see changes made by other replicas.
     #[arg(long, env = "REFUND_WATCH_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub watch_poll_interval: Duration,
@@ -466,6 +471,7 @@ impl ServeArgs {
             webhook_tolerance,
             watch_poll_interval,
             settings_cache_ttl,
+            lease_margin,
             stripe_rate_limit,
             provider_concurrency,
             provider_max_attempts,
@@ -624,6 +630,7 @@ impl ServeArgs {
                 reconcile_interval,
                 watch_poll_interval,
                 settings_cache_ttl,
+                lease_margin,
                 max_attempts,
                 bulk: BulkConfig {
                     max_jobs: bulk_max_jobs,

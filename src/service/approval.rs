@@ -100,7 +100,8 @@ impl RefundService {
             });
         };
         tracing::info!(refund_id = %pending.id, approver = %approver.key_id, "refund approved; sending it to the provider");
-        self.submit(provider.as_ref(), pending, Origin::API).await
+        self.submit(provider.as_ref(), pending, Origin::API, lease)
+            .await
     }
 
     /// Rejects a waiting refund: it ends CANCELED and its amount is released.

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::{
-    AccountId, ApiKeyId, Failure, NewRefund, Refund, RefundError, RefundId, RefundStatus,
+    AccountId, ApiKeyId, Failure, NewRefund, Refund, RefundError, RefundId, RefundStatus, Timestamp,
 };
 use crate::metrics::Metrics;
 use crate::providers::{
@@ -63,6 +63,9 @@ pub struct RefundsConfig {
     /// How often a WatchRefund stream re-reads its refund, to see changes made by other replicas
     /// (changes made by this process wake it at once).
     pub watch_poll_interval: Duration,
+    /// How much longer a lease lasts than the provider work it protects: room for the clocks of
+    /// replicas to disagree. A holder stops its provider call this long before its lease ends.
+    pub lease_margin: Duration,
     /// Provider calls (creations and look-ups) after which a refund the provider has never seen
     /// is given up as FAILED and its amount released.
     pub max_attempts: i32,
@@ -79,6 +82,7 @@ impl Default for RefundsConfig {
             reconcile_interval: Duration::from_secs(5),
             watch_poll_interval: Duration::from_secs(1),
             settings_cache_ttl: Duration::from_secs(10),
+            lease_margin: Duration::from_secs(5),
             max_attempts: 10,
             bulk: BulkConfig::default(),
         }
@@ -247,8 +251,28 @@ impl RefundService {
             ));
         }
 
+        // The provider's amounts are its word, not ours: out of range, they are an answer we
+        // cannot use, never an overflow. More refunded than captured leaves nothing.
+        let provider_remaining = (payment.captured >= 0 && payment.refunded >= 0)
+            .then(|| payment.captured.checked_sub(payment.refunded))
+            .flatten()
+            .ok_or_else(|| RefundError::ProviderUnavailable {
+                provider: request.provider.clone(),
+                message: format!(
+                    "the provider reported unusable amounts for payment {}: captured {}, refunded {}",
+                    request.payment.as_str(),
+                    payment.captured,
+                    payment.refunded
+                ),
+            })?
+            .max(0);
+
         let request_id = context::request_id();
         let approval_threshold = self.approval_threshold(account, request.currency).await?;
+        // The lease starts now, when the refund is stored, not when the request arrived: the
+        // pre-flight above may have taken most of a provider budget.
+        let stored_at = self.clock().now();
+        let lease_until = stored_at.saturating_add(self.request_lease());
         let outcome = store
             .begin_refund(BeginRefund {
                 id: RefundId::generate(),
@@ -256,10 +280,10 @@ impl RefundService {
                 request: &request,
                 fingerprint: &fingerprint,
                 captured: payment.captured,
-                provider_remaining: payment.captured - payment.refunded,
-                now,
-                lease_until: now.saturating_add(self.request_lease()),
-                idempotency_expires_at: now.saturating_add(config.idempotency_ttl),
+                provider_remaining,
+                now: stored_at,
+                lease_until,
+                idempotency_expires_at: stored_at.saturating_add(config.idempotency_ttl),
                 source: origin.source,
                 created_by,
                 request_id: request_id.as_deref(),
@@ -276,7 +300,8 @@ impl RefundService {
                     tracing::info!(refund_id = %refund.id, amount = refund.amount.minor_units(), "refund above the approval threshold; waiting for approval");
                     return Ok(refund);
                 }
-                self.submit(provider.as_ref(), refund, origin).await
+                self.submit(provider.as_ref(), refund, origin, lease_until)
+                    .await
             }
             BeginOutcome::Replayed(refund) => Ok(refund),
             BeginOutcome::KeyReused => Err(RefundError::IdempotencyKeyReused {
@@ -321,7 +346,7 @@ impl RefundService {
     /// How long the request path owns a refund it just stored before the reconciler may take it
     /// over: long enough for its provider call, retries included, to finish or give up.
     fn request_lease(&self) -> Duration {
-        self.inner.config.provider_budget + Duration::from_secs(5)
+        self.inner.config.provider_budget + self.inner.config.lease_margin
     }
 
     /// A provider operation bounded by the provider budget. Running out of time is `Timeout`:
@@ -335,13 +360,47 @@ impl RefundService {
             .unwrap_or(Err(ProviderError::Timeout))
     }
 
-    /// Sends a stored PENDING refund to its provider and records the answer.
+    /// How long work under a lease ending at `lease_until` may still run: until `lease_margin`
+    /// before the lease ends, so that nobody who takes the refund over after the lease can
+    /// overlap with it. `None` when that time has passed.
+    fn time_left(&self, lease_until: Timestamp) -> Option<Duration> {
+        let end = lease_until.as_micros().saturating_sub(
+            i64::try_from(self.inner.config.lease_margin.as_micros()).unwrap_or(i64::MAX),
+        );
+        let left = end.saturating_sub(self.clock().now().as_micros());
+        (left > 0).then(|| Duration::from_micros(left.unsigned_abs()))
+    }
+
+    /// A provider operation under a lease: bounded by the provider budget and by the lease, and
+    /// not started at all when the lease leaves no time. Running out of time is `Timeout`.
+    async fn call_within<T>(
+        &self,
+        lease_until: Timestamp,
+        fut: impl Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
+        let Some(left) = self.time_left(lease_until) else {
+            return Err(ProviderError::Timeout);
+        };
+        tokio::time::timeout(left.min(self.inner.config.provider_budget), fut)
+            .await
+            .unwrap_or(Err(ProviderError::Timeout))
+    }
+
+    /// Sends a stored PENDING refund to its provider and records the answer. The caller holds
+    /// the refund's lease until `lease_until`; the provider call ends before it does (and is not
+    /// started when too little of it is left), so whoever takes the refund over after the lease
+    /// never sends while this attempt can still be in flight.
     async fn submit(
         &self,
         provider: &dyn Provider,
         refund: Refund,
         origin: Origin,
+        lease_until: Timestamp,
     ) -> Result<Refund, RefundError> {
+        if self.time_left(lease_until).is_none() {
+            tracing::warn!(refund_id = %refund.id, "the lease ran out before the refund could be sent; it stays PENDING for the reconciler");
+            return Ok(refund);
+        }
         let mut metadata = refund.metadata.clone();
         metadata.insert("refund_id".to_owned(), refund.id.as_str().to_owned());
         let call = RefundCall {
@@ -352,7 +411,9 @@ impl RefundService {
             metadata,
             idempotency_key: refund.provider_idempotency_key().to_owned(),
         };
-        let answer = self.call(provider.create_refund(&call)).await;
+        let answer = self
+            .call_within(lease_until, provider.create_refund(&call))
+            .await;
         match answer {
             Ok(provider_refund) => self.apply(refund, provider_refund, 0, origin).await,
             Err(ProviderError::Rejected { code, message }) => {

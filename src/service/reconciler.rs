@@ -29,7 +29,9 @@ impl RefundService {
             .map_err(internal)?;
         let mut handled = 0;
         for pending in due {
-            let lease = now.saturating_add(self.request_lease());
+            // Each claim's lease starts when it is taken, not when the pass began: the refunds
+            // before it may have taken minutes.
+            let lease = self.clock().now().saturating_add(self.reconcile_lease());
             if !self
                 .store()
                 .claim(&pending, lease)
@@ -41,14 +43,28 @@ impl RefundService {
             handled += 1;
             let id = pending.refund.id.clone();
             let span = tracing::info_span!("reconcile", refund_id = %id, provider = %pending.refund.provider);
-            if let Err(e) = self.reconcile_one(pending).instrument(span).await {
+            if let Err(e) = self.reconcile_one(pending, lease).instrument(span).await {
                 tracing::error!(refund_id = %id, error = ?anyhow::Error::new(e), "reconciling a refund failed");
             }
         }
         Ok(handled)
     }
 
-    async fn reconcile_one(&self, p: PendingRefund) -> Result<(), RefundError> {
+    /// A reconciler claim covers a look-up and, when the provider never saw the refund, sending
+    /// it: two provider budgets, plus the margin.
+    fn reconcile_lease(&self) -> std::time::Duration {
+        self.config()
+            .provider_budget
+            .saturating_mul(2)
+            .saturating_add(self.config().lease_margin)
+    }
+
+    /// Settles one claimed refund; every provider call ends before `lease_until`.
+    async fn reconcile_one(
+        &self,
+        p: PendingRefund,
+        lease_until: Timestamp,
+    ) -> Result<(), RefundError> {
         // Counting the claim just made.
         let attempts = i32::try_from(p.refund.attempts)
             .unwrap_or(i32::MAX)
@@ -59,9 +75,13 @@ impl RefundService {
             return self.later(&refund, attempts).await;
         };
         let found = match &refund.provider_refund_id {
-            Some(pid) => self.call(provider.get_refund(pid)).await.map(Some),
+            Some(pid) => self
+                .call_within(lease_until, provider.get_refund(pid))
+                .await
+                .map(Some),
             None => {
-                self.call(provider.find_refund(&refund.payment, refund.provider_idempotency_key()))
+                let key = refund.provider_idempotency_key();
+                self.call_within(lease_until, provider.find_refund(&refund.payment, key))
                     .await
             }
         };
@@ -84,7 +104,7 @@ impl RefundService {
                     self.finish(refund, failure, Origin::RECONCILER).await?;
                 } else {
                     tracing::info!(refund_id = %refund.id, attempts, "provider never received the refund; sending it again");
-                    self.submit(provider.as_ref(), refund, Origin::RECONCILER)
+                    self.submit(provider.as_ref(), refund, Origin::RECONCILER, lease_until)
                         .await?;
                 }
             }

@@ -246,3 +246,76 @@ async fn a_pending_refund_is_looked_up_after_a_minute_then_on_a_doubling_schedul
     assert_eq!(status_of(&still), pb::RefundStatus::Pending);
     assert_eq!(still.provider_refund_id, r.provider_refund_id);
 }
+
+/// The lease (`next_check_at`) of a refund that has just been stored, while its provider call is
+/// in flight, and when the row was first seen.
+async fn lease_when_stored(db: &TestDb) -> (i64, i64) {
+    use sea_orm::{ConnectionTrait as _, Database, Statement};
+    let conn = Database::connect(&db.url).await.expect("connect");
+    let found = eventually(Duration::from_secs(10), "the refund to be stored", || {
+        let conn = conn.clone();
+        async move {
+            let row = conn
+                .query_one_raw(Statement::from_string(
+                    conn.get_database_backend(),
+                    "SELECT next_check_at FROM refunds",
+                ))
+                .await
+                .ok()??;
+            let lease: i64 = row.try_get("", "next_check_at").ok()?;
+            Some((lease, unix_micros()))
+        }
+    })
+    .await;
+    conn.close().await.ok();
+    found
+}
+
+fn unix_micros() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970");
+    i64::try_from(now.as_micros()).expect("fits")
+}
+
+/// Defect: the request path took its ownership lease from a clock reading made before the
+/// pre-flight, so a slow pre-flight shortened the lease below the provider budget that the call
+/// after it may take; the reconciler (or another replica) could then claim the refund and send it
+/// while the first attempt was still in flight. The lease must be taken when the refund is stored
+/// and cover a whole provider budget from then.
+#[tokio::test]
+async fn the_request_lease_covers_a_whole_provider_budget_after_a_slow_pre_flight() {
+    let db = TestDb::new().await;
+    let margin = Duration::from_millis(500);
+    let app = spawn_app_with(&db, |s| {
+        s.refunds.lease_margin = margin;
+        s.refunds.reconcile_delay = Duration::from_secs(3600);
+    })
+    .await;
+    let payment = app.seed(5_000, "USD").await;
+    // Every provider call takes 1.5 s: the pre-flight, then the creation.
+    app.sandbox
+        .set_faults(&FaultConfig {
+            latency_ms: 1_500,
+            ..FaultConfig::default()
+        })
+        .await
+        .expect("faults");
+    let budget = i64::try_from(app.service.config().provider_budget.as_micros()).expect("fits");
+
+    let mut client = app.client.clone();
+    let call = tokio::spawn(async move {
+        client
+            .create_refund(refund_request(&payment, Some(1_000), "USD"))
+            .await
+    });
+    let (lease, seen_at) = lease_when_stored(&db).await;
+    assert!(
+        lease - seen_at >= budget,
+        "the lease ends {} ms after the refund was stored; the provider call may take {} ms",
+        (lease - seen_at) / 1000,
+        budget / 1000
+    );
+    let refund = call.await.expect("task").expect("refund").into_inner();
+    assert_eq!(status_of(&refund), pb::RefundStatus::Succeeded);
+}

@@ -648,3 +648,49 @@ async fn a_409_in_progress_leaves_the_refund_pending_and_its_amount_reserved() {
         .expect_err("nothing is left to refund");
     assert_eq!(error_reason(&again), "ALREADY_REFUNDED", "{again:?}");
 }
+
+/// Defect: the pre-flight computed `captured - refunded` from the provider's numbers without
+/// checking them, so an answer out of range overflowed (a panic in debug builds, a wrapped
+/// balance in release). Such an answer is unusable: UNAVAILABLE, and nothing is stored or sent.
+#[tokio::test]
+async fn provider_amounts_out_of_range_are_refused_not_overflowed() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let api = MockServer::start().await;
+    for (id, captured, refunded) in [("ch_over", i64::MAX, -1), ("ch_neg", -5, 0)] {
+        Mock::given(method("GET"))
+            .and(path(format!("/v1/charges/{id}")))
+            .respond_with(
+                ResponseTemplate::new(200).set_body_raw(
+                    serde_json::json!({"id": id, "object": "charge", "amount": captured,
+                    "amount_captured": captured, "amount_refunded": refunded,
+                    "currency": "usd", "captured": true, "paid": true, "status": "succeeded"})
+                    .to_string(),
+                    "application/json",
+                ),
+            )
+            .mount(&api)
+            .await;
+    }
+    let db = TestDb::new().await;
+    let settings = stripe_settings(&api.uri());
+    let mut app = spawn_app_with(&db, move |s| s.stripe = Some(settings)).await;
+
+    for id in ["ch_over", "ch_neg"] {
+        let err = app
+            .client
+            .create_refund(stripe_request(id, Some(100)))
+            .await
+            .expect_err("unusable amounts");
+        assert_eq!(err.code(), Code::Unavailable, "{id}: {err:?}");
+    }
+    let posted = api
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.method == wiremock::http::Method::POST)
+        .count();
+    assert_eq!(posted, 0, "nothing was sent");
+}
