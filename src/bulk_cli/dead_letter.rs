@@ -49,22 +49,48 @@ fn write_rows(
                     !DEAD_LETTER_COLUMNS.contains(&headers[i].to_ascii_lowercase().as_str())
                 })
                 .collect();
-            out.write_record(kept.iter().map(|&i| &headers[i]).chain(DEAD_LETTER_COLUMNS))?;
+            // The key each job was sent with goes into the row (a column of its own when the
+            // file had none), so that sending the file again replays a refund that exists
+            // instead of making a second one.
+            let key_column = kept
+                .iter()
+                .position(|&i| headers[i].eq_ignore_ascii_case("idempotency_key"));
+            let added_key = key_column.is_none().then_some("idempotency_key");
+            out.write_record(
+                kept.iter()
+                    .map(|&i| &headers[i])
+                    .chain(added_key)
+                    .chain(DEAD_LETTER_COLUMNS),
+            )?;
             for (&index, result) in failures {
                 let row = rows
                     .get(index)
                     .with_context(|| format!("job {index} has no row in the file"))?;
-                let original = kept
+                let key = resend_key(&row.job.idempotency_key, result);
+                let mut original: Vec<String> = kept
                     .iter()
-                    .map(|&i| row.record.get(i).unwrap_or_default().to_owned());
-                out.write_record(original.chain(error_columns(result)))?;
+                    .map(|&i| row.record.get(i).unwrap_or_default().to_owned())
+                    .collect();
+                match key_column.and_then(|k| original.get_mut(k)) {
+                    // The file's own key, unless the row had none and its job used a derived one.
+                    Some(cell) if cell.is_empty() => *cell = key,
+                    Some(_) => {}
+                    None => original.push(key),
+                }
+                out.write_record(original.into_iter().chain(error_columns(result)))?;
             }
         }
         Source::Results => {
             out.write_record(
-                ["payment_id", "provider", "currency", "amount"]
-                    .into_iter()
-                    .chain(DEAD_LETTER_COLUMNS),
+                [
+                    "payment_id",
+                    "provider",
+                    "currency",
+                    "amount",
+                    "idempotency_key",
+                ]
+                .into_iter()
+                .chain(DEAD_LETTER_COLUMNS),
             )?;
             for result in failures.values() {
                 // Only a refund tells the amount and currency; the request's are not in the
@@ -74,17 +100,40 @@ fn write_rows(
                     .as_ref()
                     .map(|r| (r.currency.clone(), r.amount.to_string()))
                     .unwrap_or_default();
+                let sent_with = result
+                    .refund
+                    .as_ref()
+                    .map_or("", |r| r.idempotency_key.as_str());
                 let fields = [
                     result.payment_id.clone(),
                     result.provider.clone(),
                     currency,
                     amount,
+                    resend_key(sent_with, result),
                 ];
                 out.write_record(fields.into_iter().chain(error_columns(result)))?;
             }
         }
     }
     Ok(())
+}
+
+/// The key a dead-letter row is sent again with: the one its job was sent with, so that a
+/// refund that exists (or may: PENDING, or a result that could not be told) is replayed, never
+/// made twice. Only a refund the provider failed or that was canceled — nothing was refunded —
+/// gets none, so that sending the row again makes a new attempt.
+fn resend_key(sent_with: &str, result: &pb::BulkJobResult) -> String {
+    let nothing_done = result.refund.as_ref().is_some_and(|r| {
+        matches!(
+            pb::RefundStatus::try_from(r.status),
+            Ok(pb::RefundStatus::Failed | pb::RefundStatus::Canceled)
+        )
+    });
+    if nothing_done {
+        String::new()
+    } else {
+        sent_with.to_owned()
+    }
 }
 
 /// `error_code`, `error_message`, `retryable`, `status`.
@@ -120,4 +169,76 @@ pub(super) fn status_name(status: i32) -> String {
                 .to_ascii_lowercase()
         })
         .unwrap_or_else(|_| format!("status {status}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(line: u64, fields: &[&str], key: &str) -> Row {
+        Row {
+            line,
+            record: csv::StringRecord::from(fields.to_vec()),
+            job: pb::CreateRefundRequest {
+                idempotency_key: key.to_owned(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn failed_job(refund_status: Option<pb::RefundStatus>) -> pb::BulkJobResult {
+        pb::BulkJobResult {
+            status: pb::BulkItemStatus::Failed.into(),
+            refund: refund_status.map(|s| pb::Refund {
+                id: "rf_1".into(),
+                status: s.into(),
+                ..Default::default()
+            }),
+            error: refund_status.is_none().then(|| pb::BulkJobError {
+                code: "INTERNAL".into(),
+                message: "the result could not be written".into(),
+                retryable: true,
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Defect: a row without a key of its own was sent with the derived `<key>:line-N`, but its
+    /// dead-letter row left the key out, so sending the dead-letter file again — the documented
+    /// way to retry — made a new refund even where the first one existed. The row keeps its key,
+    /// unless its refund failed at the provider (nothing was done; a retry needs a new key).
+    #[test]
+    fn dead_letter_rows_keep_the_key_their_job_was_sent_with_unless_the_refund_failed() {
+        let headers = csv::StringRecord::from(vec!["payment_id", "currency"]);
+        let rows = [
+            row(2, &["ch_1", "USD"], "run:line-2"),
+            row(3, &["ch_2", "USD"], "run:line-3"),
+        ];
+        let failures = BTreeMap::from([
+            (0, failed_job(None)),
+            (1, failed_job(Some(pb::RefundStatus::Failed))),
+        ]);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("dead.csv");
+        write(
+            &path,
+            &Source::File {
+                headers: &headers,
+                rows: &rows,
+            },
+            &failures,
+        )
+        .expect("write");
+        let mut read = csv::Reader::from_path(&path).expect("read");
+        let head = read.headers().expect("headers").clone();
+        let key = head
+            .iter()
+            .position(|h| h == "idempotency_key")
+            .expect("an idempotency_key column");
+        let keys: Vec<String> = read
+            .records()
+            .map(|r| r.expect("row")[key].to_owned())
+            .collect();
+        assert_eq!(keys, ["run:line-2", ""]);
+    }
 }

@@ -276,7 +276,7 @@ async fn resume(
     bulk_id: &str,
     interrupt: watch::Receiver<bool>,
 ) -> Result<(), BulkError> {
-    let input = match &args.file {
+    let mut input = match &args.file {
         Some(file) => Some(read_input(file)?.0),
         None => None,
     };
@@ -288,6 +288,17 @@ async fn resume(
         Err(Halt::Interrupted { .. }) => return Err(BulkError::Interrupted),
         Err(Halt::Failed(e)) => return Err(e.into()),
     };
+    // The keys the rows were sent with, for the dead-letter file: the batch's key is
+    // `<run key>:part-N`, and rows without their own key were sent with `<run key>:line-N`.
+    if let (Some(input), Some((run_key, _))) =
+        (&mut input, batch.idempotency_key.rsplit_once(":part-"))
+    {
+        for row in &mut input.rows {
+            if row.job.idempotency_key.is_empty() {
+                row.job.idempotency_key = format!("{run_key}:line-{}", row.line);
+            }
+        }
+    }
     let total = usize::try_from(batch.total).unwrap_or(0);
     // Where the batch's rows start in the file.
     let offset = match &input {

@@ -153,6 +153,7 @@ async fn failed_rows_exit_1_and_go_to_the_dead_letter_file_with_their_errors() {
             "amount",
             "reason",
             "metadata.order",
+            "idempotency_key",
             "error_code",
             "error_message",
             "retryable",
@@ -165,9 +166,15 @@ async fn failed_rows_exit_1_and_go_to_the_dead_letter_file_with_their_errors() {
         ("ch_missing_2", "5", "other", "o-y"),
     ]) {
         assert_eq!(row[..5], [payment, "USD", amount, reason, order]);
-        assert_eq!(row[5], "NOT_FOUND");
-        assert!(row[6].contains(payment), "{row:?}");
-        assert_eq!(row[7..], ["false", "failed"]);
+        // The key the job was sent with, so that sending the file again replays, never
+        // refunds twice.
+        assert!(
+            row[5].starts_with("csv-") && row[5].contains(":line-"),
+            "{row:?}"
+        );
+        assert_eq!(row[6], "NOT_FOUND");
+        assert!(row[7].contains(payment), "{row:?}");
+        assert_eq!(row[8..], ["false", "failed"]);
     }
 
     // One refund per good row, as the file asked.
@@ -301,12 +308,12 @@ async fn abort_on_error_leaves_the_rest_of_the_file_unsent() {
     let (_, rows) = read_csv(&dir.path().join("refunds.failed.csv"));
     let got: Vec<(&str, &str)> = rows
         .iter()
-        .map(|r| (r[0].as_str(), r[5].as_str()))
+        .map(|r| (r[0].as_str(), r[6].as_str()))
         .collect();
     let mut expected = vec![("ch_missing", "failed")];
     expected.extend(payments.iter().map(|p| (p.as_str(), "skipped")));
     assert_eq!(got, expected);
-    assert!(rows[2..].iter().all(|r| r[2] == "NOT_SENT"), "{rows:?}");
+    assert!(rows[2..].iter().all(|r| r[3] == "NOT_SENT"), "{rows:?}");
     assert_eq!(
         ledger_amounts(&app, &payments).await,
         vec![Vec::<i64>::new(); 4]
@@ -444,6 +451,7 @@ async fn resume_of_a_finished_batch_prints_the_same_summary() {
             "provider",
             "currency",
             "amount",
+            "idempotency_key",
             "error_code",
             "error_message",
             "retryable",
@@ -452,7 +460,7 @@ async fn resume_of_a_finished_batch_prints_the_same_summary() {
     );
     let failed: Vec<(&str, &str)> = rows
         .iter()
-        .map(|r| (r[0].as_str(), r[4].as_str()))
+        .map(|r| (r[0].as_str(), r[5].as_str()))
         .collect();
     assert_eq!(
         failed,
