@@ -22,6 +22,9 @@ use super::{Origin, RefundService, internal};
 use crate::domain::{Bulk, BulkId, JobOutcome, RefundError, Timestamp};
 use crate::store::ClaimedItem;
 
+/// How far apart the clocks of two replicas may be, for finding a job's refund.
+const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(3600);
+
 /// Runs batches until `shutdown` completes; then stops dispatching, lets the jobs in flight
 /// finish and returns.
 pub async fn run_bulk_runner(service: RefundService, shutdown: impl Future<Output = ()>) {
@@ -86,7 +89,9 @@ impl Driver {
     async fn drive(&mut self) -> Result<(), RefundError> {
         let cfg = self.service.config().bulk.clone();
         let concurrency = self.bulk.max_concurrency.max(1);
-        let mut in_flight: JoinSet<JobOutcome> = JoinSet::new();
+        // `None`: the job's outcome could not be told (its refund may exist but could not be
+        // read); it is handed back rather than given a result that could be wrong.
+        let mut in_flight: JoinSet<Option<JobOutcome>> = JoinSet::new();
         // Which job each task runs, so that even a task that panicked gets its job a result.
         let mut jobs: HashMap<task::Id, u32> = HashMap::new();
         let mut stopping = *self.stop.borrow();
@@ -177,22 +182,35 @@ impl Driver {
             };
             // Record every job that has finished by now in one transaction.
             let mut finished = Vec::new();
+            let mut undetermined = Vec::new();
             let mut next = first;
             while let Some(joined) = next {
                 self.service.inner.metrics.bulk_jobs_finished(1);
                 let (id, outcome) = match joined {
                     Ok((id, outcome)) => (id, outcome),
                     Err(e) => {
-                        let cause = anyhow::anyhow!("bulk job task failed: {e}");
-                        (e.id(), JobOutcome::of_error(&RefundError::Internal(cause)))
+                        // It may have made its refund before it failed.
+                        tracing::error!(bulk_id = %self.bulk.id, error = %e, "bulk job task failed; the job will be taken over");
+                        (e.id(), None)
                     }
                 };
-                if let Some(index) = jobs.remove(&id) {
-                    finished.push((index, outcome));
+                match (jobs.remove(&id), outcome) {
+                    (Some(index), Some(outcome)) => finished.push((index, outcome)),
+                    (Some(index), None) => undetermined.push(index),
+                    (None, _) => {}
                 }
                 next = in_flight.try_join_next_with_id();
             }
             self.record(&finished).await?;
+            if !undetermined.is_empty() {
+                // Taken over (by this driver or another), the job looks its refund up first. If
+                // even this write fails, the driver fails and its leases lapse all the same.
+                self.service
+                    .store()
+                    .release_items(&self.bulk.id, &self.owner, &undetermined)
+                    .await
+                    .map_err(internal)?;
+            }
         }
     }
 
@@ -230,27 +248,50 @@ impl Driver {
     }
 }
 
-/// Runs one job through the ordinary refund path.
-async fn run_job(service: RefundService, bulk: Bulk, item: ClaimedItem) -> JobOutcome {
+/// Runs one job through the ordinary refund path. A job whose refund exists reports that refund,
+/// whatever went wrong on the way: a job taken over from a dead worker looks for it first (the
+/// worker may have made it, and the key's ordinary expiry does not apply within a batch), and
+/// any job that fails looks for it before reporting the failure. `None` when that look-up
+/// itself fails: the job is then handed back, never reported failed with a refund out there.
+async fn run_job(service: RefundService, bulk: Bulk, item: ClaimedItem) -> Option<JobOutcome> {
     // Debug events: not logged by default, but events of the job's span in traces.
-    tracing::debug!(payment_id = item.request.payment.as_str(), "job dispatched");
-    let outcome = match service
-        .create(
-            &bulk.account,
-            bulk.created_by.as_ref(),
-            item.request,
-            Origin::BULK,
-        )
-        .await
-    {
-        // Succeeded, failed at the provider, replayed, or PENDING there (the reconciler settles it).
-        Ok(refund) => JobOutcome::of_refund(&refund),
-        Err(e) => {
-            if let RefundError::Internal(cause) = &e {
-                tracing::error!(bulk_id = %bulk.id, index = item.index, error = ?cause, "bulk job failed internally");
-            }
-            JobOutcome::of_error(&e)
+    tracing::debug!(
+        payment_id = item.request.payment.as_str(),
+        taken_over = item.taken_over,
+        "job dispatched"
+    );
+    let made_before = if item.taken_over {
+        job_refund(&service, &bulk, &item).await?
+    } else {
+        None
+    };
+    let outcome = match made_before {
+        Some(refund) => {
+            tracing::info!(refund_id = %refund.id, "the job taken over had made its refund already");
+            JobOutcome::of_refund(&refund)
         }
+        None => match service
+            .create(
+                &bulk.account,
+                bulk.created_by.as_ref(),
+                item.request.clone(),
+                Origin::BULK,
+            )
+            .await
+        {
+            // Succeeded, failed at the provider, replayed, or PENDING there (the reconciler
+            // settles it).
+            Ok(refund) => JobOutcome::of_refund(&refund),
+            Err(e) => {
+                if let RefundError::Internal(cause) = &e {
+                    tracing::error!(bulk_id = %bulk.id, index = item.index, error = ?cause, "bulk job failed internally");
+                }
+                match job_refund(&service, &bulk, &item).await? {
+                    Some(refund) => JobOutcome::of_refund(&refund),
+                    None => JobOutcome::of_error(&e),
+                }
+            }
+        },
     };
     tracing::debug!(
         status = outcome.status.as_str(),
@@ -258,5 +299,35 @@ async fn run_job(service: RefundService, bulk: Bulk, item: ClaimedItem) -> JobOu
         error = outcome.error.as_ref().map(|e| e.code.as_str()),
         "job result"
     );
-    outcome
+    Some(outcome)
+}
+
+/// The refund the job's key made in this batch's lifetime: `Some(None)` when there is none,
+/// `None` when it could not be read.
+async fn job_refund(
+    service: &RefundService,
+    bulk: &Bulk,
+    item: &ClaimedItem,
+) -> Option<Option<crate::domain::Refund>> {
+    let Some(key) = item.request.idempotency_key.as_ref() else {
+        return Some(None);
+    };
+    // From a while before the batch was made, should the clocks of replicas disagree; but not
+    // from any time, or a refund of an earlier use of an expired key could be taken for this one.
+    let since = Timestamp::from_micros(
+        bulk.created_at
+            .as_micros()
+            .saturating_sub(CLOCK_SKEW_ALLOWANCE.as_micros() as i64),
+    );
+    match service
+        .store()
+        .refund_by_key(&bulk.account, key, since)
+        .await
+    {
+        Ok(found) => Some(found),
+        Err(e) => {
+            tracing::error!(bulk_id = %bulk.id, index = item.index, error = ?anyhow::Error::new(e), "cannot tell whether the job's refund exists; handing the job back");
+            None
+        }
+    }
 }

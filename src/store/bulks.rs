@@ -84,6 +84,8 @@ pub enum CreateBulkOutcome {
 pub struct ClaimedItem {
     pub index: u32,
     pub request: NewRefund,
+    /// Another worker had the job before (its lease expired): its refund may exist already.
+    pub taken_over: bool,
 }
 
 impl Store {
@@ -302,6 +304,7 @@ impl Store {
         }
         let txn = self.db.begin().await?;
         let mut rows: Vec<bulk_item::Model> = Vec::new();
+        let mut taken_over = std::collections::HashSet::new();
 
         let expired = bulk_item::Entity::find()
             .filter(bulk_item::Column::BulkId.eq(bulk_id.as_str()))
@@ -326,6 +329,7 @@ impl Store {
                 .await?;
             if !taken.is_empty() {
                 tracing::info!(bulk_id = %bulk_id, index = item.idx, "taking over a job whose worker's lease expired");
+                taken_over.insert(item.idx);
                 rows.extend(taken);
             }
         }
@@ -383,6 +387,7 @@ impl Store {
                 let stored: StoredJob =
                     serde_json::from_str(&json).map_err(|e| corrupt("bulk_items", e))?;
                 Ok(ClaimedItem {
+                    taken_over: taken_over.contains(&row.idx),
                     index: row.idx as u32,
                     request: stored
                         .into_request()
@@ -414,6 +419,28 @@ impl Store {
             .exec(&self.db)
             .await?
             .rows_affected)
+    }
+
+    /// Gives up `owner`'s lease on jobs whose outcome it could not tell (a refund may exist, but
+    /// could not be read), so that they are taken over, and their refunds looked for, again.
+    pub async fn release_items(
+        &self,
+        bulk_id: &BulkId,
+        owner: &str,
+        indices: &[u32],
+    ) -> Result<(), StoreError> {
+        if indices.is_empty() {
+            return Ok(());
+        }
+        bulk_item::Entity::update_many()
+            .col_expr(bulk_item::Column::LeaseUntil, Expr::value(0i64))
+            .filter(bulk_item::Column::BulkId.eq(bulk_id.as_str()))
+            .filter(bulk_item::Column::LeaseOwner.eq(owner))
+            .filter(bulk_item::Column::Status.eq(ItemStatus::Running.as_str()))
+            .filter(bulk_item::Column::Idx.is_in(indices.iter().map(|&i| i as i32)))
+            .exec(&self.db)
+            .await?;
+        Ok(())
     }
 
     /// Records finished jobs of one batch — results, events and the batch's counters — in one

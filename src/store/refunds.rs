@@ -349,6 +349,26 @@ impl Store {
             .transpose()
     }
 
+    /// The first refund `account` made with idempotency key `key` at or after `since`, whether
+    /// or not the key has expired since: how a bulk job finds the refund it made.
+    pub async fn refund_by_key(
+        &self,
+        account: &AccountId,
+        key: &IdempotencyKey,
+        since: Timestamp,
+    ) -> Result<Option<Refund>, StoreError> {
+        refund::Entity::find()
+            .filter(refund::Column::AccountId.eq(account.as_str()))
+            .filter(refund::Column::IdempotencyKey.eq(key.as_str()))
+            .filter(refund::Column::CreatedAt.gte(since.as_micros()))
+            .order_by_asc(refund::Column::CreatedAt)
+            .order_by_asc(refund::Column::Id)
+            .one(&self.db)
+            .await?
+            .map(to_domain)
+            .transpose()
+    }
+
     async fn get_refund_by_id(&self, id: &str) -> Result<Option<Refund>, StoreError> {
         refund::Entity::find_by_id(id.to_owned())
             .one(&self.db)

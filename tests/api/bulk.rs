@@ -1,6 +1,7 @@
 //! BulkRefund: the stream, partial failures, abort, cancel, re-attaching, limits.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use refund_service::api::pb;
 use refund_service::api::pb::bulk_refund_event::Event;
@@ -513,4 +514,149 @@ async fn items_list_pages_in_request_order_and_filters_by_status() {
             .expect_err("bad id");
         assert_eq!(err.code(), code);
     }
+}
+
+/// Defect: a job whose refund exists could report FAILED without naming it: here its key made a
+/// refund before, and the provider is down at the job's pre-flight, which failed before the store
+/// could replay the refund. The job must report the refund that exists.
+#[tokio::test]
+async fn a_job_whose_refund_exists_reports_it_even_when_the_provider_is_down() {
+    let (mut app, _db) = spawn_app().await;
+    let payment = app.seed(5_000, "USD").await;
+    let mut first = job(&payment, Some(1_000));
+    first.idempotency_key = "order-7-refund".into();
+    let made = app
+        .client
+        .create_refund(first.clone())
+        .await
+        .expect("refund")
+        .into_inner();
+    app.sandbox
+        .set_faults(&FaultConfig {
+            error_rate: 1.0,
+            ..FaultConfig::default()
+        })
+        .await
+        .expect("faults");
+
+    let stream = app
+        .client
+        .bulk_refund(pb::BulkRefundRequest {
+            jobs: vec![first],
+            ..Default::default()
+        })
+        .await
+        .expect("accepted")
+        .into_inner();
+    let results = results(&collect(stream).await);
+    assert_eq!(results.len(), 1);
+    let refund = results[0]
+        .refund
+        .as_ref()
+        .unwrap_or_else(|| panic!("{results:?}"));
+    assert_eq!(refund.id, made.id);
+    assert_eq!(
+        results[0].status,
+        i32::from(pb::BulkItemStatus::Succeeded),
+        "{results:?}"
+    );
+}
+
+/// Defect: a job taken over from a dead worker ran through the ordinary path, whose idempotency
+/// key expires after 24 h; taken over later than that, it made a second refund. A taken-over job
+/// first looks for the refund its key made in this batch, however old the key.
+#[tokio::test]
+async fn a_job_taken_over_after_its_key_expired_does_not_refund_twice() {
+    use refund_service::domain::{
+        AccountId, Amount, Currency, IdempotencyKey, NewBulk, NewRefund, PaymentRef, ProviderName,
+        RefundReason, Timestamp,
+    };
+    let db = TestDb::new().await;
+    let mut app = spawn_app_with(&db, |s| {
+        // Only a new batch (below) wakes the runner.
+        s.refunds.bulk.poll_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let payment = app.seed(5_000, "USD").await;
+    let account = AccountId::default_account();
+    let request = NewRefund {
+        payment: PaymentRef::from_trusted(payment.clone()),
+        provider: ProviderName::from_trusted("sandbox".to_owned()),
+        amount: Some(Amount::new(1_000).expect("amount")),
+        currency: Currency::parse("USD").expect("USD"),
+        reason: RefundReason::RequestedByCustomer,
+        reason_detail: String::new(),
+        metadata: Default::default(),
+        idempotency_key: Some(IdempotencyKey::from_trusted("job-key-1".to_owned())),
+    };
+    let store = app.service.store();
+    let bulk = match store
+        .create_bulk(
+            &account,
+            &NewBulk {
+                jobs: vec![Ok(request.clone())],
+                abort_on_error: false,
+                max_concurrency: 1,
+                idempotency_key: None,
+                metadata: Default::default(),
+                created_by: None,
+            },
+            &ProviderName::from_trusted("sandbox".to_owned()),
+            Timestamp::now(),
+            None,
+        )
+        .await
+        .expect("batch")
+    {
+        refund_service::store::CreateBulkOutcome::Created(b) => b,
+        _ => panic!("a new batch"),
+    };
+    // A worker claims the job, makes its refund and dies before recording the result.
+    let now = Timestamp::now();
+    let claimed = store
+        // Its lease ends at once, as if it had died long ago.
+        .claim_items(&bulk.id, "dead_worker", 1, now, now)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    app.service
+        .create_refund(&account, None, request)
+        .await
+        .expect("the dead worker's refund");
+    // A day and more later (on the service's clock), another worker takes the job over.
+    app.service.clock().advance(Duration::from_secs(25 * 3600));
+    let other = app.seed(1_000, "USD").await;
+    let stream = app
+        .client
+        .bulk_refund(pb::BulkRefundRequest {
+            jobs: vec![job(&other, None)],
+            ..Default::default()
+        })
+        .await
+        .expect("a batch that wakes the runner")
+        .into_inner();
+    collect(stream).await;
+    let mut watch = app
+        .client
+        .watch_bulk_refund(pb::WatchBulkRefundRequest {
+            bulk_id: bulk.id.as_str().to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(20), watch.next())
+        .await
+        .expect("the taken-over batch finishes")
+    {
+        events.push(event.expect("event"));
+    }
+    let results = results(&events);
+    assert_eq!(results.len(), 1, "{events:?}");
+    assert_eq!(
+        app.ledger(&payment).await.len(),
+        1,
+        "the payment was refunded once: {results:?}"
+    );
 }

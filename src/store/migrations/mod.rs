@@ -10,6 +10,7 @@ mod m20261123_000005_approval;
 mod m20261123_000006_audit;
 mod m20261123_000007_one_history;
 mod m20261202_000008_payment_balance_per_payment;
+mod m20261202_000009_refunds_by_key;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000006_audit::Migration),
             Box::new(m20261123_000007_one_history::Migration),
             Box::new(m20261202_000008_payment_balance_per_payment::Migration),
+            Box::new(m20261202_000009_refunds_by_key::Migration),
         ]
     }
 }
