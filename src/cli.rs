@@ -173,11 +173,6 @@ pub struct ServeArgs {
     #[arg(long, env = "REFUND_WEBHOOK_TOLERANCE", default_value = "300s", value_parser = humantime::parse_duration)]
     pub webhook_tolerance: Duration,
 
-    /// How long an account's approval threshold is kept in memory before it is read again (a
-    /// change applies on every replica within this time).
-    #[arg(long, env = "REFUND_SETTINGS_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub settings_cache_ttl: Duration,
-
     /// How much longer a refund's lease lasts than the provider work it protects (room for clock
     /// skew between replicas); a holder stops its provider call this long before its lease ends.
     #[arg(long, env = "REFUND_LEASE_MARGIN", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -470,7 +465,6 @@ impl ServeArgs {
             sandbox_webhook_secret,
             webhook_tolerance,
             watch_poll_interval,
-            settings_cache_ttl,
             lease_margin,
             stripe_rate_limit,
             provider_concurrency,
@@ -629,7 +623,6 @@ impl ServeArgs {
                 reconcile_max_delay,
                 reconcile_interval,
                 watch_poll_interval,
-                settings_cache_ttl,
                 lease_margin,
                 max_attempts,
                 bulk: BulkConfig {

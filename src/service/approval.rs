@@ -2,50 +2,11 @@
 //! amount, until another API key with `refunds:approve` approves them (then they are sent to the
 //! provider) or anyone with that scope rejects them (CANCELED, amount released).
 
-use std::sync::PoisonError;
-use std::time::Instant;
-
-use super::{Origin, RefundService, internal};
-use crate::domain::{AccountId, Currency, Principal, Refund, RefundError, RefundStatus};
+use super::{Origin, RefundService};
+use crate::domain::{Principal, Refund, RefundError, RefundStatus};
 use crate::store::Settlement;
 
 impl RefundService {
-    /// The account's approval threshold for `currency`, read at most every
-    /// `settings_cache_ttl` (it is asked for on every refund, and changes rarely).
-    pub(super) async fn approval_threshold(
-        &self,
-        account: &AccountId,
-        currency: Currency,
-    ) -> Result<Option<i64>, RefundError> {
-        let key = (account.as_str().to_owned(), currency.code());
-        let ttl = self.config().settings_cache_ttl;
-        let cached = self
-            .inner
-            .thresholds
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            .copied();
-        if let Some((threshold, read_at)) = cached
-            && read_at.elapsed() < ttl
-        {
-            return Ok(threshold);
-        }
-        let threshold = self
-            .store()
-            .approval_threshold(account, currency)
-            .await
-            .map_err(internal)?;
-        if !ttl.is_zero() {
-            self.inner
-                .thresholds
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(key, (threshold, Instant::now()));
-        }
-        Ok(threshold)
-    }
-
     /// Approves a waiting refund and sends it to its provider. The key that asked for the refund
     /// cannot approve it.
     pub async fn approve_refund(

@@ -57,9 +57,6 @@ pub struct RefundsConfig {
     pub reconcile_max_delay: Duration,
     /// How often the reconciler wakes up to look for due refunds.
     pub reconcile_interval: Duration,
-    /// How long this process keeps an account's approval threshold before reading it again (a
-    /// change made elsewhere applies here within this time).
-    pub settings_cache_ttl: Duration,
     /// How often a WatchRefund stream re-reads its refund, to see changes made by other replicas
     /// (changes made by this process wake it at once).
     pub watch_poll_interval: Duration,
@@ -81,17 +78,12 @@ impl Default for RefundsConfig {
             reconcile_max_delay: Duration::from_secs(60 * 60),
             reconcile_interval: Duration::from_secs(5),
             watch_poll_interval: Duration::from_secs(1),
-            settings_cache_ttl: Duration::from_secs(10),
             lease_margin: Duration::from_secs(5),
             max_attempts: 10,
             bulk: BulkConfig::default(),
         }
     }
 }
-
-/// Approval thresholds by (account, currency code), with when they were read.
-type ThresholdCache =
-    std::collections::HashMap<(String, &'static str), (Option<i64>, std::time::Instant)>;
 
 #[derive(Clone)]
 pub struct RefundService {
@@ -109,8 +101,6 @@ struct Inner {
     /// events written by other replicas).
     bulk_events: tokio::sync::watch::Sender<u64>,
     clock: Clock,
-    /// Approval thresholds by (account, currency code), with when they were read.
-    thresholds: std::sync::Mutex<ThresholdCache>,
     /// Bumped whenever this process changes a refund's status or provider id; WatchRefund
     /// streams wait on it (and poll, for changes made by other replicas).
     refund_changes: tokio::sync::watch::Sender<u64>,
@@ -133,7 +123,6 @@ impl RefundService {
                 bulk_events: tokio::sync::watch::Sender::new(0),
                 refund_changes: tokio::sync::watch::Sender::new(0),
                 clock: Clock::default(),
-                thresholds: std::sync::Mutex::default(),
             }),
         }
     }
@@ -268,7 +257,6 @@ impl RefundService {
             .max(0);
 
         let request_id = context::request_id();
-        let approval_threshold = self.approval_threshold(account, request.currency).await?;
         // The lease starts now, when the refund is stored, not when the request arrived: the
         // pre-flight above may have taken most of a provider budget.
         let stored_at = self.clock().now();
@@ -287,7 +275,6 @@ impl RefundService {
                 source: origin.source,
                 created_by,
                 request_id: request_id.as_deref(),
-                approval_threshold,
             })
             .await
             .map_err(internal)?;

@@ -151,9 +151,12 @@ impl Store {
         currency: Currency,
         amount: Option<i64>,
     ) -> Result<(), StoreError> {
+        // One transaction: a refund stored meanwhile sees the old threshold or the new one,
+        // never none.
+        let txn = self.db.begin().await?;
         let pk = (account.as_str().to_owned(), currency.code().to_owned());
         approval_threshold::Entity::delete_by_id(pk)
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
         if let Some(amount) = amount {
             approval_threshold::Entity::insert(approval_threshold::ActiveModel {
@@ -162,9 +165,10 @@ impl Store {
                 amount: Set(amount),
                 updated_at: Set(Timestamp::now().as_micros()),
             })
-            .exec_without_returning(&self.db)
+            .exec_without_returning(&txn)
             .await?;
         }
+        txn.commit().await?;
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use sea_orm::{
 };
 
 use super::audit::{AuditEntry, insert_audit};
-use super::entities::{idempotency_key, payment, refund};
+use super::entities::{approval_threshold, idempotency_key, payment, refund};
 use super::{Store, StoreError};
 use crate::domain::{
     AccountId, Amount, ApiKeyId, Currency, Failure, IdempotencyKey, NewRefund, PaymentRef,
@@ -39,9 +39,6 @@ pub struct BeginRefund<'a> {
     pub created_by: Option<&'a ApiKeyId>,
     /// The request it was asked for in, for the audit trail.
     pub request_id: Option<&'a str>,
-    /// Refunds of more minor units than this are stored REQUIRES_APPROVAL instead of PENDING
-    /// (decided on the reserved amount, so "refund the rest" is covered too).
-    pub approval_threshold: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -538,8 +535,15 @@ async fn begin_in(
     };
 
     // 4. The refund itself, PENDING (or REQUIRES_APPROVAL above the account's threshold), with
-    //    the key it will be sent to the provider with (its id).
-    let status = match b.approval_threshold {
+    //    the key it will be sent to the provider with (its id). The threshold is read here, in
+    //    the transaction, so that a lowered threshold applies to the very next refund. It is
+    //    decided on the reserved amount, so "refund the rest" is covered too.
+    let threshold =
+        approval_threshold::Entity::find_by_id((account.to_owned(), r.currency.code().to_owned()))
+            .one(txn)
+            .await?
+            .map(|row| row.amount);
+    let status = match threshold {
         Some(threshold) if amount > threshold => RefundStatus::RequiresApproval,
         Some(_) | None => RefundStatus::Pending,
     };

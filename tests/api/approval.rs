@@ -1,7 +1,6 @@
 //! Four eyes: refunds above an account's threshold wait for a second key.
 
 use std::process::Command;
-use std::time::Duration;
 
 use refund_service::api::pb;
 use refund_service::domain::{AccountId, Currency, Scope, parse_account};
@@ -226,8 +225,7 @@ async fn bulk_jobs_above_the_threshold_wait_for_approval_too() {
 #[tokio::test]
 async fn thresholds_are_set_and_cleared_with_the_cli() {
     let db = TestDb::new().await;
-    // Read the threshold on every refund, so the change made by the CLI applies at once.
-    let mut app = spawn_app_with(&db, |s| s.refunds.settings_cache_ttl = Duration::ZERO).await;
+    let mut app = spawn_app_with(&db, |_| {}).await;
     let bin = env!("CARGO_BIN_EXE_refund-service");
     let run = |extra: &[&str]| {
         Command::new(bin)
@@ -348,4 +346,32 @@ async fn concurrent_approvals_by_one_key_send_the_refund_once() {
             "round {round}: the refund reached the provider once"
         );
     }
+}
+
+/// Defect: the threshold was cached per process for 10 s, so right after it was lowered a refund
+/// above the new threshold went through without a second person. Four eyes have no window: the
+/// threshold is read in the transaction that stores the refund.
+#[tokio::test]
+async fn a_lowered_threshold_applies_to_the_very_next_refund() {
+    let (app, _db) = spawn_app().await;
+    let payment = app.seed(20_000, "USD").await;
+    let mut client = app.client.clone();
+    let before = client
+        .create_refund(refund_request(&payment, Some(1_000), "USD"))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(status_of(&before), pb::RefundStatus::Succeeded);
+
+    with_threshold(&app).await;
+    let big = client
+        .create_refund(refund_request(&payment, Some(9_000), "USD"))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(
+        status_of(&big),
+        pb::RefundStatus::RequiresApproval,
+        "{big:?}"
+    );
 }
