@@ -450,78 +450,10 @@ async fn begin_in(
     // 1. Claim the idempotency key first. A concurrent request with the same key blocks here (on
     //    PostgreSQL, until this transaction ends) and then sees our refund.
     if let Some(key) = &r.idempotency_key {
-        let claimed = insert_ignoring_conflict(
-            txn,
-            idempotency_key::Entity::insert(idempotency_key::ActiveModel {
-                account_id: Set(account.to_owned()),
-                key: Set(key.as_str().to_owned()),
-                fingerprint: Set(b.fingerprint.to_owned()),
-                refund_id: Set(b.id.as_str().to_owned()),
-                created_at: Set(now),
-                expires_at: Set(b.idempotency_expires_at.as_micros()),
-            })
-            .on_conflict_do_nothing_on([
-                idempotency_key::Column::AccountId,
-                idempotency_key::Column::Key,
-            ]),
-        )
-        .await?;
-        if !claimed {
-            let existing =
-                idempotency_key::Entity::find_by_id((account.to_owned(), key.as_str().to_owned()))
-                    .one(txn)
-                    .await?;
-            match existing {
-                Some(row) if row.expires_at > now => {
-                    if row.fingerprint != b.fingerprint {
-                        return Ok(BeginOutcome::KeyReused);
-                    }
-                    let original = refund::Entity::find_by_id(row.refund_id.clone())
-                        .one(txn)
-                        .await?
-                        .ok_or_else(|| StoreError::Corrupt {
-                            table: "idempotency_keys",
-                            detail: format!("key points at missing refund {}", row.refund_id),
-                        })?;
-                    return Ok(BeginOutcome::Replayed(to_domain(original)?));
-                }
-                // Expired: the key is free again. Take it over, conditionally, so only one
-                // concurrent request does.
-                Some(row) => {
-                    let taken = idempotency_key::Entity::update_many()
-                        .col_expr(
-                            idempotency_key::Column::Fingerprint,
-                            Expr::value(b.fingerprint),
-                        )
-                        .col_expr(
-                            idempotency_key::Column::RefundId,
-                            Expr::value(b.id.as_str()),
-                        )
-                        .col_expr(idempotency_key::Column::CreatedAt, Expr::value(now))
-                        .col_expr(
-                            idempotency_key::Column::ExpiresAt,
-                            Expr::value(b.idempotency_expires_at.as_micros()),
-                        )
-                        .filter(idempotency_key::Column::AccountId.eq(account))
-                        .filter(idempotency_key::Column::Key.eq(key.as_str()))
-                        .filter(idempotency_key::Column::ExpiresAt.eq(row.expires_at))
-                        .exec(txn)
-                        .await?
-                        .rows_affected;
-                    if taken != 1 {
-                        return Err(StoreError::Corrupt {
-                            table: "idempotency_keys",
-                            detail: "expired key changed during takeover".into(),
-                        });
-                    }
-                }
-                None => {
-                    return Err(StoreError::Corrupt {
-                        table: "idempotency_keys",
-                        detail: "key conflicted but cannot be read".into(),
-                    });
-                }
-            }
+        match claim_key(txn, b, key).await? {
+            KeyClaim::Claimed => {}
+            KeyClaim::Replayed(original) => return Ok(BeginOutcome::Replayed(original)),
+            KeyClaim::Reused => return Ok(BeginOutcome::KeyReused),
         }
     }
 
@@ -597,6 +529,101 @@ async fn begin_in(
     )
     .await?;
     Ok(BeginOutcome::Created(to_domain(row)?))
+}
+
+enum KeyClaim {
+    /// The key is ours now (new, or taken over after it expired).
+    Claimed,
+    /// The key is in use, for the same request: its refund.
+    Replayed(Refund),
+    /// The key is in use for another request.
+    Reused,
+}
+
+/// Claims an idempotency key for `b`, or reports the refund that holds it. An expired key is
+/// taken over with a conditional update; a request that loses that race (on PostgreSQL it
+/// waits for the winner's transaction) reads the key again and finds the winner's refund.
+async fn claim_key(
+    txn: &DatabaseTransaction,
+    b: &BeginRefund<'_>,
+    key: &IdempotencyKey,
+) -> Result<KeyClaim, StoreError> {
+    let account = b.account.as_str();
+    let now = b.now.as_micros();
+    // Each round either decides or saw the key change under it; a handful is plenty.
+    for _ in 0..8 {
+        let claimed = insert_ignoring_conflict(
+            txn,
+            idempotency_key::Entity::insert(idempotency_key::ActiveModel {
+                account_id: Set(account.to_owned()),
+                key: Set(key.as_str().to_owned()),
+                fingerprint: Set(b.fingerprint.to_owned()),
+                refund_id: Set(b.id.as_str().to_owned()),
+                created_at: Set(now),
+                expires_at: Set(b.idempotency_expires_at.as_micros()),
+            })
+            .on_conflict_do_nothing_on([
+                idempotency_key::Column::AccountId,
+                idempotency_key::Column::Key,
+            ]),
+        )
+        .await?;
+        if claimed {
+            return Ok(KeyClaim::Claimed);
+        }
+        let existing =
+            idempotency_key::Entity::find_by_id((account.to_owned(), key.as_str().to_owned()))
+                .one(txn)
+                .await?;
+        match existing {
+            Some(row) if row.expires_at > now => {
+                if row.fingerprint != b.fingerprint {
+                    return Ok(KeyClaim::Reused);
+                }
+                let original = refund::Entity::find_by_id(row.refund_id.clone())
+                    .one(txn)
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt {
+                        table: "idempotency_keys",
+                        detail: format!("key points at missing refund {}", row.refund_id),
+                    })?;
+                return Ok(KeyClaim::Replayed(to_domain(original)?));
+            }
+            // Expired: the key is free again. Take it over, conditionally, so only one
+            // concurrent request does; the others go round again and find its refund.
+            Some(row) => {
+                let taken = idempotency_key::Entity::update_many()
+                    .col_expr(
+                        idempotency_key::Column::Fingerprint,
+                        Expr::value(b.fingerprint),
+                    )
+                    .col_expr(
+                        idempotency_key::Column::RefundId,
+                        Expr::value(b.id.as_str()),
+                    )
+                    .col_expr(idempotency_key::Column::CreatedAt, Expr::value(now))
+                    .col_expr(
+                        idempotency_key::Column::ExpiresAt,
+                        Expr::value(b.idempotency_expires_at.as_micros()),
+                    )
+                    .filter(idempotency_key::Column::AccountId.eq(account))
+                    .filter(idempotency_key::Column::Key.eq(key.as_str()))
+                    .filter(idempotency_key::Column::ExpiresAt.eq(row.expires_at))
+                    .exec(txn)
+                    .await?
+                    .rows_affected;
+                if taken == 1 {
+                    return Ok(KeyClaim::Claimed);
+                }
+            }
+            // Purged meanwhile: insert again.
+            None => {}
+        }
+    }
+    Err(StoreError::Corrupt {
+        table: "idempotency_keys",
+        detail: format!("key {} kept changing while being claimed", key.as_str()),
+    })
 }
 
 enum Reservation {

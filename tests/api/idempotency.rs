@@ -145,3 +145,55 @@ async fn invalid_keys_are_rejected() {
         assert_eq!(violated_fields(&err), ["idempotency_key"]);
     }
 }
+
+/// Defect: requests racing to take over one expired key made the loser's conditional update
+/// find nothing, which was reported as a corrupt row: INTERNAL for a client that did nothing
+/// wrong. (The race needs real concurrency: on PostgreSQL; SQLite serializes the requests.) The
+/// loser reads the key again and gets the refund the winner made.
+#[tokio::test]
+async fn racing_requests_with_an_expired_key_make_one_new_refund_and_no_error() {
+    let (app, _db) = spawn_app().await;
+    for round in 0..4 {
+        let payment = app.seed(100_000, "USD").await;
+        let key = format!("expiring-key-{round}");
+        let request = || {
+            let mut r = refund_request(&payment, Some(1_000), "USD");
+            r.idempotency_key = key.clone();
+            r
+        };
+        let first = app
+            .client
+            .clone()
+            .create_refund(request())
+            .await
+            .expect("first")
+            .into_inner();
+        // The key expires (24 h by default).
+        app.service
+            .clock()
+            .advance(std::time::Duration::from_secs(25 * 3600));
+
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let mut client = app.client.clone();
+                let req = request();
+                tokio::spawn(async move { client.create_refund(req).await })
+            })
+            .collect();
+        let mut ids = std::collections::BTreeSet::new();
+        for call in calls {
+            let refund = call
+                .await
+                .expect("task")
+                .unwrap_or_else(|e| panic!("round {round}: {e:?}"))
+                .into_inner();
+            ids.insert(refund.id);
+        }
+        assert_eq!(ids.len(), 1, "one new refund for the key: {ids:?}");
+        assert!(
+            !ids.contains(&first.id),
+            "the expired key made a new refund"
+        );
+        assert_eq!(app.ledger(&payment).await.len(), 2);
+    }
+}
