@@ -146,6 +146,45 @@ async fn verify_passes_on_books_kept_by_the_service_and_names_what_was_corrupted
         run.stdout
     );
 
+    // A refund the provider settles while ours stays PENDING (no webhook reaches this service,
+    // and the reconciler waits a minute): a warning, unless the run is declared settled.
+    app.sandbox
+        .set_faults(&FaultConfig {
+            settle_delay_ms: 200,
+            ..FaultConfig::default()
+        })
+        .await
+        .expect("set faults");
+    let later = app.seed(400, "USD").await;
+    let pending = create(&app, &later, None).await;
+    assert_eq!(status_of(&pending), pb::RefundStatus::Pending);
+    app.sandbox
+        .set_faults(&FaultConfig::default())
+        .await
+        .expect("clear faults");
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the provider to settle",
+        || async {
+            let ledger = app.sandbox.ledger(Some(&later)).await.ok()?;
+            (ledger.first()?.status == refund_service::sandbox::RefundStatus::Succeeded)
+                .then_some(())
+        },
+    )
+    .await;
+    let run = verify(&db.url, &sandbox_url, &["--json"]).await;
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    let report = json(&run);
+    assert_eq!(report["unresolved"], 1, "{report}");
+    assert_eq!(report["warnings"][0]["kind"], "unresolved");
+    assert_eq!(report["warnings"][0]["refund_id"], pending.id.as_str());
+    let run = verify(&db.url, &sandbox_url, &["--json", "--settled"]).await;
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        violations(&json(&run)),
+        [("unresolved".to_owned(), pending.id.clone())]
+    );
+
     app.stop().await;
 
     // Behind the service's back: a refund the provider paid marked FAILED without releasing its
