@@ -26,7 +26,7 @@ use crate::store::{Books, Store};
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     /// The report lists them.
-    #[error("{0} invariant violations found")]
+    #[error("{0} invariant violation{s} found", s = if *.0 == 1 { "" } else { "s" })]
     Violations(usize),
     /// Bad usage, or the database or the sandbox could not be read.
     #[error(transparent)]
