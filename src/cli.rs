@@ -977,7 +977,7 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| {
                 format!(
-                    "cannot read {} and the sandbox at {}",
+                    "cannot verify {} against the sandbox at {}",
                     database.redacted(),
                     args.url.sandbox_url
                 )
@@ -994,10 +994,10 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         },
     );
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).context("cannot print the report")?
-        );
+        let json = serde_json::to_string_pretty(&report)
+            .context("cannot print the report")
+            .map_err(VerifyError::Failed)?;
+        println!("{json}");
     } else {
         println!(
             "checked {} against the sandbox at {}",
