@@ -595,3 +595,39 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn the_sandbox_ledger_converts_with_our_refund_id_from_its_metadata() {
+    let refund = crate::sandbox::Refund {
+        id: "re_sbx_1".to_owned(),
+        payment: "ch_sbx_1".to_owned(),
+        amount: 250,
+        currency: "EUR".to_owned(),
+        status: crate::sandbox::RefundStatus::Canceled,
+        reason: None,
+        metadata: [
+            ("refund_id".to_owned(), "rf_9".to_owned()),
+            ("order".to_owned(), "42".to_owned()),
+        ]
+        .into(),
+        idempotency_key: Some("rf_9".to_owned()),
+        failure_code: None,
+        failure_reason: None,
+        created: 0,
+    };
+    let converted = LedgerRefund::from(refund);
+    assert_eq!(converted.refund_id.as_deref(), Some("rf_9"));
+    assert_eq!(converted.idempotency_key.as_deref(), Some("rf_9"));
+    assert_eq!(converted.status, LedgerStatus::Canceled);
+    assert!(!converted.status.is_active());
+    let payment = LedgerPayment::from(crate::sandbox::Payment {
+        id: "ch_sbx_1".to_owned(),
+        amount: 1000,
+        amount_refunded: 250,
+        currency: "EUR".to_owned(),
+        status: crate::sandbox::PaymentStatus::Succeeded,
+        fail_refunds: false,
+        created: 0,
+    });
+    assert_eq!((payment.captured, payment.refunded), (1000, 250));
+}
