@@ -1,4 +1,5 @@
-//! The command line: `serve`, `migrate`, `bulk`, and the sandbox's `serve`, `seed` and `ledger`.
+//! The command line: `serve`, `migrate`, `bulk`, `verify`, `keys`, `accounts`, and the sandbox's
+//! `serve`, `seed` and `ledger`.
 //! Every setting has a flag and an environment variable.
 
 use std::net::SocketAddr;
@@ -58,6 +59,26 @@ pub enum Command {
     /// summary. Exit status: 0 all succeeded, 1 some did not, 2 usage, file, connection or
     /// server error, 130 interrupted.
     Bulk(crate::bulk_cli::BulkArgs),
+    /// Check the invariants: our database against the sandbox provider's own ledger.
+    ///
+    /// Reads only (no migrations). Prints a summary, or a JSON report with --json. Exit status:
+    /// 0 no violation, 1 violations, 2 usage or connection errors.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub url: SandboxUrlArg,
+    /// Faults have stopped and refunds have had time to settle: a refund still PENDING here
+    /// while the provider's is final (or absent) is a violation, not a warning.
+    #[arg(long)]
+    pub settled: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -750,6 +771,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(command) => keys(command).await,
         Command::Accounts(command) => accounts(command).await,
         Command::Bulk(args) => crate::bulk_cli::run(args).await,
+        Command::Verify(args) => verify(args).await,
     };
     // Spans still queued are sent now (a collector that does not answer is only logged).
     telemetry.shutdown();
@@ -934,6 +956,61 @@ async fn sandbox_serve(args: SandboxServeArgs) -> anyhow::Result<()> {
 fn client(url: &SandboxUrlArg) -> anyhow::Result<SandboxClient> {
     SandboxClient::new(&url.sandbox_url, Duration::from_secs(60))
         .with_context(|| format!("bad sandbox URL {}", url.sandbox_url))
+}
+
+/// `verify`: errors are [`crate::verify::VerifyError`]s, for the exit status.
+async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    use crate::verify::{CheckOptions, VerifyError};
+
+    let database = Secret::new(args.database.database_url.clone());
+    let read = async {
+        // Only connected, never migrated: the checker reads, and must not change the schema
+        // of a database that a service of another version may be running on.
+        let store = Store::connect(
+            database.expose(),
+            &store_options(args.database.db_max_connections)?,
+        )
+        .await
+        .with_context(|| format!("cannot connect to the database {}", database.redacted()))?;
+        let sandbox = client(&args.url)?;
+        let snapshots = crate::verify::collect(&store, &sandbox)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot verify {} against the sandbox at {}",
+                    database.redacted(),
+                    args.url.sandbox_url
+                )
+            });
+        store.close().await.ok();
+        snapshots
+    };
+    let (books, ledger) = read.await.map_err(VerifyError::Failed)?;
+    let report = crate::verify::check(
+        &books,
+        &ledger,
+        CheckOptions {
+            settled: args.settled,
+        },
+    );
+    if args.json {
+        let json = serde_json::to_string_pretty(&report)
+            .context("cannot print the report")
+            .map_err(VerifyError::Failed)?;
+        println!("{json}");
+    } else {
+        println!(
+            "checked {} against the sandbox at {}",
+            database.redacted(),
+            args.url.sandbox_url
+        );
+        print!("{}", report.human());
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        Err(VerifyError::Violations(report.violations.len()).into())
+    }
 }
 
 async fn sandbox_seed(args: SeedArgs) -> anyhow::Result<()> {

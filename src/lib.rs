@@ -10,6 +10,7 @@
 //! - [`store`]: SeaORM persistence (SQLite or PostgreSQL) and migrations.
 //! - [`providers`]: outbound adapters to payment providers behind one trait.
 //! - [`sandbox`]: the built-in fake payment provider, in-process or standalone over HTTP.
+//! - [`verify`]: the invariant checker, our books against the provider's ledger (`verify`).
 
 #![forbid(unsafe_code)]
 
@@ -26,3 +27,4 @@ pub mod sandbox;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod verify;

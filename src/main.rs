@@ -10,7 +10,11 @@ async fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             // `bulk` tells failed jobs (1) from bad input, connection or server errors (2) and
             // an interruption (130).
-            e.downcast_ref::<refund_service::bulk_cli::BulkError>()
+            // `verify` tells violations (1) from usage or connection errors (2).
+            if let Some(e) = e.downcast_ref::<refund_service::bulk_cli::BulkError>() {
+                return e.exit_code().into();
+            }
+            e.downcast_ref::<refund_service::verify::VerifyError>()
                 .map_or(std::process::ExitCode::FAILURE, |e| e.exit_code().into())
         }
     }

@@ -128,6 +128,14 @@ impl SandboxClient {
         Ok(body.data)
     }
 
+    /// `GET /ledger/payments`: every payment with its refunded amount, no faults.
+    pub async fn ledger_payments(&self) -> Result<Vec<Payment>, ClientError> {
+        let body: ListBody<Payment> = self
+            .send(self.http.get(self.url(&["ledger", "payments"])?))
+            .await?;
+        Ok(body.data)
+    }
+
     /// `GET /stats`.
     pub async fn stats(&self) -> Result<Stats, ClientError> {
         self.send(self.http.get(self.url(&["stats"])?)).await

@@ -16,6 +16,7 @@
 //! | `GET /refunds/{id}` | | [`Refund`] |
 //! | `GET /refunds?payment=&idempotency_key=` | | `{"data":[Refund]}` |
 //! | `GET /ledger?payment=` | | `{"data":[Refund]}`, no faults |
+//! | `GET /ledger/payments` | | `{"data":[Payment]}`, every payment, no faults |
 //! | `GET /stats` | | [`Stats`] |
 //! | `GET /faults`, `PUT /faults` | [`FaultConfig`], missing fields default | [`FaultConfig`] |
 
@@ -48,6 +49,7 @@ pub fn router(sandbox: Arc<Sandbox>) -> Router {
         .route("/refunds", get(list_refunds).post(create_refund))
         .route("/refunds/{id}", get(get_refund))
         .route("/ledger", get(ledger))
+        .route("/ledger/payments", get(ledger_payments))
         .route("/stats", get(stats))
         .route("/faults", get(get_faults).put(put_faults))
         .fallback(unknown_route)
@@ -235,6 +237,12 @@ async fn ledger(
     Ok(Json(ListBody {
         data: sandbox.ledger(q.payment.as_deref()),
     }))
+}
+
+async fn ledger_payments(State(sandbox): Shared) -> Json<ListBody<Payment>> {
+    Json(ListBody {
+        data: sandbox.ledger_payments(),
+    })
 }
 
 async fn stats(State(sandbox): Shared) -> Json<Stats> {

@@ -26,7 +26,7 @@
 //!
 //! Fault injection applies only to the provider API ([`Sandbox::get_payment`],
 //! [`Sandbox::create_refund`], [`Sandbox::get_refund`],
-//! [`Sandbox::list_refunds`]); seeding, the ledger, the statistics and the
+//! [`Sandbox::list_refunds`]); seeding, the ledger (refunds and payments), the statistics and the
 //! fault configuration itself are always answered faithfully, because tests
 //! rely on them to judge the outcome.
 
@@ -611,6 +611,16 @@ impl Sandbox {
             },
             None => state.views(0..state.refunds.len(), now),
         }
+    }
+
+    /// Every payment, with what the sandbox has refunded of it, ordered by id. No faults: like
+    /// [`Sandbox::ledger`], it is the provider's side of the truth for a checker.
+    pub fn ledger_payments(&self) -> Vec<Payment> {
+        let state = self.lock();
+        let mut payments: Vec<Payment> = state.payments.values().cloned().collect();
+        drop(state);
+        payments.sort_by(|a, b| a.id.cmp(&b.id));
+        payments
     }
 
     /// Counters of what the sandbox has seen. No faults.

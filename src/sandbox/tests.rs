@@ -719,6 +719,20 @@ async fn http_round_trip_through_the_client() {
         }
         other => panic!("expected a 429, got {other:?}"),
     }
+    // The ledger of payments answers whatever the faults: a checker relies on it.
+    let mut seeded = payments.clone();
+    seeded.sort_by(|a, b| a.id.cmp(&b.id));
+    let listed = client.ledger_payments().await.expect("ledger of payments");
+    assert_eq!(
+        listed.iter().map(|p| &p.id).collect::<Vec<_>>(),
+        seeded.iter().map(|p| &p.id).collect::<Vec<_>>()
+    );
+    let refunded = listed
+        .iter()
+        .find(|p| p.id == id)
+        .expect("the refunded payment");
+    assert_eq!(refunded.amount_refunded, 300);
+    assert_eq!(listed, sandbox.ledger_payments());
 
     // Raw HTTP, as a script would see it.
     let raw = reqwest::Client::new();

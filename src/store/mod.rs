@@ -10,6 +10,7 @@ mod entities;
 mod keys;
 mod migrations;
 mod refunds;
+mod verify;
 mod webhooks;
 
 use std::time::Duration;
@@ -21,6 +22,7 @@ use sea_orm_migration::MigratorTrait;
 pub use audit::AuditFilter;
 pub use bulks::{ClaimedItem, CreateBulkOutcome};
 pub use refunds::{BeginOutcome, BeginRefund, ListFilter, PendingRefund, Settlement};
+pub use verify::{Books, BulkItemRow, BulkRow, KeyRow, PaymentTotals, RefundRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

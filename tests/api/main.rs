@@ -24,4 +24,5 @@ mod spans;
 mod stripe;
 mod tls;
 mod traffic;
+mod verify;
 mod webhooks;
