@@ -452,7 +452,7 @@ async fn begin_in(
     if let Some(key) = &r.idempotency_key {
         match claim_key(txn, b, key).await? {
             KeyClaim::Claimed => {}
-            KeyClaim::Replayed(original) => return Ok(BeginOutcome::Replayed(original)),
+            KeyClaim::Replayed(original) => return Ok(BeginOutcome::Replayed(*original)),
             KeyClaim::Reused => return Ok(BeginOutcome::KeyReused),
         }
     }
@@ -535,7 +535,7 @@ enum KeyClaim {
     /// The key is ours now (new, or taken over after it expired).
     Claimed,
     /// The key is in use, for the same request: its refund.
-    Replayed(Refund),
+    Replayed(Box<Refund>),
     /// The key is in use for another request.
     Reused,
 }
@@ -587,7 +587,7 @@ async fn claim_key(
                         table: "idempotency_keys",
                         detail: format!("key points at missing refund {}", row.refund_id),
                     })?;
-                return Ok(KeyClaim::Replayed(to_domain(original)?));
+                return Ok(KeyClaim::Replayed(Box::new(to_domain(original)?)));
             }
             // Expired: the key is free again. Take it over, conditionally, so only one
             // concurrent request does; the others go round again and find its refund.
