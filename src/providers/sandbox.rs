@@ -120,6 +120,9 @@ fn from_sandbox(e: SandboxError) -> ProviderError {
         // The sandbox answers 500 before processing anything. Even so the service treats it like
         // any 5xx: the refund stays PENDING and is looked up before it is sent again.
         SandboxError::Api { message } => ProviderError::Unavailable(message),
+        // Another call with the same key is in flight and may yet succeed: not a final answer.
+        SandboxError::Conflict { message, .. } => ProviderError::Ambiguous(message),
+        SandboxError::AnswerLost { message } => ProviderError::Ambiguous(message),
     }
 }
 
