@@ -21,7 +21,7 @@
 //! | `GET /refunds?payment=&idempotency_key=` | | `{"data":[Refund]}` |
 //! | `GET /ledger?payment=` | | `{"data":[Refund]}`, no faults |
 //! | `GET /stats` | | [`Stats`] |
-//! | `GET /faults`, `PUT /faults` | [`FaultConfig`], missing fields default | [`FaultConfig`] |
+//! | `GET /faults`, `PUT /faults` | [`FaultConfig`], missing fields default (off) | [`FaultConfig`]; a rate outside 0.0..=1.0 is a 400 |
 
 use std::pin::Pin;
 use std::sync::Arc;

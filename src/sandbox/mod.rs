@@ -738,7 +738,7 @@ impl Sandbox {
 
     /// Creates a refund, or replays the one created earlier with the same
     /// idempotency key. Faults applied, in this order: those of every API
-    /// request ([`Sandbox::admit`]); a 409 while another creation with the
+    /// request (latency, 429s, 500s); a 409 while another creation with the
     /// same key is in flight; a slow creation (waits, key held, before
     /// recording); recording; then, for a processed request, "succeed but
     /// time out" (the answer hangs, key held), a 500 after processing, or a
