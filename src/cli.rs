@@ -743,6 +743,7 @@ impl FaultArgs {
             timeout_rate: self.timeout_rate,
             hang_ms: self.hang_ms,
             settle_delay_ms: self.settle_delay_ms,
+            ..FaultConfig::default()
         };
         faults.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(faults)

@@ -139,6 +139,9 @@ fn from_sandbox(e: SandboxError) -> ProviderError {
         },
         // A 500 may come after processing; see `on_creation`.
         SandboxError::Api { message } => ProviderError::Unavailable(message),
+        // Another call with the same key is in flight and may yet succeed: not a final answer.
+        SandboxError::Conflict { message, .. } => ProviderError::Ambiguous(message),
+        SandboxError::AnswerLost { message } => ProviderError::Ambiguous(message),
     }
 }
 

@@ -241,6 +241,10 @@ fn error_answer(status: StatusCode, retry_after: Option<u64>, body: &[u8]) -> Cl
             code: d.code,
             message: d.message,
         },
+        (409, Some(d)) => SandboxError::Conflict {
+            code: d.code,
+            message: d.message,
+        },
         (500, Some(d)) => SandboxError::Api { message: d.message },
         (_, Some(d)) => {
             return ClientError::Protocol(format!("{status} answer: {} ({})", d.message, d.code));

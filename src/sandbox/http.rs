@@ -6,7 +6,11 @@
 //! are JSON (read whatever the Content-Type, so a bare `curl -d` works).
 //! Errors follow Stripe's shape:
 //! `{"error":{"type":"invalid_request_error","code":"amount_too_large","message":"..."}}`,
-//! and a 429 also carries `retry_after` and a `Retry-After` header.
+//! and a 429 also carries `retry_after` and a `Retry-After` header. A
+//! creation whose idempotency key is in flight gets a 409
+//! `idempotency_key_in_use`. An answer lost by fault injection
+//! ([`SandboxError::AnswerLost`]) is a 200 whose body breaks off: the
+//! connection drops mid-answer, as when a PSP or a proxy dies while writing.
 //!
 //! | method and path | body | answer |
 //! | --- | --- | --- |
@@ -18,9 +22,11 @@
 //! | `GET /ledger?payment=` | | `{"data":[Refund]}`, no faults |
 //! | `GET /ledger/payments` | | `{"data":[Payment]}`, every payment, no faults |
 //! | `GET /stats` | | [`Stats`] |
-//! | `GET /faults`, `PUT /faults` | [`FaultConfig`], missing fields default | [`FaultConfig`] |
+//! | `GET /faults`, `PUT /faults` | [`FaultConfig`], missing fields default (off) | [`FaultConfig`]; a rate outside 0.0..=1.0 is a 400 |
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::Json;
 use axum::Router;
@@ -121,7 +127,16 @@ impl IntoResponse for ApiError {
             SandboxError::RateLimited { retry_after_secs } => {
                 ("rate_limit_error", Some(*retry_after_secs))
             }
+            SandboxError::Conflict { .. } => ("idempotency_error", None),
             SandboxError::Api { .. } => ("api_error", None),
+            SandboxError::AnswerLost { .. } => {
+                return (
+                    status,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    axum::body::Body::new(LostAnswer::default()),
+                )
+                    .into_response();
+            }
         };
         let body = ErrorBody {
             error: ErrorDetail {
@@ -138,6 +153,40 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+/// The body of a lost answer: the start of a refund, then an error, on which
+/// hyper aborts the connection without ending the chunked body. It first
+/// returns `Pending` once, so the status line, headers and first bytes are
+/// flushed before the error: the client sees the answer begin and break off.
+#[derive(Default)]
+struct LostAnswer {
+    step: u8,
+}
+
+impl http_body::Body for LostAnswer {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        self.step = self.step.saturating_add(1);
+        match self.step {
+            1 => Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(
+                br#"{"id":"re_sbx_"#,
+            ))))),
+            2 => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            _ => Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "answer lost (injected fault)",
+            )))),
+        }
     }
 }
 

@@ -14,10 +14,15 @@
 //! - honours idempotency keys: a retried request with the same key and the
 //!   same parameters replays the original refund, a key reused with other
 //!   parameters is rejected;
-//! - injects configurable faults (latency, rate limiting, internal errors,
-//!   refunds that succeed but whose answer never arrives in time, refunds that
-//!   stay pending for a while), so the refund service's retry and
-//!   reconciliation logic is exercised against the failure modes that matter.
+//! - injects configurable faults, the failure modes of real PSPs that matter
+//!   to a client's retry and reconciliation logic: latency, rate limiting
+//!   (a token bucket, and random 429s), internal errors before processing,
+//!   refunds that are recorded but answered with a 500 or whose connection
+//!   drops mid-answer, refunds that succeed but whose answer never arrives in
+//!   time, slow creations during which a retry with the same idempotency key
+//!   gets Stripe's 409 `idempotency_key_in_use`, and refunds that stay pending
+//!   for a while and then succeed or fail. With a seed, the dice are
+//!   replayable.
 //!
 //! It is used in two ways: in process, where the service calls the async
 //! methods of [`Sandbox`] directly, and standalone over HTTP ([`http::router`],
@@ -39,7 +44,7 @@ mod webhooks;
 
 pub use webhooks::WebhookTarget;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -49,8 +54,9 @@ use governor::clock::Clock as _;
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-use rand::Rng as _;
 use rand::distr::Alphanumeric;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
 
 use self::clock::SandboxClock;
@@ -75,6 +81,9 @@ const MAX_METADATA_VALUE_LEN: usize = 500;
 const FAILED_REFUND_CODE: &str = "expired_or_canceled_card";
 const FAILED_REFUND_REASON: &str =
     "The refund could not be delivered because the customer's card has expired or was canceled.";
+/// How long a refund chosen by `fail_after_pending_rate` stays pending when
+/// `settle_delay_ms` is 0: it has to be seen pending before it fails.
+const DEFAULT_FAIL_AFTER_PENDING_MS: u64 = 200;
 
 /// Faults the sandbox injects into its provider API.
 ///
@@ -102,6 +111,41 @@ pub struct FaultConfig {
     /// 0: refunds are `succeeded` at once. Otherwise refunds are `pending`
     /// until this long after their creation, then `succeeded`.
     pub settle_delay_ms: u64,
+    /// Fraction (0.0..=1.0) of refund creations that are processed (recorded
+    /// in the ledger, or replayed) and then answered with a 500 `api_error`
+    /// saying the request may have been processed: Stripe's "5xx after the
+    /// write".
+    pub error_after_rate: f64,
+    /// Fraction (0.0..=1.0) of refund creations that are processed and whose
+    /// answer is then lost: over HTTP the status and headers of a success go
+    /// out and the connection drops mid-body; in process the call returns
+    /// [`SandboxError::AnswerLost`].
+    pub reset_after_rate: f64,
+    /// Fraction (0.0..=1.0) of refund creations that wait `slow_create_ms`
+    /// before recording the refund. Meanwhile a look-up finds nothing, and
+    /// another creation with the same idempotency key gets a 409
+    /// `idempotency_key_in_use` (as does one during a `timeout_rate` hang).
+    pub slow_create_rate: f64,
+    /// How long a slow refund creation waits before recording.
+    pub slow_create_ms: u64,
+    /// Fraction (0.0..=1.0) of API requests answered with a 429 `rate_limit`
+    /// and `Retry-After: retry_after_secs`, processing nothing; independent
+    /// of the token bucket of `rate_limit_per_sec`.
+    pub retry_after_rate: f64,
+    /// The Retry-After, in seconds (at least 1), of `retry_after_rate` 429s.
+    pub retry_after_secs: u64,
+    /// Fraction (0.0..=1.0) of refunds (of payments not seeded with
+    /// `fail_refunds`) that are `pending` and then end `failed`
+    /// (`expired_or_canceled_card`) instead of `succeeded`. They stay
+    /// pending for `settle_delay_ms`, or 200 ms when that is 0. Once failed,
+    /// a refund no longer counts in the payment's `amount_refunded`.
+    pub fail_after_pending_rate: f64,
+    /// Set: the fault dice come from a random generator seeded with this
+    /// (re-seeded whenever the faults are set), so a run whose requests come
+    /// in the same order makes the same decisions. Unset: the thread's
+    /// random generator.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 impl Default for FaultConfig {
@@ -113,6 +157,14 @@ impl Default for FaultConfig {
             timeout_rate: 0.0,
             hang_ms: 30_000,
             settle_delay_ms: 0,
+            error_after_rate: 0.0,
+            reset_after_rate: 0.0,
+            slow_create_rate: 0.0,
+            slow_create_ms: 5_000,
+            retry_after_rate: 0.0,
+            retry_after_secs: 1,
+            fail_after_pending_rate: 0.0,
+            seed: None,
         }
     }
 }
@@ -121,10 +173,7 @@ impl FaultConfig {
     /// Checks that the rates are fractions, for callers (the HTTP API) that
     /// should reject bad input rather than have it clamped.
     pub fn validate(&self) -> Result<(), SandboxError> {
-        for (name, rate) in [
-            ("error_rate", self.error_rate),
-            ("timeout_rate", self.timeout_rate),
-        ] {
+        for (name, rate) in self.rates() {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(SandboxError::invalid(
                     "parameter_invalid",
@@ -132,7 +181,26 @@ impl FaultConfig {
                 ));
             }
         }
+        if self.retry_after_secs == 0 {
+            return Err(SandboxError::invalid(
+                "parameter_invalid",
+                "retry_after_secs must be at least 1",
+            ));
+        }
         Ok(())
+    }
+
+    /// Every rate, by its field name.
+    fn rates(&self) -> [(&'static str, f64); 7] {
+        [
+            ("error_rate", self.error_rate),
+            ("timeout_rate", self.timeout_rate),
+            ("error_after_rate", self.error_after_rate),
+            ("reset_after_rate", self.reset_after_rate),
+            ("slow_create_rate", self.slow_create_rate),
+            ("retry_after_rate", self.retry_after_rate),
+            ("fail_after_pending_rate", self.fail_after_pending_rate),
+        ]
     }
 
     /// The same configuration with the rates forced into 0.0..=1.0 (NaN
@@ -145,8 +213,18 @@ impl FaultConfig {
                 rate.clamp(0.0, 1.0)
             }
         }
-        self.error_rate = clamp(self.error_rate);
-        self.timeout_rate = clamp(self.timeout_rate);
+        for rate in [
+            &mut self.error_rate,
+            &mut self.timeout_rate,
+            &mut self.error_after_rate,
+            &mut self.reset_after_rate,
+            &mut self.slow_create_rate,
+            &mut self.retry_after_rate,
+            &mut self.fail_after_pending_rate,
+        ] {
+            *rate = clamp(*rate);
+        }
+        self.retry_after_secs = self.retry_after_secs.max(1);
         self
     }
 }
@@ -187,7 +265,8 @@ pub enum PaymentStatus {
 pub struct Payment {
     pub id: String,
     pub amount: i64,
-    /// Sum of the payment's pending and succeeded refunds.
+    /// Sum of the payment's pending and succeeded refunds as of the read
+    /// (failed ones gave nothing back).
     pub amount_refunded: i64,
     /// Upper-case ISO 4217 code, e.g. "USD".
     pub currency: String,
@@ -253,7 +332,9 @@ pub struct RefundFilter {
 pub struct Stats {
     /// API requests received, including rate-limited and faulted ones.
     pub requests: u64,
+    /// 429s, from the token bucket and from `retry_after_rate`.
     pub rate_limited: u64,
+    /// 500s before processing (`error_rate`).
     pub errors_injected: u64,
     pub timeouts_injected: u64,
     /// Refunds recorded in the ledger (failed ones included, replays not).
@@ -270,6 +351,21 @@ pub struct Stats {
     pub webhooks_sent: u64,
     #[serde(default)]
     pub webhooks_failed: u64,
+    /// Creations processed and then answered with a 500 (`error_after_rate`).
+    #[serde(default)]
+    pub errors_after_processing: u64,
+    /// Creations processed whose answer was then lost (`reset_after_rate`).
+    #[serde(default)]
+    pub resets_injected: u64,
+    /// Creations that waited before recording (`slow_create_rate`).
+    #[serde(default)]
+    pub slow_creates_injected: u64,
+    /// 409s: a creation whose idempotency key was in flight.
+    #[serde(default)]
+    pub conflicts: u64,
+    /// Refunds recorded pending that are to end failed (`fail_after_pending_rate`).
+    #[serde(default)]
+    pub failed_after_pending: u64,
 }
 
 /// Which of the two rate limits a request counts against.
@@ -293,9 +389,21 @@ pub enum SandboxError {
     /// 429: try again after that many seconds.
     #[error("rate limited")]
     RateLimited { retry_after_secs: u64 },
-    /// 500, injected or internal; nothing was processed.
+    /// 409, code `idempotency_key_in_use`: another request with the same
+    /// idempotency key is still being processed; nothing was processed for
+    /// this one. Retry later.
+    #[error("{message}")]
+    Conflict { code: String, message: String },
+    /// 500, injected or internal. Injected before processing (`error_rate`),
+    /// nothing was processed; after processing (`error_after_rate`), the
+    /// message says so.
     #[error("{message}")]
     Api { message: String },
+    /// The request was processed but its answer is lost (`reset_after_rate`).
+    /// Never answered as an error: over HTTP the answer starts as a 200 and
+    /// the connection drops before the body ends.
+    #[error("{message}")]
+    AnswerLost { message: String },
 }
 
 impl SandboxError {
@@ -305,16 +413,22 @@ impl SandboxError {
             Self::NotFound { .. } => 404,
             Self::InvalidRequest { .. } => 400,
             Self::RateLimited { .. } => 429,
+            Self::Conflict { .. } => 409,
             Self::Api { .. } => 500,
+            // The status line of the success whose body is then cut off.
+            Self::AnswerLost { .. } => 200,
         }
     }
 
     /// The machine-readable error code.
     pub fn code(&self) -> &str {
         match self {
-            Self::NotFound { code, .. } | Self::InvalidRequest { code, .. } => code,
+            Self::NotFound { code, .. }
+            | Self::InvalidRequest { code, .. }
+            | Self::Conflict { code, .. } => code,
             Self::RateLimited { .. } => "rate_limit",
             Self::Api { .. } => "api_error",
+            Self::AnswerLost { .. } => "answer_lost",
         }
     }
 
@@ -340,21 +454,71 @@ type Limiter =
 /// A refund plus what the sandbox needs to know about it beyond its public shape.
 struct RefundRecord {
     refund: Refund,
-    /// When a pending refund becomes succeeded, on the sandbox clock.
+    /// When a pending refund settles, on the sandbox clock.
     settles_at: Option<Duration>,
+    /// A pending refund that settles as `failed` (`fail_after_pending_rate`).
+    fails_on_settle: bool,
     /// The request that created it, to tell idempotent replays from key reuse.
     request: NewRefund,
 }
 
 impl RefundRecord {
-    /// The refund as of `now`: settlement is evaluated lazily on read, which
+    /// The status as of `now`: settlement is evaluated lazily on read, which
     /// needs no background task and is exact whenever anyone looks.
+    fn status(&self, now: Duration) -> RefundStatus {
+        match self.settles_at {
+            Some(at) if self.refund.status == RefundStatus::Pending && at <= now => {
+                if self.fails_on_settle {
+                    RefundStatus::Failed
+                } else {
+                    RefundStatus::Succeeded
+                }
+            }
+            _ => self.refund.status,
+        }
+    }
+
+    /// The refund as of `now`.
     fn view(&self, now: Duration) -> Refund {
         let mut refund = self.refund.clone();
-        if refund.status == RefundStatus::Pending && self.settles_at.is_some_and(|at| at <= now) {
-            refund.status = RefundStatus::Succeeded;
+        let status = self.status(now);
+        if status == RefundStatus::Failed && refund.failure_code.is_none() {
+            refund.failure_code = Some(FAILED_REFUND_CODE.to_owned());
+            refund.failure_reason = Some(FAILED_REFUND_REASON.to_owned());
         }
+        refund.status = status;
         refund
+    }
+
+    /// Whether it uses up part of its payment as of `now`: pending and
+    /// succeeded refunds do; failed ones gave nothing back.
+    fn holds_amount(&self, now: Duration) -> bool {
+        matches!(
+            self.status(now),
+            RefundStatus::Pending | RefundStatus::Succeeded
+        )
+    }
+}
+
+/// What [`Sandbox::record_refund`] did.
+struct Recorded {
+    refund: Refund,
+    /// A newly recorded pending refund: its settled view, and how long until
+    /// it settles (for the webhook). `None` for replays and settled refunds.
+    settles: Option<(Refund, Duration)>,
+}
+
+/// An idempotency key held by a creation from its admission to its answer.
+/// Dropping it releases the key, so a creation whose caller went away (its
+/// future dropped while it waits) frees the key too.
+struct InFlight<'a> {
+    sandbox: &'a Sandbox,
+    key: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.sandbox.lock().in_flight.remove(&self.key);
     }
 }
 
@@ -363,6 +527,7 @@ struct State {
     faults: FaultConfig,
     read_limiter: Option<Limiter>,
     write_limiter: Option<Limiter>,
+    /// Their `amount_refunded` is left at 0 here: [`State::payment`] computes it.
     payments: HashMap<String, Payment>,
     /// All refunds, oldest first; the indexes below point into it.
     refunds: Vec<RefundRecord>,
@@ -370,6 +535,10 @@ struct State {
     refunds_by_payment: HashMap<String, Vec<usize>>,
     /// Idempotency keys, global and kept forever.
     keys: HashMap<String, usize>,
+    /// Keys of creations admitted and not yet answered.
+    in_flight: HashSet<String>,
+    /// The fault dice when `FaultConfig::seed` is set.
+    rng: Option<StdRng>,
     stats: Stats,
     /// Clock readings of the API requests of the last second.
     window: VecDeque<Duration>,
@@ -378,6 +547,40 @@ struct State {
 }
 
 impl State {
+    /// True with probability `rate` (NaN and rates <= 0 never, rates >= 1
+    /// always). A rate of 0 draws nothing.
+    fn roll(&mut self, rate: f64) -> bool {
+        if rate.is_nan() || rate <= 0.0 {
+            return false;
+        }
+        let draw: f64 = match &mut self.rng {
+            Some(rng) => rng.random(),
+            None => rand::rng().random(),
+        };
+        draw < rate
+    }
+
+    /// A payment with its `amount_refunded` as of `now`.
+    fn payment(&self, id: &str, now: Duration) -> Option<Payment> {
+        let mut payment = self.payments.get(id)?.clone();
+        payment.amount_refunded = self.refunded(id, now);
+        Some(payment)
+    }
+
+    /// What the refunds of a payment use up as of `now`. Computed rather
+    /// than stored, because a pending refund can still fail and give its
+    /// amount back.
+    fn refunded(&self, payment: &str, now: Duration) -> i64 {
+        self.refunds_by_payment.get(payment).map_or(0, |indexes| {
+            indexes
+                .iter()
+                .filter_map(|&i| self.refunds.get(i))
+                .filter(|record| record.holds_amount(now))
+                .map(|record| record.refund.amount)
+                .sum()
+        })
+    }
+
     fn views<'a>(
         &'a self,
         indexes: impl Iterator<Item = usize> + 'a,
@@ -439,7 +642,8 @@ impl Sandbox {
     }
 
     /// Replaces the injected faults; rates are clamped to 0.0..=1.0. The rate
-    /// limiter is rebuilt, with a full bucket.
+    /// limiter is rebuilt, with a full bucket, and a seeded generator starts
+    /// again from its seed.
     pub fn set_faults(&self, faults: FaultConfig) {
         let faults = faults.sanitized();
         let limiter = || {
@@ -448,10 +652,12 @@ impl Sandbox {
             })
         };
         let (read_limiter, write_limiter) = (limiter(), limiter());
+        let rng = faults.seed.map(StdRng::seed_from_u64);
         let mut state = self.lock();
         state.faults = faults;
         state.read_limiter = read_limiter;
         state.write_limiter = write_limiter;
+        state.rng = rng;
     }
 
     /// Seeds payments; no faults are applied. All or nothing: on error,
@@ -524,37 +730,63 @@ impl Sandbox {
     /// Retrieves a payment. Faults applied.
     pub async fn get_payment(&self, id: &str) -> Result<Payment, SandboxError> {
         self.admit(Op::Read).await?;
+        let now = self.clock.elapsed();
         self.lock()
-            .payments
-            .get(id)
-            .cloned()
+            .payment(id, now)
             .ok_or_else(|| SandboxError::missing(format!("No such payment: '{id}'")))
     }
 
     /// Creates a refund, or replays the one created earlier with the same
-    /// idempotency key. Faults applied, including the "succeed but time out"
-    /// fault, which delays the answer after the refund was recorded.
+    /// idempotency key. Faults applied, in this order: those of every API
+    /// request (latency, 429s, 500s); a 409 while another creation with the
+    /// same key is in flight; a slow creation (waits, key held, before
+    /// recording); recording; then, for a processed request, "succeed but
+    /// time out" (the answer hangs, key held), a 500 after processing, or a
+    /// lost answer.
     pub async fn create_refund(
         &self,
         req: NewRefund,
         idempotency_key: Option<&str>,
     ) -> Result<Refund, SandboxError> {
         let faults = self.admit(Op::Write).await?;
-        let refund = self.record_refund(req, idempotency_key)?;
-        if refund.status == RefundStatus::Pending {
+        if let Some(key) = idempotency_key {
+            validate_idempotency_key(key)?;
+        }
+        // Held until this function returns or its future is dropped.
+        let _in_flight = idempotency_key.map(|key| self.claim_key(key)).transpose()?;
+        if self.strikes(faults.slow_create_rate, |s| &mut s.slow_creates_injected) {
+            tokio::time::sleep(Duration::from_millis(faults.slow_create_ms)).await;
+        }
+        let Recorded { refund, settles } = self.record_refund(req, idempotency_key)?;
+        if let Some((settled, after)) = settles {
             let sender = self
                 .webhooks
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone();
             if let Some(sender) = sender {
-                let delay = Duration::from_millis(faults.settle_delay_ms);
-                sender.schedule(refund.clone(), RefundStatus::Succeeded, delay);
+                sender.schedule(settled, after);
             }
         }
-        if roll(faults.timeout_rate) {
-            self.lock().stats.timeouts_injected += 1;
+        if self.strikes(faults.timeout_rate, |s| &mut s.timeouts_injected) {
             tokio::time::sleep(Duration::from_millis(faults.hang_ms)).await;
+        }
+        if self.strikes(faults.error_after_rate, |s| &mut s.errors_after_processing) {
+            return Err(SandboxError::Api {
+                message: format!(
+                    "An unexpected error occurred in the sandbox (injected fault) after refund {} \
+                     was processed; the request may have been processed.",
+                    refund.id
+                ),
+            });
+        }
+        if self.strikes(faults.reset_after_rate, |s| &mut s.resets_injected) {
+            return Err(SandboxError::AnswerLost {
+                message: format!(
+                    "refund {} was processed but its answer was lost (injected fault)",
+                    refund.id
+                ),
+            });
         }
         Ok(refund)
     }
@@ -634,7 +866,7 @@ impl Sandbox {
     }
 
     /// The front half of every API request, in the documented order: count
-    /// the request, rate limit, latency, injected error. Returns the fault
+    /// the request, random 429, rate limit, latency, injected error. Returns the fault
     /// configuration the request runs under, so it sees one consistent
     /// configuration even if the faults change while it sleeps.
     async fn admit(&self, op: Op) -> Result<FaultConfig, SandboxError> {
@@ -647,6 +879,14 @@ impl Sandbox {
             if op == Op::Write {
                 let writes = slide(&mut state.write_window, now);
                 state.stats.max_writes_per_sec = state.stats.max_writes_per_sec.max(writes);
+            }
+
+            let retry_after_rate = state.faults.retry_after_rate;
+            if state.roll(retry_after_rate) {
+                state.stats.rate_limited += 1;
+                return Err(SandboxError::RateLimited {
+                    retry_after_secs: state.faults.retry_after_secs.max(1),
+                });
             }
 
             let limiter = match op {
@@ -670,8 +910,7 @@ impl Sandbox {
         if faults.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
         }
-        if roll(faults.error_rate) {
-            self.lock().stats.errors_injected += 1;
+        if self.strikes(faults.error_rate, |s| &mut s.errors_injected) {
             return Err(SandboxError::Api {
                 message: "An unexpected error occurred in the sandbox (injected fault); \
                           the request was not processed."
@@ -681,6 +920,37 @@ impl Sandbox {
         Ok(faults)
     }
 
+    /// Rolls the dice for one fault and, when it strikes, counts it.
+    fn strikes(&self, rate: f64, counter: fn(&mut Stats) -> &mut u64) -> bool {
+        let mut state = self.lock();
+        let struck = state.roll(rate);
+        if struck {
+            *counter(&mut state.stats) += 1;
+        }
+        struck
+    }
+
+    /// Marks `key` as in flight, or answers Stripe's 409 when another
+    /// creation holds it. Checked and marked under one lock, so of two
+    /// creations racing with one key exactly one goes on.
+    fn claim_key(&self, key: &str) -> Result<InFlight<'_>, SandboxError> {
+        let mut state = self.lock();
+        if !state.in_flight.insert(key.to_owned()) {
+            state.stats.conflicts += 1;
+            return Err(SandboxError::Conflict {
+                code: "idempotency_key_in_use".to_owned(),
+                message: format!(
+                    "A request with the idempotency key '{key}' is still being processed; \
+                     retry later"
+                ),
+            });
+        }
+        Ok(InFlight {
+            sandbox: self,
+            key: key.to_owned(),
+        })
+    }
+
     /// Validates and records a refund, or replays an idempotent one. All
     /// checks happen under the same lock as the recording, so concurrent
     /// creations can never over-refund a payment.
@@ -688,10 +958,7 @@ impl Sandbox {
         &self,
         req: NewRefund,
         idempotency_key: Option<&str>,
-    ) -> Result<Refund, SandboxError> {
-        if let Some(key) = idempotency_key {
-            validate_idempotency_key(key)?;
-        }
+    ) -> Result<Recorded, SandboxError> {
         validate_refund_request(&req)?;
         let now = self.clock.elapsed();
         let mut state = self.lock();
@@ -718,7 +985,10 @@ impl Sandbox {
             }
             let refund = record.view(now);
             state.stats.idempotent_replays += 1;
-            return Ok(refund);
+            return Ok(Recorded {
+                refund,
+                settles: None,
+            });
         }
 
         let refund_id = loop {
@@ -728,10 +998,11 @@ impl Sandbox {
             }
         };
         let settle_delay = Duration::from_millis(state.faults.settle_delay_ms);
-        let payment = state
-            .payments
-            .get_mut(&req.payment)
-            .ok_or_else(|| SandboxError::missing(format!("No such payment: '{}'", req.payment)))?;
+        let fail_after_pending_rate = state.faults.fail_after_pending_rate;
+        let payment =
+            state.payments.get(&req.payment).cloned().ok_or_else(|| {
+                SandboxError::missing(format!("No such payment: '{}'", req.payment))
+            })?;
         if payment.status != PaymentStatus::Succeeded {
             return Err(SandboxError::invalid(
                 "charge_not_refundable",
@@ -741,7 +1012,7 @@ impl Sandbox {
                 ),
             ));
         }
-        let remaining = payment.amount - payment.amount_refunded;
+        let remaining = payment.amount - state.refunded(&payment.id, now);
         if let Some(amount) = req.amount
             && amount <= 0
         {
@@ -769,6 +1040,9 @@ impl Sandbox {
             ));
         }
 
+        // Failed refunds give nothing back, so they do not use up the payment
+        // (`State::refunded`); one that fails after pending does until it fails.
+        let fails_on_settle = !payment.fail_refunds && state.roll(fail_after_pending_rate);
         let (status, failure_code, failure_reason, settles_at) = if payment.fail_refunds {
             (
                 RefundStatus::Failed,
@@ -776,15 +1050,19 @@ impl Sandbox {
                 Some(FAILED_REFUND_REASON.to_owned()),
                 None,
             )
+        } else if fails_on_settle {
+            state.stats.failed_after_pending += 1;
+            let delay = if settle_delay.is_zero() {
+                Duration::from_millis(DEFAULT_FAIL_AFTER_PENDING_MS)
+            } else {
+                settle_delay
+            };
+            (RefundStatus::Pending, None, None, Some(now + delay))
         } else if settle_delay.is_zero() {
             (RefundStatus::Succeeded, None, None, None)
         } else {
             (RefundStatus::Pending, None, None, Some(now + settle_delay))
         };
-        // Failed refunds give nothing back, so they do not use up the payment.
-        if status != RefundStatus::Failed {
-            payment.amount_refunded += amount;
-        }
         let refund = Refund {
             id: refund_id.clone(),
             payment: payment.id.clone(),
@@ -799,12 +1077,15 @@ impl Sandbox {
             created: unix_now(),
         };
 
-        let index = state.refunds.len();
-        state.refunds.push(RefundRecord {
+        let record = RefundRecord {
             refund: refund.clone(),
             settles_at,
+            fails_on_settle,
             request: req,
-        });
+        };
+        let settles = settles_at.map(|at| (record.view(at), at.saturating_sub(now)));
+        let index = state.refunds.len();
+        state.refunds.push(record);
         state.refund_ids.insert(refund_id, index);
         state
             .refunds_by_payment
@@ -815,7 +1096,7 @@ impl Sandbox {
             state.keys.insert(key.to_owned(), index);
         }
         state.stats.refunds_created += 1;
-        Ok(refund)
+        Ok(Recorded { refund, settles })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -823,11 +1104,6 @@ impl Sandbox {
         // (they validate before mutating), so a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// True with probability `rate` (NaN and rates <= 0 never, rates >= 1 always).
-fn roll(rate: f64) -> bool {
-    rate > 0.0 && rand::rng().random::<f64>() < rate
 }
 
 fn random_id(prefix: &str) -> String {

@@ -831,3 +831,587 @@ async fn client_reports_timeouts_and_connection_failures() {
         other => panic!("expected parameter_invalid, got {other:?}"),
     }
 }
+
+// === Faults of real PSPs ===
+
+/// Lets spawned tasks run until `done` holds. Yields, never sleeps: the tasks
+/// need only to be polled, and paused time must not move meanwhile.
+async fn until(mut done: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("condition not reached");
+}
+
+#[tokio::test]
+async fn errors_after_processing_are_recorded() {
+    let sandbox = Sandbox::new(FaultConfig {
+        error_after_rate: 1.0,
+        ..FaultConfig::default()
+    });
+    let id = seed(&sandbox, 1_000);
+    let req = refund(&id, Some(300));
+    match sandbox.create_refund(req.clone(), Some("after")).await {
+        Err(err @ SandboxError::Api { .. }) => {
+            assert_eq!(err.http_status(), 500);
+            assert!(err.to_string().contains("may have been processed"), "{err}");
+        }
+        other => panic!("expected an api error, got {other:?}"),
+    }
+    // Unlike `error_rate`, the refund was processed.
+    let ledger = sandbox.ledger(None);
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].amount, 300);
+    assert_eq!(
+        sandbox
+            .get_payment(&id)
+            .await
+            .expect("payment")
+            .amount_refunded,
+        300
+    );
+    let stats = sandbox.stats();
+    assert_eq!(
+        (stats.errors_after_processing, stats.errors_injected),
+        (1, 0)
+    );
+
+    sandbox.set_faults(FaultConfig::default());
+    let replay = sandbox
+        .create_refund(req, Some("after"))
+        .await
+        .expect("replay");
+    assert_eq!(replay, ledger[0]);
+}
+
+#[tokio::test]
+async fn lost_answers_are_recorded() {
+    let sandbox = Sandbox::new(FaultConfig {
+        reset_after_rate: 1.0,
+        ..FaultConfig::default()
+    });
+    let id = seed(&sandbox, 1_000);
+    let req = refund(&id, None);
+    match sandbox.create_refund(req.clone(), Some("lost")).await {
+        Err(err @ SandboxError::AnswerLost { .. }) => assert_eq!(err.code(), "answer_lost"),
+        other => panic!("expected a lost answer, got {other:?}"),
+    }
+    let ledger = sandbox.ledger(None);
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].amount, 1_000);
+    assert_eq!(sandbox.stats().resets_injected, 1);
+    // A retry is answered from the ledger too, and its answer may be lost again.
+    assert!(matches!(
+        sandbox.create_refund(req.clone(), Some("lost")).await,
+        Err(SandboxError::AnswerLost { .. })
+    ));
+    sandbox.set_faults(FaultConfig::default());
+    let replay = sandbox
+        .create_refund(req, Some("lost"))
+        .await
+        .expect("replay");
+    assert_eq!(replay, ledger[0]);
+    assert_eq!(sandbox.ledger(None).len(), 1);
+}
+
+#[tokio::test]
+async fn a_key_in_flight_during_a_slow_creation_gets_409() {
+    tokio::time::pause();
+    let sandbox = Arc::new(Sandbox::new(FaultConfig {
+        slow_create_rate: 1.0,
+        slow_create_ms: 10_000,
+        ..FaultConfig::default()
+    }));
+    let id = seed(&sandbox, 1_000);
+    let req = refund(&id, Some(400));
+    let first = tokio::spawn({
+        let (sandbox, req) = (Arc::clone(&sandbox), req.clone());
+        async move { sandbox.create_refund(req, Some("slow")).await }
+    });
+    until(|| sandbox.stats().slow_creates_injected == 1).await;
+
+    // Nothing is recorded yet: a look-up finds nothing, a retry is refused.
+    let by_key = RefundFilter {
+        payment: None,
+        idempotency_key: Some("slow".to_owned()),
+    };
+    assert!(
+        sandbox
+            .list_refunds(by_key.clone())
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    match sandbox.create_refund(req.clone(), Some("slow")).await {
+        Err(err @ SandboxError::Conflict { .. }) => {
+            assert_eq!(err.code(), "idempotency_key_in_use");
+            assert_eq!(err.http_status(), 409);
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // Whatever the parameters: the key is busy.
+    assert_eq!(
+        code(sandbox.create_refund(refund(&id, None), Some("slow")).await),
+        "idempotency_key_in_use"
+    );
+    assert!(sandbox.ledger(None).is_empty());
+    assert_eq!(sandbox.stats().conflicts, 2);
+
+    // Paused time moves on by itself once every task waits.
+    let created = first.await.expect("task").expect("refund");
+    assert_eq!(sandbox.ledger(None), std::slice::from_ref(&created));
+    assert_eq!(
+        sandbox.list_refunds(by_key).await.expect("list"),
+        std::slice::from_ref(&created)
+    );
+    sandbox.set_faults(FaultConfig::default());
+    assert_eq!(
+        sandbox
+            .create_refund(req, Some("slow"))
+            .await
+            .expect("replay"),
+        created
+    );
+    let stats = sandbox.stats();
+    assert_eq!((stats.refunds_created, stats.idempotent_replays), (1, 1));
+}
+
+#[tokio::test]
+async fn a_hanging_creation_keeps_its_key_in_flight_until_it_ends() {
+    tokio::time::pause();
+    let sandbox = Arc::new(Sandbox::new(FaultConfig {
+        timeout_rate: 1.0,
+        hang_ms: 60_000,
+        ..FaultConfig::default()
+    }));
+    let id = seed(&sandbox, 1_000);
+    let req = refund(&id, Some(250));
+    let hanging = tokio::spawn({
+        let (sandbox, req) = (Arc::clone(&sandbox), req.clone());
+        async move { sandbox.create_refund(req, Some("hang")).await }
+    });
+    until(|| sandbox.stats().timeouts_injected == 1).await;
+    // Recorded, but not answered: the key is still in flight.
+    assert_eq!(sandbox.ledger(None).len(), 1);
+    assert_eq!(
+        code(sandbox.create_refund(req.clone(), Some("hang")).await),
+        "idempotency_key_in_use"
+    );
+    // The caller goes away (its future is dropped): the key is released.
+    hanging.abort();
+    assert!(hanging.await.expect_err("aborted").is_cancelled());
+    sandbox.set_faults(FaultConfig::default());
+    let replay = sandbox
+        .create_refund(req, Some("hang"))
+        .await
+        .expect("replay");
+    assert_eq!(replay, sandbox.ledger(None)[0]);
+}
+
+#[tokio::test]
+async fn random_429s_carry_their_retry_after_and_process_nothing() {
+    let sandbox = Sandbox::new(FaultConfig {
+        retry_after_rate: 1.0,
+        retry_after_secs: 7,
+        ..FaultConfig::default()
+    });
+    let id = seed(&sandbox, 1_000);
+    assert_eq!(
+        sandbox.get_payment(&id).await,
+        Err(SandboxError::RateLimited {
+            retry_after_secs: 7
+        })
+    );
+    assert_eq!(
+        sandbox.create_refund(refund(&id, None), Some("k")).await,
+        Err(SandboxError::RateLimited {
+            retry_after_secs: 7
+        })
+    );
+    assert!(sandbox.ledger(None).is_empty());
+    assert_eq!(sandbox.stats().rate_limited, 2);
+    sandbox.set_faults(FaultConfig::default());
+    sandbox
+        .create_refund(refund(&id, None), Some("k"))
+        .await
+        .expect("the key was not used");
+}
+
+#[tokio::test]
+async fn refunds_can_fail_after_pending_and_give_the_amount_back() {
+    let sandbox = Sandbox::new(FaultConfig {
+        fail_after_pending_rate: 1.0,
+        ..FaultConfig::default()
+    });
+    let id = seed(&sandbox, 1_000);
+    let pending = sandbox
+        .create_refund(refund(&id, Some(600)), Some("doomed"))
+        .await
+        .expect("refund");
+    assert_eq!(pending.status, RefundStatus::Pending);
+    assert_eq!(pending.failure_code, None);
+    // While pending it uses up the payment, as any pending refund does.
+    assert_eq!(
+        sandbox
+            .get_payment(&id)
+            .await
+            .expect("payment")
+            .amount_refunded,
+        600
+    );
+    assert_eq!(
+        code(sandbox.create_refund(refund(&id, Some(401)), None).await),
+        "amount_too_large"
+    );
+
+    // With no settle delay configured, it stays pending for 200 ms.
+    sandbox.clock.advance(Duration::from_millis(199));
+    assert_eq!(
+        sandbox.get_refund(&pending.id).await.expect("get").status,
+        RefundStatus::Pending
+    );
+    sandbox.clock.advance(Duration::from_millis(1));
+    let failed = sandbox.get_refund(&pending.id).await.expect("get");
+    assert_eq!(failed.status, RefundStatus::Failed);
+    assert_eq!(
+        failed.failure_code.as_deref(),
+        Some("expired_or_canceled_card")
+    );
+    assert!(failed.failure_reason.is_some());
+    assert_eq!(sandbox.ledger(None), std::slice::from_ref(&failed));
+    // A replay answers what the refund has become.
+    assert_eq!(
+        sandbox
+            .create_refund(refund(&id, Some(600)), Some("doomed"))
+            .await
+            .expect("replay"),
+        failed
+    );
+    assert_eq!(
+        sandbox
+            .get_payment(&id)
+            .await
+            .expect("payment")
+            .amount_refunded,
+        0
+    );
+    // The whole amount can be refunded again; with a settle delay, that is how long it pends.
+    sandbox.set_faults(FaultConfig {
+        fail_after_pending_rate: 1.0,
+        settle_delay_ms: 5_000,
+        ..FaultConfig::default()
+    });
+    let again = sandbox
+        .create_refund(refund(&id, None), None)
+        .await
+        .expect("refund");
+    assert_eq!((again.amount, again.status), (1_000, RefundStatus::Pending));
+    sandbox.clock.advance(Duration::from_millis(4_999));
+    assert_eq!(
+        sandbox.get_refund(&again.id).await.expect("get").status,
+        RefundStatus::Pending
+    );
+    sandbox.clock.advance(Duration::from_millis(1));
+    assert_eq!(
+        sandbox.get_refund(&again.id).await.expect("get").status,
+        RefundStatus::Failed
+    );
+    assert_eq!(sandbox.stats().failed_after_pending, 2);
+    let refunds = sandbox
+        .list_refunds(RefundFilter {
+            payment: Some(id.clone()),
+            idempotency_key: None,
+        })
+        .await
+        .expect("list");
+    assert!(refunds.iter().all(|r| r.status == RefundStatus::Failed));
+}
+
+#[tokio::test]
+async fn a_refund_that_fails_after_pending_is_announced_failed() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let receiver = axum::Router::new().route(
+        "/webhooks/sandbox",
+        axum::routing::post(move |body: axum::body::Bytes| async move {
+            let _ = tx.send(serde_json::from_slice(&body).expect("json"));
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, receiver).await;
+    });
+
+    let sandbox = Sandbox::new(FaultConfig {
+        fail_after_pending_rate: 1.0,
+        ..FaultConfig::default()
+    });
+    sandbox.set_webhook_target(Some(WebhookTarget {
+        url: format!("http://{addr}/webhooks/sandbox"),
+        secret: "whsec_test".to_owned(),
+    }));
+    let id = seed(&sandbox, 1_000);
+    let pending = sandbox
+        .create_refund(refund(&id, None), None)
+        .await
+        .expect("refund");
+    let event = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a webhook in time")
+        .expect("a webhook");
+    assert_eq!(event["type"], "refund.updated");
+    let object = &event["data"]["object"];
+    assert_eq!(object["id"], pending.id.as_str());
+    assert_eq!(object["status"], "failed");
+    assert_eq!(object["failure_reason"], "expired_or_canceled_card");
+    assert_eq!(
+        event["id"],
+        format!("evt_sbx_{}_failed", pending.id).as_str()
+    );
+}
+
+#[tokio::test]
+async fn a_seeded_configuration_makes_the_same_decisions_again() {
+    let faults = FaultConfig {
+        error_rate: 0.3,
+        retry_after_rate: 0.2,
+        error_after_rate: 0.3,
+        fail_after_pending_rate: 0.5,
+        seed: Some(42),
+        ..FaultConfig::default()
+    };
+    async fn run(sandbox: &Sandbox, id: &str) -> Vec<String> {
+        let mut outcomes = Vec::new();
+        for i in 0..40 {
+            let outcome = if i % 2 == 0 {
+                sandbox.get_payment(id).await.map(|_| "ok".to_owned())
+            } else {
+                sandbox
+                    .create_refund(refund(id, Some(1)), None)
+                    .await
+                    .map(|r| format!("{:?}", r.status))
+            };
+            outcomes.push(outcome.unwrap_or_else(|err| err.code().to_owned()));
+        }
+        outcomes
+    }
+    let sandbox = Sandbox::new(faults.clone());
+    let id = seed(&sandbox, 1_000);
+    let first = run(&sandbox, &id).await;
+    for outcome in ["ok", "api_error", "rate_limit", "Pending"] {
+        assert!(first.iter().any(|o| o == outcome), "{outcome}: {first:?}");
+    }
+    // Setting the faults again starts the dice from the seed again.
+    sandbox.set_faults(faults.clone());
+    assert_eq!(run(&sandbox, &id).await, first);
+    // And another sandbox with the same seed decides alike.
+    let other = Sandbox::new(faults.clone());
+    let other_id = seed(&other, 1_000);
+    assert_eq!(run(&other, &other_id).await, first);
+    // Another seed decides otherwise.
+    let reseeded = Sandbox::new(FaultConfig {
+        seed: Some(43),
+        ..faults
+    });
+    let reseeded_id = seed(&reseeded, 1_000);
+    assert_ne!(run(&reseeded, &reseeded_id).await, first);
+}
+
+#[test]
+fn new_fault_fields_default_off_and_are_validated() {
+    let parsed: FaultConfig = serde_json::from_str("{}").expect("json");
+    assert_eq!(parsed, FaultConfig::default());
+    assert_eq!(
+        (
+            parsed.error_after_rate,
+            parsed.reset_after_rate,
+            parsed.slow_create_rate,
+            parsed.retry_after_rate,
+            parsed.fail_after_pending_rate,
+            parsed.retry_after_secs,
+            parsed.seed,
+        ),
+        (0.0, 0.0, 0.0, 0.0, 0.0, 1, None)
+    );
+    // An unset seed is left out of the JSON.
+    let json = serde_json::to_value(&parsed).expect("json");
+    assert!(json.get("seed").is_none(), "{json}");
+    assert!(parsed.validate().is_ok());
+
+    for field in [
+        "error_after_rate",
+        "reset_after_rate",
+        "slow_create_rate",
+        "retry_after_rate",
+        "fail_after_pending_rate",
+    ] {
+        let bad: FaultConfig =
+            serde_json::from_str(&format!(r#"{{"{field}": 1.5}}"#)).expect("json");
+        match bad.validate() {
+            Err(SandboxError::InvalidRequest { code, message }) => {
+                assert_eq!(code, "parameter_invalid");
+                assert!(message.contains(field), "{message}");
+            }
+            other => panic!("{field}: expected parameter_invalid, got {other:?}"),
+        }
+    }
+    let zero_wait: FaultConfig = serde_json::from_str(r#"{"retry_after_secs": 0}"#).expect("json");
+    assert!(zero_wait.validate().is_err());
+
+    let sandbox = Sandbox::new(FaultConfig {
+        reset_after_rate: 1.5,
+        slow_create_rate: f64::NAN,
+        retry_after_secs: 0,
+        ..FaultConfig::default()
+    });
+    let faults = sandbox.faults();
+    assert_eq!(
+        (
+            faults.reset_after_rate,
+            faults.slow_create_rate,
+            faults.retry_after_secs
+        ),
+        (1.0, 0.0, 1)
+    );
+
+    // Statistics written before these counters existed still parse.
+    let old = r#"{"requests": 3, "rate_limited": 0, "errors_injected": 0,
+        "timeouts_injected": 0, "refunds_created": 1, "idempotent_replays": 0,
+        "max_requests_per_sec": 3}"#;
+    let stats: Stats = serde_json::from_str(old).expect("json");
+    assert_eq!(
+        (stats.requests, stats.conflicts, stats.resets_injected),
+        (3, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn lost_answers_and_conflicts_over_http() {
+    let sandbox = Arc::new(Sandbox::default());
+    let base = serve(Arc::clone(&sandbox)).await;
+    let client = SandboxClient::new(&base, Duration::from_secs(5)).expect("client");
+    let id = client
+        .create_payments(&seed_request(1_000))
+        .await
+        .expect("seed")[0]
+        .id
+        .clone();
+
+    // The answer starts, then the connection drops: a transport error, yet refunded.
+    client
+        .set_faults(&FaultConfig {
+            reset_after_rate: 1.0,
+            ..FaultConfig::default()
+        })
+        .await
+        .expect("faults");
+    match client
+        .create_refund(&refund(&id, Some(300)), Some("reset"))
+        .await
+    {
+        Err(ClientError::Transport(_)) => {}
+        other => panic!("expected a transport error, got {other:?}"),
+    }
+    let ledger = client.ledger(Some(&id)).await.expect("ledger");
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].idempotency_key.as_deref(), Some("reset"));
+    // On the wire: a 200 arrives, and its body breaks off.
+    let raw = reqwest::Client::new();
+    let answer = raw
+        .post(format!("{base}/refunds"))
+        .header("Idempotency-Key", "reset")
+        .body(format!(r#"{{"payment": "{id}", "amount": 300}}"#))
+        .send()
+        .await
+        .expect("the status and headers arrive");
+    assert_eq!(answer.status(), 200);
+    assert!(answer.bytes().await.is_err(), "the body should break off");
+    assert_eq!(client.ledger(Some(&id)).await.expect("ledger"), ledger);
+    assert_eq!(client.stats().await.expect("stats").resets_injected, 2);
+
+    // A creation holds its key in flight (in process here); the same key over HTTP gets a 409.
+    client
+        .set_faults(&FaultConfig {
+            slow_create_rate: 1.0,
+            slow_create_ms: 60_000,
+            ..FaultConfig::default()
+        })
+        .await
+        .expect("faults");
+    let slow = tokio::spawn({
+        let (sandbox, id) = (Arc::clone(&sandbox), id.clone());
+        async move {
+            sandbox
+                .create_refund(refund(&id, Some(100)), Some("busy"))
+                .await
+        }
+    });
+    until(|| sandbox.stats().slow_creates_injected == 1).await;
+    match client
+        .create_refund(&refund(&id, Some(100)), Some("busy"))
+        .await
+    {
+        Err(ClientError::Sandbox(SandboxError::Conflict { code, message })) => {
+            assert_eq!(code, "idempotency_key_in_use");
+            assert!(message.contains("still being processed"), "{message}");
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let answer = raw
+        .post(format!("{base}/refunds"))
+        .header("Idempotency-Key", "busy")
+        .body(format!(r#"{{"payment": "{id}", "amount": 100}}"#))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(answer.status(), 409);
+    let body: serde_json::Value = answer.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "idempotency_key_in_use");
+    assert_eq!(body["error"]["type"], "idempotency_error");
+    slow.abort();
+    assert_eq!(client.ledger(Some(&id)).await.expect("ledger").len(), 1);
+
+    // Random 429s carry their Retry-After on the wire.
+    client
+        .set_faults(&FaultConfig {
+            retry_after_rate: 1.0,
+            retry_after_secs: 7,
+            ..FaultConfig::default()
+        })
+        .await
+        .expect("faults");
+    let answer = raw
+        .get(format!("{base}/payments/{id}"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(answer.status(), 429);
+    assert_eq!(answer.headers()["retry-after"], "7");
+    match client.get_payment(&id).await {
+        Err(ClientError::Sandbox(SandboxError::RateLimited { retry_after_secs })) => {
+            assert_eq!(retry_after_secs, 7)
+        }
+        other => panic!("expected a 429, got {other:?}"),
+    }
+
+    // Bad fault values are refused and change nothing.
+    for bad in [r#"{"reset_after_rate": 1.5}"#, r#"{"retry_after_secs": 0}"#] {
+        let answer = raw
+            .put(format!("{base}/faults"))
+            .body(bad)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(answer.status(), 400, "{bad}");
+        let body: serde_json::Value = answer.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "parameter_invalid");
+    }
+    assert_eq!(sandbox.faults().retry_after_secs, 7);
+    let stats = client.stats().await.expect("stats");
+    assert_eq!(stats.conflicts, 2);
+}

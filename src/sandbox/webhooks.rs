@@ -54,18 +54,13 @@ impl Sender {
         })
     }
 
-    /// Sends `refund.updated` for `refund` settling as `status` once `after` has passed.
-    pub(super) fn schedule(
-        self: &Arc<Self>,
-        mut refund: Refund,
-        status: RefundStatus,
-        after: Duration,
-    ) {
+    /// Sends `refund.updated` for `settled` (the refund as it is once settled,
+    /// `succeeded` or `failed` with its failure code) once `after` has passed.
+    pub(super) fn schedule(self: &Arc<Self>, settled: Refund, after: Duration) {
         let sender = Arc::clone(self);
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
-            refund.status = status;
-            sender.deliver(&refund).await;
+            sender.deliver(&settled).await;
         });
     }
 
