@@ -848,8 +848,13 @@ impl Sandbox {
     /// Every payment, with what the sandbox has refunded of it, ordered by id. No faults: like
     /// [`Sandbox::ledger`], it is the provider's side of the truth for a checker.
     pub fn ledger_payments(&self) -> Vec<Payment> {
+        let now = self.clock.elapsed();
         let state = self.lock();
-        let mut payments: Vec<Payment> = state.payments.values().cloned().collect();
+        let mut payments: Vec<Payment> = state
+            .payments
+            .keys()
+            .filter_map(|id| state.payment(id, now))
+            .collect();
         drop(state);
         payments.sort_by(|a, b| a.id.cmp(&b.id));
         payments
