@@ -76,7 +76,7 @@ struct Args {
     #[arg(long)]
     seed: Option<u64>,
     /// Most refunds to ask for (single requests plus batch jobs; retries not counted).
-    #[arg(long, default_value_t = 3_000)]
+    #[arg(long, default_value_t = 20_000)]
     refunds: u32,
     /// Concurrent driver tasks.
     #[arg(long, default_value_t = 6)]
@@ -351,7 +351,7 @@ async fn run(args: Args) -> anyhow::Result<usize> {
 
     // --- payments: most of 100.00, some small, some whose refunds the provider rejects ---
     let sandbox = SandboxClient::new(&sandbox_url, Duration::from_secs(30))?;
-    let n_payments = (args.refunds / 2).max(200);
+    let n_payments = (args.refunds / 2).clamp(200, 50_000);
     let mut payments = Vec::new();
     for (count, amount, fail_refunds) in [
         (n_payments * 8 / 10, 10_000, false),
@@ -636,8 +636,26 @@ async fn run(args: Args) -> anyhow::Result<usize> {
         Err(e) => line(&mut out, format!("refund-service verify: could not run: {e:#}")),
     }
     line(&mut out, format!("violations: {}", violations.len()));
+    // Grouped by kind (the text before the first id), a few examples each; all in violations.txt.
+    let mut kinds: BTreeMap<String, Vec<&String>> = BTreeMap::new();
     for v in &violations {
-        line(&mut out, format!("  - {v}"));
+        kinds.entry(violation_kind(v)).or_default().push(v);
+    }
+    for (kind, list) in &kinds {
+        line(&mut out, format!("  {} x {kind}", list.len()));
+        for v in list.iter().take(3) {
+            line(&mut out, format!("    - {v}"));
+        }
+    }
+    if !violations.is_empty() {
+        std::fs::write(run_dir.join("violations.txt"), violations.join("\n") + "\n").ok();
+        line(
+            &mut out,
+            format!(
+                "  (all of them in {})",
+                run_dir.join("violations.txt").display()
+            ),
+        );
     }
     line(&mut out, format!("logs: {}", run_dir.display()));
     line(
@@ -827,6 +845,14 @@ async fn progress(ctx: Arc<Ctx>, started: Instant) {
             by_kind
         );
     }
+}
+
+/// A violation's kind: its words, with ids, keys and numbers left out.
+fn violation_kind(v: &str) -> String {
+    v.split_whitespace()
+        .filter(|w| !w.chars().any(|c| c.is_ascii_digit()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `{"a":1,"b":2}` as `a=1 b=2`.
