@@ -736,7 +736,7 @@ fn fault_body(seed: u64, phase: u32) -> Value {
         "timeout_rate": 0.03,
         "hang_ms": 3_000,
         // Every other phase, refunds stay pending a while and settle by webhook or look-up.
-        "settle_delay_ms": if phase % 2 == 0 { 800 } else { 0 },
+        "settle_delay_ms": if phase.is_multiple_of(2) { 800 } else { 0 },
         "error_after_rate": 0.03,
         "reset_after_rate": 0.02,
         "slow_create_rate": 0.03,
