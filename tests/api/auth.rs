@@ -158,10 +158,12 @@ async fn accounts_never_see_or_touch_each_others_refunds() {
     assert!(listed.refunds.is_empty(), "{listed:?}");
 
     // The same idempotency key in another account is another key: a new refund, not a replay.
+    // (Of a payment of its own: the first account's payment does not exist for it.)
+    let own_payment = app.seed(5_000, "USD").await;
     let mine = other
         .create_refund(pb::CreateRefundRequest {
             idempotency_key: "order-7".into(),
-            ..refund_request(&payment, Some(1_000), "USD")
+            ..refund_request(&own_payment, Some(1_000), "USD")
         })
         .await
         .expect("refund in acct_other")
