@@ -267,8 +267,6 @@ async fn run(args: Args) -> anyhow::Result<usize> {
             ADMIN_KEY.into(),
             "--api-key-rate-limit".into(),
             "0".into(),
-            "--settings-cache-ttl".into(),
-            "1s".into(),
             "--reconcile-delay".into(),
             "1s".into(),
             "--reconcile-max-delay".into(),
