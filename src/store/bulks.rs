@@ -344,10 +344,16 @@ impl Store {
             let to = Ord::min(from.saturating_add(room), row.total);
             if row.stop_reason.is_none() && row.state == BulkState::Running.as_str() && to > from {
                 // Compare-and-set on the cursor: across replicas, each range is handed out once.
+                // It re-checks that the batch still dispatches, against the row as it is when
+                // the update gets its lock: a cancel or abort that committed after the read above
+                // must stop this claim, or a finisher that counted the running jobs before the
+                // claim committed ends the batch while these jobs run.
                 let moved = bulk::Entity::update_many()
                     .col_expr(bulk::Column::DispatchCursor, Expr::value(to))
                     .filter(bulk::Column::Id.eq(bulk_id.as_str()))
                     .filter(bulk::Column::DispatchCursor.eq(from))
+                    .filter(bulk::Column::StopReason.is_null())
+                    .filter(bulk::Column::State.eq(BulkState::Running.as_str()))
                     .exec(&txn)
                     .await?
                     .rows_affected;
@@ -583,7 +589,11 @@ impl Store {
     /// batch still running, so exactly one worker ends it. Returns whether this call ended it.
     pub async fn finish_bulk_if_done(&self, bulk_id: &BulkId) -> Result<bool, StoreError> {
         let txn = self.db.begin().await?;
+        // The batch row's lock first (a no-op on SQLite, whose transactions run one at a time):
+        // a claim in flight holds it until it commits, so the jobs it hands out are counted
+        // below as running, not missed as still queued.
         let Some(row) = bulk::Entity::find_by_id(bulk_id.as_str().to_owned())
+            .lock_exclusive()
             .one(&txn)
             .await?
         else {

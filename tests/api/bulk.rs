@@ -660,3 +660,144 @@ async fn a_job_taken_over_after_its_key_expired_does_not_refund_twice() {
         "the payment was refunded once: {results:?}"
     );
 }
+
+/// Defect (PostgreSQL): a claim that read the batch as running before a cancel committed could
+/// still hand out jobs after it, while a finisher that counted running jobs before the claim
+/// committed ended the batch — a summary written while claimed jobs were still to run. The
+/// interleaving is forced with row locks held by two raw transactions; SQLite runs one
+/// transaction at a time, so it cannot interleave.
+#[tokio::test]
+async fn a_batch_canceled_during_a_claim_does_not_finish_while_claimed_jobs_run() {
+    use refund_service::domain::{
+        AccountId, Amount, Currency, NewBulk, NewRefund, PaymentRef, ProviderName, RefundReason,
+        Timestamp,
+    };
+    use refund_service::store::{CreateBulkOutcome, Store, StoreOptions};
+    use sea_orm::{ConnectionTrait as _, Database, TransactionTrait as _};
+
+    let db = TestDb::new().await;
+    if db.url.starts_with("sqlite:") {
+        eprintln!("skipped: SQLite serializes transactions; this race needs PostgreSQL");
+        return;
+    }
+    let store = Store::connect(&db.url, &StoreOptions::default())
+        .await
+        .expect("store");
+    store.migrate().await.expect("migrate");
+    let job = |n: u32| {
+        Ok(NewRefund {
+            payment: PaymentRef::from_trusted(format!("pay_{n}")),
+            provider: ProviderName::from_trusted("sandbox".to_owned()),
+            amount: Some(Amount::new(100).expect("amount")),
+            currency: Currency::parse("USD").expect("USD"),
+            reason: RefundReason::RequestedByCustomer,
+            reason_detail: String::new(),
+            metadata: Default::default(),
+            idempotency_key: None,
+        })
+    };
+    let bulk = match store
+        .create_bulk(
+            &AccountId::default_account(),
+            &NewBulk {
+                jobs: (0..4).map(job).collect(),
+                abort_on_error: false,
+                max_concurrency: 4,
+                idempotency_key: None,
+                metadata: Default::default(),
+                created_by: None,
+            },
+            &ProviderName::from_trusted("sandbox".to_owned()),
+            Timestamp::now(),
+            None,
+        )
+        .await
+        .expect("batch")
+    {
+        CreateBulkOutcome::Created(b) => b,
+        _ => panic!("a new batch"),
+    };
+    let id = bulk.id.as_str().to_owned();
+    let raw = Database::connect(&db.url).await.expect("raw connection");
+    // Whether `n` transactions of this database wait on a row lock.
+    let lock_waiters = std::sync::Arc::new({
+        let raw = raw.clone();
+        move |n: i64| {
+            let raw = raw.clone();
+            async move {
+                let row = raw
+                    .query_one_raw(sea_orm::Statement::from_string(
+                        sea_orm::DbBackend::Postgres,
+                        "SELECT count(*) AS n FROM pg_stat_activity \
+                         WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                    ))
+                    .await
+                    .ok()
+                    .flatten();
+                row.and_then(|r| r.try_get::<i64>("", "n").ok())
+                    .is_some_and(|waiting| waiting >= n)
+            }
+        }
+    });
+
+    // One transaction holds a job's row (the claim will stop there, holding the batch row);
+    // another holds the batch row and cancels.
+    let items = raw.begin().await.expect("begin");
+    items
+        .execute_unprepared(&format!(
+            "SELECT idx FROM bulk_items WHERE bulk_id = '{id}' AND idx = 0 FOR UPDATE"
+        ))
+        .await
+        .expect("lock a job");
+    let cancel = raw.begin().await.expect("begin");
+    cancel
+        .execute_unprepared(&format!(
+            "UPDATE bulks SET stop_reason = 'cancel' WHERE id = '{id}'"
+        ))
+        .await
+        .expect("cancel");
+
+    // The claim reads the batch as running, then waits for the batch row.
+    let claim = tokio::spawn({
+        let (store, bulk_id) = (store.clone(), bulk.id.clone());
+        async move {
+            let now = Timestamp::now();
+            let until = Timestamp::from_micros(now.as_micros() + 60_000_000);
+            store.claim_items(&bulk_id, "worker", 4, now, until).await
+        }
+    });
+    let waiters = lock_waiters.clone();
+    eventually(Duration::from_secs(10), "the claim waits for the batch row", || {
+        let waiters = waiters.clone();
+        async move { waiters(1).await.then_some(()) }
+    })
+    .await;
+    cancel.commit().await.expect("commit the cancel");
+
+    // The finisher runs while the claim is still open.
+    let finish = tokio::spawn({
+        let (store, bulk_id) = (store.clone(), bulk.id.clone());
+        async move { store.finish_bulk_if_done(&bulk_id).await }
+    });
+    // The finisher runs to its end, or to a lock: behind the claim (two waiters), or, when the
+    // claim gave up, on the held job as it cancels the queued jobs.
+    let waiters = lock_waiters.clone();
+    eventually(Duration::from_secs(10), "the finisher ends or waits", || {
+        let waiters = waiters.clone();
+        let (finished, claimed) = (finish.is_finished(), claim.is_finished());
+        async move {
+            let waiting = if claimed { 1 } else { 2 };
+            (finished || waiters(waiting).await).then_some(())
+        }
+    })
+    .await;
+    items.commit().await.expect("release the job");
+
+    let claimed = claim.await.expect("claim task").expect("claim");
+    let finished = finish.await.expect("finish task").expect("finish");
+    assert!(
+        claimed.is_empty() || !finished,
+        "the batch finished ({finished}) although {} of its jobs were handed out after the cancel",
+        claimed.len()
+    );
+}
