@@ -412,13 +412,15 @@ async fn run(args: Args) -> anyhow::Result<usize> {
         started + drive + Duration::from_secs(60),
     ));
     let fleet = Arc::new(AsyncMutex::new(replicas));
+    // Set when the workers are done (the drive's time is up, or its refunds are spent).
+    let (drive_over, drive_over_rx) = tokio::sync::watch::channel(false);
     let chaos = tokio::spawn(chaos(
         Arc::clone(&fleet),
         args.bin.clone(),
         http.clone(),
         seed,
         args.kill_every,
-        started + drive,
+        drive_over_rx,
         run_dir.join("driver.log"),
     ));
     let faults_task = tokio::spawn(fault_phases(
@@ -439,6 +441,7 @@ async fn run(args: Args) -> anyhow::Result<usize> {
         }
     }
     let driven = started.elapsed();
+    let _ = drive_over.send(true);
     faults_task.abort();
     progress.abort();
     let kills = chaos.await.unwrap_or_default();
@@ -764,14 +767,15 @@ async fn fault_phases(http: reqwest::Client, sandbox_url: String, seed: u64, unt
 }
 
 /// `kill -9` of one replica (of N) about every `every` seconds, restarted a moment later; also
-/// restarts a replica that exited by itself. Returns the kills, as "service-I at Ts".
+/// restarts a replica that exited by itself, until `drive_over`. Returns the kills, as
+/// "service-I at Ts".
 async fn chaos(
     fleet: Arc<AsyncMutex<Vec<Replica>>>,
     bin: String,
     http: reqwest::Client,
     seed: u64,
     every: u64,
-    until: Instant,
+    drive_over: tokio::sync::watch::Receiver<bool>,
     log: PathBuf,
 ) -> Vec<String> {
     let mut rng = StdRng::seed_from_u64(seed.rotate_left(17));
@@ -779,7 +783,8 @@ async fn chaos(
     let mut kills = Vec::new();
     let mut next_kill = (every > 0)
         .then(|| started + Duration::from_secs_f64(every as f64 * rng.random_range(0.7..1.3)));
-    while Instant::now() < until {
+    // Until the workers are done: a drive that spends its refunds early ends early.
+    while !*drive_over.borrow() {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let mut fleet = fleet.lock().await;
         for r in fleet.iter_mut() {
