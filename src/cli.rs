@@ -274,6 +274,12 @@ pub struct ServeArgs {
     #[arg(long, env = "REFUND_BULK_POLL_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub bulk_poll_interval: Duration,
 
+    /// Longest a batch holds a provider's jobs, queued, while the provider is unavailable (its
+    /// circuit is open, or it asked for a long pause); past it the held jobs fail with a
+    /// retryable error that says so. 0 = do not wait: such jobs fail at once.
+    #[arg(long, env = "REFUND_BULK_MAX_PROVIDER_WAIT", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub bulk_max_provider_wait: Duration,
+
     /// Requests per second each API key may make (more are refused RESOURCE_EXHAUSTED with a
     /// retry delay); 0 = unlimited.
     #[arg(long, env = "REFUND_API_KEY_RATE_LIMIT", default_value_t = 100)]
@@ -504,6 +510,7 @@ impl ServeArgs {
             bulk_max_concurrency,
             bulk_lease,
             bulk_poll_interval,
+            bulk_max_provider_wait,
             api_key_rate_limit,
             bootstrap_api_key,
             tls_cert,
@@ -652,6 +659,7 @@ impl ServeArgs {
                     max_concurrency: bulk_max_concurrency,
                     lease: bulk_lease,
                     poll_interval: bulk_poll_interval,
+                    max_provider_wait: bulk_max_provider_wait,
                 },
             },
             shutdown_grace,

@@ -9,6 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
@@ -61,6 +62,8 @@ pub struct Metrics {
     refunded_minor_units: Family<CurrencyLabels, Counter>,
     bulk_jobs_in_flight: Gauge,
     bulk_jobs_queued: Gauge,
+    bulk_provider_wait: Family<ProviderLabels, Counter<f64, AtomicU64>>,
+    bulk_jobs_held: Family<ProviderLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -128,7 +131,21 @@ impl Metrics {
             "Jobs of running batches not yet handed to a worker (all replicas; read at scrape time)",
             bulk_jobs_queued.clone(),
         );
+        let bulk_provider_wait = Family::<ProviderLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "bulk_provider_wait_seconds",
+            "Time batches spent holding a provider's jobs while it was unavailable (summed over batches)",
+            bulk_provider_wait.clone(),
+        );
+        let bulk_jobs_held = Family::<ProviderLabels, Gauge>::default();
+        registry.register(
+            "bulk_jobs_held",
+            "Bulk jobs this process holds back, queued, until their provider answers again",
+            bulk_jobs_held.clone(),
+        );
         Self {
+            bulk_provider_wait,
+            bulk_jobs_held,
             bulk_jobs_queued,
             registry,
             rpc_duration,
@@ -203,6 +220,20 @@ impl Metrics {
 
     pub fn set_bulk_jobs_queued(&self, n: i64) {
         self.bulk_jobs_queued.set(n);
+    }
+
+    /// A batch waited `seconds` more for `provider`.
+    pub fn bulk_provider_waited(&self, provider: &str, seconds: f64) {
+        self.bulk_provider_wait
+            .get_or_create(&provider_labels(provider))
+            .inc_by(seconds);
+    }
+
+    /// Jobs held back for `provider` grew (or, negative, shrank) by `delta`.
+    pub fn bulk_jobs_held(&self, provider: &str, delta: i64) {
+        self.bulk_jobs_held
+            .get_or_create(&provider_labels(provider))
+            .inc_by(delta);
     }
 
     pub fn bulk_jobs_finished(&self, n: usize) {

@@ -541,6 +541,14 @@ async fn follow(
                     run.summary = Some(s);
                     return run;
                 }
+                // The batch held a provider's jobs through a spell of failures.
+                Some(Event::ProviderWaiting(_)) => {
+                    ctx.tally.record("bulk_provider_wait", "waiting")
+                }
+                Some(Event::ProviderWaitEnded(end)) => ctx.tally.record(
+                    "bulk_provider_wait",
+                    if end.gave_up { "gave up" } else { "ended" },
+                ),
                 None => {}
             }
         }

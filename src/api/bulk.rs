@@ -13,7 +13,8 @@ use super::refunds::{IDEMPOTENCY_KEY_HEADER, header};
 use super::status::to_status;
 use crate::domain::{
     AccountId, Bulk, BulkEvent, BulkJob, BulkState, FieldViolation, IdempotencyKey, ItemResult,
-    ItemStatus, NewBulk, Principal, RefundError, SequencedEvent, Violations, parse_metadata,
+    ItemStatus, NewBulk, Principal, ProviderWait, RefundError, SequencedEvent, Violations,
+    parse_metadata,
 };
 use crate::service::RefundService;
 
@@ -256,16 +257,43 @@ fn event_to_pb(e: SequencedEvent) -> pb::BulkRefundEvent {
             failed: count(counts.failed),
             skipped: count(counts.skipped),
             canceled: count(counts.canceled),
-            duration: Some(prost_types::Duration {
-                seconds: duration_micros.div_euclid(1_000_000),
-                nanos: i32::try_from(duration_micros.rem_euclid(1_000_000) * 1_000).unwrap_or(0),
-            }),
+            duration: Some(duration_to_pb(duration_micros)),
             state: state_to_pb(state).into(),
+        }),
+        BulkEvent::ProviderWaiting(wait) => Event::ProviderWaiting(wait_to_pb(wait)),
+        BulkEvent::ProviderWaitEnded {
+            provider,
+            waited_micros,
+            gave_up,
+            failed_jobs,
+        } => Event::ProviderWaitEnded(pb::BulkProviderWaitEnded {
+            provider: provider.as_str().to_owned(),
+            waited: Some(duration_to_pb(waited_micros)),
+            gave_up,
+            failed_jobs: count(failed_jobs),
         }),
     };
     pb::BulkRefundEvent {
         sequence: e.sequence,
         event: Some(event),
+    }
+}
+
+fn duration_to_pb(micros: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1_000).unwrap_or(0),
+    }
+}
+
+fn wait_to_pb(w: ProviderWait) -> pb::BulkProviderWaiting {
+    pb::BulkProviderWaiting {
+        provider: w.provider.as_str().to_owned(),
+        reason: w.reason,
+        waiting_since: Some(timestamp_to_pb(w.since)),
+        next_attempt_time: Some(timestamp_to_pb(w.next_attempt)),
+        give_up_time: Some(timestamp_to_pb(w.give_up_at)),
+        held_jobs: i32::try_from(w.held_jobs).unwrap_or(i32::MAX),
     }
 }
 
@@ -285,6 +313,7 @@ pub fn bulk_to_pb(b: Bulk) -> pb::BulkRefundBatch {
         updated_at,
         finished_at,
         created_by: _,
+        provider_waits,
     } = b;
     let count = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
     pb::BulkRefundBatch {
@@ -306,5 +335,6 @@ pub fn bulk_to_pb(b: Bulk) -> pb::BulkRefundBatch {
         created_at: Some(timestamp_to_pb(created_at)),
         updated_at: Some(timestamp_to_pb(updated_at)),
         finished_at: finished_at.map(timestamp_to_pb),
+        provider_waits: provider_waits.into_iter().map(wait_to_pb).collect(),
     }
 }

@@ -57,7 +57,23 @@ pub fn to_status(err: RefundError) -> Status {
         ref e @ RefundError::IdempotencyKeyReused { .. } => {
             failed_precondition(e, "IDEMPOTENCY_KEY_REUSED", [])
         }
-        e @ RefundError::ProviderUnavailable { .. } => Status::unavailable(e.to_string()),
+        ref e @ RefundError::ProviderUnavailable {
+            ref provider,
+            retry_after,
+            ..
+        } => {
+            // ErrorInfo names the provider; RetryInfo, when known, says when to try again (the
+            // circuit's next probe, or the provider's Retry-After).
+            let mut details = ErrorDetails::with_error_info(
+                "PROVIDER_UNAVAILABLE",
+                ERROR_DOMAIN,
+                HashMap::from([("provider".to_owned(), provider.as_str().to_owned())]),
+            );
+            if let Some(delay) = retry_after {
+                details.set_retry_info(Some(delay));
+            }
+            Status::with_error_details(Code::Unavailable, e.to_string(), details)
+        }
         ref e @ RefundError::SelfApproval { .. } => Status::with_error_details(
             Code::PermissionDenied,
             e.to_string(),

@@ -212,6 +212,8 @@ async fn send_file(args: &BulkArgs, interrupt: watch::Receiver<bool>) -> Result<
                         let index = offset + job_index(&result, part.len())?;
                         tally.result(index, *result, &mut progress);
                     }
+                    Event::ProviderWaiting(wait) => progress.waiting(wait),
+                    Event::ProviderWaitEnded(end) => progress.wait_ended(end),
                     Event::Reopening {
                         why,
                         attempt,
@@ -331,6 +333,8 @@ async fn resume(
                         };
                         tally.result(index, *result, &mut progress);
                     }
+                    Event::ProviderWaiting(wait) => progress.waiting(wait),
+                    Event::ProviderWaitEnded(end) => progress.wait_ended(end),
                     Event::Reopening {
                         why,
                         attempt,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
-use crate::api::pb::BulkItemStatus;
+use crate::api::pb::{self, BulkItemStatus};
 
 /// How often the plain progress line is printed when stderr is not a terminal.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
@@ -21,6 +21,8 @@ pub(super) struct Progress {
     failed: u64,
     skipped: u64,
     canceled: u64,
+    /// Providers the batch is waiting for, with what to show: "waiting for sandbox: …".
+    waits: std::collections::BTreeMap<String, String>,
 }
 
 impl Progress {
@@ -53,6 +55,7 @@ impl Progress {
             failed: 0,
             skipped: 0,
             canceled: 0,
+            waits: Default::default(),
         };
         progress.bar.set_message(progress.counts());
         progress
@@ -81,6 +84,39 @@ impl Progress {
         }
     }
 
+    /// The batch holds a provider's jobs: shown on the bar (or the plain line) until it ends.
+    pub(super) fn waiting(&mut self, wait: &pb::BulkProviderWaiting) {
+        let next = wait
+            .next_attempt_time
+            .as_ref()
+            .map(|t| seconds_from_now(t.seconds))
+            .map_or_else(String::new, |s| format!(", next try in {s} s"));
+        let line = format!(
+            "waiting for {}: {}{next} ({} jobs held)",
+            wait.provider, wait.reason, wait.held_jobs
+        );
+        self.note(&line);
+        self.waits.insert(wait.provider.clone(), line);
+        self.bar.set_message(self.counts());
+    }
+
+    pub(super) fn wait_ended(&mut self, end: &pb::BulkProviderWaitEnded) {
+        let waited = end.waited.as_ref().map_or(0, |d| d.seconds.max(0));
+        self.note(&if end.gave_up {
+            format!(
+                "gave up waiting for {} after {waited} s: {} held jobs failed (retryable; they are in the dead-letter file)",
+                end.provider, end.failed_jobs
+            )
+        } else {
+            format!(
+                "{} answers again after {waited} s; its held jobs run",
+                end.provider
+            )
+        });
+        self.waits.remove(&end.provider);
+        self.bar.set_message(self.counts());
+    }
+
     /// Prints a line on stderr without tearing the bar.
     pub(super) fn note(&self, line: &str) {
         self.bar.suspend(|| eprintln!("{line}"));
@@ -98,6 +134,9 @@ impl Progress {
         }
         if self.canceled > 0 {
             let _ = write!(s, " · canceled {}", self.canceled);
+        }
+        for wait in self.waits.values() {
+            let _ = write!(s, " · {wait}");
         }
         s
     }
@@ -127,4 +166,12 @@ impl Progress {
     pub(super) fn abandon(&self) {
         self.bar.abandon();
     }
+}
+
+/// Whole seconds from now until `unix_seconds` (0 when past).
+fn seconds_from_now(unix_seconds: i64) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    unix_seconds.saturating_sub(now).max(0)
 }

@@ -49,6 +49,9 @@ pub(super) enum Open {
 pub(super) enum Event<'a> {
     Accepted(&'a pb::BulkAccepted),
     Result(Box<pb::BulkJobResult>),
+    /// The batch holds a provider's jobs while it is unavailable, or stopped doing so.
+    ProviderWaiting(&'a pb::BulkProviderWaiting),
+    ProviderWaitEnded(&'a pb::BulkProviderWaitEnded),
     /// The stream broke; it is re-opened after `delay`.
     Reopening {
         why: &'a Status,
@@ -135,6 +138,12 @@ impl Follower {
                             on_event(Event::Accepted(&accepted))?;
                         }
                         Some(PbEvent::Result(result)) => on_event(Event::Result(Box::new(result)))?,
+                        Some(PbEvent::ProviderWaiting(wait)) => {
+                            on_event(Event::ProviderWaiting(&wait))?
+                        }
+                        Some(PbEvent::ProviderWaitEnded(end)) => {
+                            on_event(Event::ProviderWaitEnded(&end))?
+                        }
                         Some(PbEvent::Summary(summary)) => {
                             let bulk_id = bulk_id.ok_or_else(|| {
                                 anyhow!("the server sent a summary before accepting the batch")

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 
 use super::{
-    AccountId, FieldViolation, IdempotencyKey, NewRefund, Refund, RefundError, RefundId, Timestamp,
+    AccountId, FieldViolation, IdempotencyKey, NewRefund, ProviderName, Refund, RefundError,
+    RefundId, Timestamp,
 };
 
 prefixed_id!(
@@ -357,6 +358,23 @@ pub struct Bulk {
     pub updated_at: Timestamp,
     pub finished_at: Option<Timestamp>,
     pub created_by: Option<super::ApiKeyId>,
+    /// Providers whose jobs the batch holds back now, waiting for them to answer again.
+    pub provider_waits: Vec<ProviderWait>,
+}
+
+/// A batch holding a provider's jobs, queued rather than failed, while the provider is
+/// unavailable (its circuit is open, or it asked for a pause).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderWait {
+    pub provider: ProviderName,
+    /// Why, in the traffic layer's words (e.g. "circuit open: provider unavailable: HTTP 500").
+    pub reason: String,
+    pub since: Timestamp,
+    /// When a held job is tried next (it is the probe: the others follow once it goes through).
+    pub next_attempt: Timestamp,
+    /// When the held jobs fail (retryably) if the provider is still unavailable.
+    pub give_up_at: Timestamp,
+    pub held_jobs: u32,
 }
 
 /// The outcome of one job, as reported in the stream and by ListBulkRefundItems.
@@ -383,6 +401,18 @@ pub enum BulkEvent {
         counts: BulkCounts,
         state: BulkState,
         duration_micros: i64,
+    },
+    /// The batch holds a provider's jobs: sent when the wait starts and whenever the next
+    /// attempt is rescheduled.
+    ProviderWaiting(ProviderWait),
+    /// The wait for a provider is over: it answered again, or the wait reached its bound and
+    /// the held jobs failed.
+    ProviderWaitEnded {
+        provider: ProviderName,
+        waited_micros: i64,
+        /// The bound was reached: `failed_jobs` held jobs failed with a retryable error.
+        gave_up: bool,
+        failed_jobs: u32,
     },
 }
 

@@ -40,6 +40,12 @@ pub enum RefundError {
     ProviderUnavailable {
         provider: ProviderName,
         message: String,
+        /// When trying again may help, as far as we know: the provider's circuit is open, or
+        /// it asked for a pause. Sent to clients as `google.rpc.RetryInfo`.
+        retry_after: Option<std::time::Duration>,
+        /// Whether the provider is down or pacing us, so that waiting can help, as opposed to an
+        /// answer we cannot use. A batch holds its jobs through the former.
+        transient: bool,
     },
 
     /// Anything the client could not have caused. Logged with its cause chain, reported generically.

@@ -62,7 +62,7 @@ pub use auth::{
 };
 pub use bulk::{
     Bulk, BulkCounts, BulkEvent, BulkId, BulkJob, BulkState, ItemResult, ItemStatus, JobError,
-    JobOutcome, NewBulk, SequencedEvent, StopReason, derived_job_key,
+    JobOutcome, NewBulk, ProviderWait, SequencedEvent, StopReason, derived_job_key,
 };
 pub use error::RefundError;
 pub use money::{Amount, AmountError, Balance, BalanceError, Currency, CurrencyError, MAX_AMOUNT};

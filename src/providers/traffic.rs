@@ -116,6 +116,20 @@ pub struct ProviderHealth {
     pub last_error: Option<String>,
 }
 
+/// Whether calls can go to the provider now, for callers that can wait rather than fail (the
+/// bulk runner holds a provider's jobs while it is [`Availability::Waiting`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Availability {
+    Ready,
+    Waiting {
+        /// Why, e.g. "circuit open: provider unavailable: HTTP 500".
+        reason: String,
+        /// When a call may go through again (the circuit's probe, or the end of the pause the
+        /// provider asked for); zero when that is now.
+        retry_in: Duration,
+    },
+}
+
 /// Counters since the provider was wrapped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TrafficStats {
@@ -206,6 +220,41 @@ impl ControlledProvider {
             circuit,
             consecutive_failures: breaker.consecutive_failures,
             last_error: breaker.last_error.clone(),
+        }
+    }
+
+    /// Whether calls go through now. While the circuit is open, calls fail fast until its open
+    /// period ends; while the probe is in flight, until it answers; after a 429 whose
+    /// `Retry-After` was longer than we wait for ourselves, calls would only draw more 429s
+    /// until that time.
+    pub fn availability(&self) -> Availability {
+        let now = Instant::now();
+        let breaker = self.breaker();
+        let circuit = match breaker.state {
+            BreakerState::Closed => None,
+            BreakerState::Open { since } => Some(
+                self.config
+                    .breaker_open_for
+                    .saturating_sub(now.duration_since(since)),
+            ),
+            // The probe answers within one call timeout.
+            BreakerState::HalfOpen => Some(PROBE_POLL.min(self.config.call_timeout)),
+        };
+        if let Some(retry_in) = circuit {
+            return Availability::Waiting {
+                reason: match &breaker.last_error {
+                    Some(last) => format!("circuit open: {last}"),
+                    None => "circuit open".to_owned(),
+                },
+                retry_in,
+            };
+        }
+        match breaker.paused_until {
+            Some(until) if until > now => Availability::Waiting {
+                reason: "rate limited by the provider (Retry-After)".to_owned(),
+                retry_in: until - now,
+            },
+            _ => Availability::Ready,
         }
     }
 
@@ -510,6 +559,7 @@ impl ControlledProvider {
                 retry_after: Some(retry_after),
             } => {
                 if *retry_after > self.config.max_backoff {
+                    self.breaker().pause_until(Instant::now() + *retry_after);
                     tracing::debug!(provider = %self.name, operation = op, attempt, retry_after = ?retry_after, "the provider asks for a longer pause than we wait for; giving up");
                     return None;
                 }
@@ -640,7 +690,13 @@ struct Breaker {
     generation: u64,
     consecutive_failures: u32,
     last_error: Option<String>,
+    /// Until when the provider asked (with a `Retry-After` longer than our longest back-off) not
+    /// to be called. Reported by [`ControlledProvider::availability`]; calls are not refused.
+    paused_until: Option<Instant>,
 }
+
+/// How soon a caller waiting on a half-open circuit looks again.
+const PROBE_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
 enum BreakerState {
@@ -675,7 +731,12 @@ impl Breaker {
             generation: 0,
             consecutive_failures: 0,
             last_error: None,
+            paused_until: None,
         }
+    }
+
+    fn pause_until(&mut self, until: Instant) {
+        self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
     }
 
     fn open_error(&self) -> ProviderError {
@@ -1445,6 +1506,71 @@ mod tests {
         let stats = provider.stats();
         assert_eq!(stats.breaker_opened, 1);
         assert_eq!(stats.short_circuited, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn availability_waits_out_the_open_circuit_and_the_probe() {
+        let fake = Fake::new(Script {
+            payments: [
+                err(unavailable()),
+                err(unavailable()),
+                err(unavailable()),
+                after(Duration::from_millis(500), Ok(payment())),
+            ]
+            .into(),
+            ..Script::default()
+        });
+        let provider = controlled(&fake, breaker_config(3));
+        assert_eq!(provider.availability(), Availability::Ready);
+        for _ in 0..3 {
+            let _ = provider.get_payment(&payment_ref()).await;
+        }
+        let open_for = config().breaker_open_for;
+        assert_eq!(
+            provider.availability(),
+            Availability::Waiting {
+                reason: "circuit open: provider unavailable: 503".to_owned(),
+                retry_in: open_for,
+            }
+        );
+        tokio::time::sleep(open_for / 2).await;
+        assert!(
+            matches!(provider.availability(), Availability::Waiting { retry_in, .. } if retry_in == open_for - open_for / 2)
+        );
+        // The open period is over: the next call may go (it will be the probe).
+        tokio::time::sleep(open_for).await;
+        assert!(
+            matches!(provider.availability(), Availability::Waiting { retry_in, .. } if retry_in.is_zero())
+        );
+        let probe = tokio::spawn({
+            let provider = provider.clone();
+            async move { provider.get_payment(&payment_ref()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The probe is in flight: look again soon.
+        assert!(
+            matches!(provider.availability(), Availability::Waiting { retry_in, .. } if retry_in == PROBE_POLL)
+        );
+        assert_eq!(probe.await.unwrap(), Ok(payment()));
+        assert_eq!(provider.availability(), Availability::Ready);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn availability_waits_out_a_retry_after_longer_than_our_back_off() {
+        let error = ProviderError::RateLimited {
+            retry_after: Some(Duration::from_secs(60)),
+        };
+        let fake = Fake::new(Script {
+            payments: [err(error.clone()), ok(payment())].into(),
+            ..Script::default()
+        });
+        let provider = controlled(&fake, config());
+        assert_eq!(provider.get_payment(&payment_ref()).await, Err(error));
+        assert!(
+            matches!(provider.availability(), Availability::Waiting { retry_in, .. } if retry_in == Duration::from_secs(60))
+        );
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(provider.availability(), Availability::Ready);
     }
 
     #[tokio::test(start_paused = true)]

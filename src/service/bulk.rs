@@ -31,6 +31,9 @@ pub struct BulkConfig {
     /// How often the runner looks for batches and events are polled when no in-process
     /// notification arrives (another replica did the work).
     pub poll_interval: Duration,
+    /// Longest a batch holds a provider's jobs while the provider is unavailable (circuit open,
+    /// or a long Retry-After); past it the held jobs fail with a retryable error.
+    pub max_provider_wait: Duration,
 }
 
 impl Default for BulkConfig {
@@ -41,6 +44,7 @@ impl Default for BulkConfig {
             max_concurrency: 256,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_millis(500),
+            max_provider_wait: Duration::from_secs(15 * 60),
         }
     }
 }

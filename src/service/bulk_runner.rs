@@ -8,7 +8,7 @@
 //! takes the jobs over. Jobs carry fixed idempotency keys, so a job taken over never refunds
 //! twice: its refund is found, not made again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::time::Duration;
 
@@ -16,10 +16,14 @@ use backon::{ExponentialBuilder, Retryable as _};
 
 use tokio::sync::watch;
 use tokio::task::{self, JoinHandle, JoinSet};
+use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use super::{Origin, RefundService, internal};
-use crate::domain::{Bulk, BulkId, JobOutcome, RefundError, Timestamp};
+use crate::domain::{
+    Bulk, BulkId, JobOutcome, ProviderName, ProviderWait, RefundError, StopReason, Timestamp,
+};
+use crate::providers::traffic::Availability;
 use crate::store::ClaimedItem;
 
 /// How far apart the clocks of two replicas may be, for finding a job's refund.
@@ -78,6 +82,37 @@ struct Driver {
     stop: watch::Receiver<bool>,
 }
 
+/// What became of one dispatched job.
+enum JobEnd {
+    /// It has its result.
+    Done(JobOutcome),
+    /// Its outcome could not be told (its refund may exist but could not be read): it is handed
+    /// back rather than given a result that could be wrong.
+    Undetermined,
+    /// Its provider is down or pacing us, and nothing was made: the job can wait and run again
+    /// (with the same idempotency key, in `item`).
+    ProviderDown {
+        item: ClaimedItem,
+        error: RefundError,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// One provider whose jobs the driver holds back, queued, until it answers again.
+struct Hold {
+    jobs: VecDeque<ClaimedItem>,
+    since: Instant,
+    since_at: Timestamp,
+    /// When the next held job goes out, as the probe; the others follow once it gets through.
+    next_try: Instant,
+    reason: String,
+    /// The held job in flight as the probe.
+    probe: Option<task::Id>,
+}
+
+/// The shortest pause before a held provider is tried again.
+const MIN_HOLD_RETRY: Duration = Duration::from_millis(250);
+
 impl Driver {
     async fn run(mut self) {
         let id = self.bulk.id.clone();
@@ -89,24 +124,81 @@ impl Driver {
     async fn drive(&mut self) -> Result<(), RefundError> {
         let cfg = self.service.config().bulk.clone();
         let concurrency = self.bulk.max_concurrency.max(1);
-        // `None`: the job's outcome could not be told (its refund may exist but could not be
-        // read); it is handed back rather than given a result that could be wrong.
-        let mut in_flight: JoinSet<Option<JobOutcome>> = JoinSet::new();
-        // Which job each task runs, so that even a task that panicked gets its job a result.
-        let mut jobs: HashMap<task::Id, u32> = HashMap::new();
+        let mut in_flight: JoinSet<JobEnd> = JoinSet::new();
+        // Which job each task runs (and for which provider), so that even a task that panicked
+        // gets its job a result.
+        let mut jobs: HashMap<task::Id, (u32, ProviderName)> = HashMap::new();
+        // Jobs held back per unavailable provider, and jobs released from a hold to run.
+        let mut holds: HashMap<ProviderName, Hold> = HashMap::new();
+        let mut ready: VecDeque<ClaimedItem> = VecDeque::new();
+        // Providers whose wait reached its bound: their jobs fail rather than wait again, until
+        // one of them gets through.
+        let mut gave_up: HashMap<ProviderName, Duration> = HashMap::new();
+        // Held jobs beyond which no more jobs are claimed: the rest stay queued in the database,
+        // free for other replicas.
+        let hold_cap = (concurrency as usize).saturating_mul(2).max(64);
         let mut stopping = *self.stop.borrow();
-        // The driver renews its own jobs' leases, three times per lease period so that one slow
-        // renewal loses nothing. Doing it here, between its own writes, means a renewal never
-        // contends with this driver's recording of results (on PostgreSQL a batch renewal
-        // running beside a result transaction could deadlock on the same rows).
+        // The driver renews its own jobs' leases (held ones included), three times per lease
+        // period so that one slow renewal loses nothing. Doing it here, between its own writes,
+        // means a renewal never contends with this driver's recording of results (on
+        // PostgreSQL a batch renewal running beside a result transaction could deadlock on the
+        // same rows).
         let mut heartbeat = tokio::time::interval(cfg.lease / 3);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let room = concurrency.saturating_sub(in_flight.len() as u32);
+            if !holds.is_empty() {
+                self.end_overdue_holds(&mut holds, &mut gave_up, cfg.max_provider_wait)
+                    .await?;
+            }
+            if stopping {
+                // Held jobs go back to the database for whoever runs the batch next.
+                let mut held: Vec<u32> = ready.drain(..).map(|i| i.index).collect();
+                for (provider, mut hold) in holds.drain() {
+                    let n = hold.jobs.len();
+                    held.extend(hold.jobs.drain(..).map(|i| i.index));
+                    self.service
+                        .inner
+                        .metrics
+                        .bulk_jobs_held(provider.as_str(), -(n as i64));
+                }
+                self.release(&held).await?;
+            }
+
+            // Dispatch: jobs released from a hold first, then due probes, then new claims.
+            let mut room = concurrency.saturating_sub(in_flight.len() as u32);
+            while room > 0
+                && let Some(item) = ready.pop_front()
+            {
+                if self.route(item, &mut holds, &mut in_flight, &mut jobs) {
+                    room -= 1;
+                }
+            }
+            let now = Instant::now();
+            for (provider, hold) in holds.iter_mut() {
+                if room == 0 {
+                    break;
+                }
+                if hold.probe.is_some() || hold.next_try > now {
+                    continue;
+                }
+                if let Some(item) = hold.jobs.pop_front() {
+                    self.service
+                        .inner
+                        .metrics
+                        .bulk_jobs_held(provider.as_str(), -1);
+                    tracing::info!(bulk_id = %self.bulk.id, provider = %provider, index = item.index, "trying a held job: the provider's probe");
+                    hold.probe = Some(self.spawn(item, &mut in_flight, &mut jobs));
+                    room -= 1;
+                }
+            }
+            let held: usize = ready.len() + holds.values().map(|h| h.jobs.len()).sum::<usize>();
             // Claim in chunks (a quarter of the concurrency at a time) rather than one job per
             // finished job: every claim is a transaction, and the database is the bottleneck.
             let refill = (concurrency / 4).max(1);
-            if !stopping && (room >= refill || (room > 0 && in_flight.is_empty())) {
+            if !stopping
+                && held < hold_cap
+                && (room >= refill || (room > 0 && in_flight.is_empty()))
+            {
                 let now = Timestamp::now();
                 let claimed = self
                     .service
@@ -122,30 +214,40 @@ impl Driver {
                     .map_err(internal)?;
                 self.service.inner.metrics.bulk_jobs_started(claimed.len());
                 for item in claimed {
-                    let index = item.index;
-                    let span = tracing::info_span!("bulk.job", bulk_id = %self.bulk.id, index);
-                    let job =
-                        run_job(self.service.clone(), self.bulk.clone(), item).instrument(span);
-                    jobs.insert(in_flight.spawn(job).id(), index);
+                    self.route(item, &mut holds, &mut in_flight, &mut jobs);
                 }
             }
+            // When the driver next has something to do for its holds: a probe, or a bound.
+            let wake = holds
+                .values()
+                .map(|h| {
+                    let bound = h.since + cfg.max_provider_wait;
+                    if h.probe.is_none() {
+                        h.next_try.min(bound)
+                    } else {
+                        bound
+                    }
+                })
+                .min();
             if in_flight.is_empty() {
                 if stopping {
                     return Ok(());
                 }
-                if self
-                    .service
-                    .store()
-                    .finish_bulk_if_done(&self.bulk.id)
-                    .await
-                    .map_err(internal)?
+                let holding = !holds.is_empty() || !ready.is_empty();
+                if !holding
+                    && self
+                        .service
+                        .store()
+                        .finish_bulk_if_done(&self.bulk.id)
+                        .await
+                        .map_err(internal)?
                 {
                     tracing::info!(bulk_id = %self.bulk.id, "bulk refund finished");
                     self.service.events_changed();
                     return Ok(());
                 }
                 // Nothing to claim now: the rest is leased to other workers (or to a dead one,
-                // whose leases will expire). Look again later.
+                // whose leases will expire), or held here. Look again later.
                 match self
                     .service
                     .store()
@@ -153,16 +255,26 @@ impl Driver {
                     .await
                 {
                     Ok(Some(b)) if b.state != crate::domain::BulkState::Running => return Ok(()),
+                    // Canceled (or aborted) while jobs are held: they will not run.
+                    Ok(Some(Bulk {
+                        stop: Some(stop), ..
+                    })) if holding => {
+                        self.stop_holds(stop, &mut holds, &mut ready).await?;
+                        continue;
+                    }
                     _ => {}
                 }
+                let nap = tokio::time::sleep(cfg.poll_interval);
                 tokio::select! {
-                    () = tokio::time::sleep(cfg.poll_interval) => {}
+                    () = nap => {}
+                    () = sleep_until_or_never(wake) => {}
                     _ = self.stop.changed() => stopping = true,
                 }
                 continue;
             }
             let first = tokio::select! {
                 joined = in_flight.join_next_with_id() => joined,
+                () = sleep_until_or_never(wake) => continue,
                 _ = heartbeat.tick() => {
                     let until = Timestamp::now().saturating_add(cfg.lease);
                     if let Err(e) = self
@@ -172,6 +284,16 @@ impl Driver {
                         .await
                     {
                         tracing::error!(bulk_id = %self.bulk.id, error = ?anyhow::Error::new(e), "renewing job leases failed");
+                    }
+                    // A batch canceled (or aborted) while jobs are held: they will not run.
+                    if (!holds.is_empty() || !ready.is_empty())
+                        && let Ok(Some(Bulk { stop: Some(stop), .. })) = self
+                            .service
+                            .store()
+                            .get_bulk(&self.bulk.account, &self.bulk.id)
+                            .await
+                    {
+                        self.stop_holds(stop, &mut holds, &mut ready).await?;
                     }
                     continue;
                 }
@@ -186,32 +308,319 @@ impl Driver {
             let mut next = first;
             while let Some(joined) = next {
                 self.service.inner.metrics.bulk_jobs_finished(1);
-                let (id, outcome) = match joined {
-                    Ok((id, outcome)) => (id, outcome),
+                let (id, end) = match joined {
+                    Ok((id, end)) => (id, end),
                     Err(e) => {
                         // It may have made its refund before it failed.
                         tracing::error!(bulk_id = %self.bulk.id, error = %e, "bulk job task failed; the job will be taken over");
-                        (e.id(), None)
+                        (e.id(), JobEnd::Undetermined)
                     }
                 };
-                match (jobs.remove(&id), outcome) {
-                    (Some(index), Some(outcome)) => finished.push((index, outcome)),
-                    (Some(index), None) => undetermined.push(index),
-                    (None, _) => {}
-                }
                 next = in_flight.try_join_next_with_id();
+                let Some((index, provider)) = jobs.remove(&id) else {
+                    continue;
+                };
+                let was_probe = holds.get(&provider).is_some_and(|h| h.probe == Some(id));
+                match end {
+                    JobEnd::ProviderDown {
+                        item,
+                        error,
+                        retry_after,
+                    } => {
+                        if let Some(waited) = gave_up.get(&provider) {
+                            let cause = match &error {
+                                RefundError::ProviderUnavailable { message, .. } => message.clone(),
+                                other => other.to_string(),
+                            };
+                            let error = gave_up_error(&provider, *waited, &cause);
+                            finished.push((index, JobOutcome::of_error(&error)));
+                            continue;
+                        }
+                        if cfg.max_provider_wait.is_zero() {
+                            finished.push((index, JobOutcome::of_error(&error)));
+                            continue;
+                        }
+                        let pause = self.pause(&provider, retry_after);
+                        let reason = self.reason(&provider, &error);
+                        match holds.get_mut(&provider) {
+                            Some(hold) => {
+                                hold.jobs.push_front(item);
+                                self.service
+                                    .inner
+                                    .metrics
+                                    .bulk_jobs_held(provider.as_str(), 1);
+                                if was_probe {
+                                    // Still down: wait again, and tell the watchers when.
+                                    hold.probe = None;
+                                    hold.next_try = Instant::now() + pause;
+                                    hold.reason = reason;
+                                    self.announce(&provider, hold, cfg.max_provider_wait).await;
+                                }
+                            }
+                            None => {
+                                tracing::warn!(bulk_id = %self.bulk.id, provider = %provider, reason = %reason, retry_in = ?pause, "provider unavailable; holding its jobs instead of failing them");
+                                let hold = Hold {
+                                    jobs: VecDeque::from([item]),
+                                    since: Instant::now(),
+                                    since_at: Timestamp::now(),
+                                    next_try: Instant::now() + pause,
+                                    reason,
+                                    probe: None,
+                                };
+                                self.service
+                                    .inner
+                                    .metrics
+                                    .bulk_jobs_held(provider.as_str(), 1);
+                                self.announce(&provider, &hold, cfg.max_provider_wait).await;
+                                holds.insert(provider, hold);
+                            }
+                        }
+                    }
+                    JobEnd::Done(outcome) => {
+                        gave_up.remove(&provider);
+                        if was_probe {
+                            self.resume(&provider, &mut holds, &mut ready).await;
+                        }
+                        finished.push((index, outcome));
+                    }
+                    JobEnd::Undetermined => {
+                        if was_probe {
+                            self.resume(&provider, &mut holds, &mut ready).await;
+                        }
+                        undetermined.push(index);
+                    }
+                }
             }
             self.record(&finished).await?;
-            if !undetermined.is_empty() {
-                // Taken over (by this driver or another), the job looks its refund up first. If
-                // even this write fails, the driver fails and its leases lapse all the same.
+            // Taken over (by this driver or another), the job looks its refund up first. If
+            // even this write fails, the driver fails and its leases lapse all the same.
+            self.release(&undetermined).await?;
+        }
+    }
+
+    /// Runs `item` now, or holds it when its provider is being waited for. Returns whether it
+    /// runs.
+    fn route(
+        &self,
+        item: ClaimedItem,
+        holds: &mut HashMap<ProviderName, Hold>,
+        in_flight: &mut JoinSet<JobEnd>,
+        jobs: &mut HashMap<task::Id, (u32, ProviderName)>,
+    ) -> bool {
+        match holds.get_mut(&item.request.provider) {
+            Some(hold) => {
                 self.service
-                    .store()
-                    .release_items(&self.bulk.id, &self.owner, &undetermined)
-                    .await
-                    .map_err(internal)?;
+                    .inner
+                    .metrics
+                    .bulk_jobs_held(item.request.provider.as_str(), 1);
+                hold.jobs.push_back(item);
+                false
+            }
+            None => {
+                self.spawn(item, in_flight, jobs);
+                true
             }
         }
+    }
+
+    fn spawn(
+        &self,
+        item: ClaimedItem,
+        in_flight: &mut JoinSet<JobEnd>,
+        jobs: &mut HashMap<task::Id, (u32, ProviderName)>,
+    ) -> task::Id {
+        let index = item.index;
+        let provider = item.request.provider.clone();
+        let span = tracing::info_span!("bulk.job", bulk_id = %self.bulk.id, index);
+        let job = run_job(self.service.clone(), self.bulk.clone(), item).instrument(span);
+        let id = in_flight.spawn(job).id();
+        jobs.insert(id, (index, provider));
+        id
+    }
+
+    /// How long to hold a provider's jobs before the next try: as long as its circuit stays
+    /// open or it asked us to pause, and never less than [`MIN_HOLD_RETRY`].
+    fn pause(&self, provider: &ProviderName, retry_after: Option<Duration>) -> Duration {
+        let circuit = match self
+            .service
+            .providers()
+            .get(provider)
+            .map(|p| p.availability())
+        {
+            Some(Availability::Waiting { retry_in, .. }) => retry_in,
+            Some(Availability::Ready) | None => Duration::ZERO,
+        };
+        retry_after
+            .unwrap_or_default()
+            .max(circuit)
+            .max(MIN_HOLD_RETRY)
+    }
+
+    /// Why a provider's jobs are held: the traffic layer's account when it has one.
+    fn reason(&self, provider: &ProviderName, error: &RefundError) -> String {
+        match self
+            .service
+            .providers()
+            .get(provider)
+            .map(|p| p.availability())
+        {
+            Some(Availability::Waiting { reason, .. }) => reason,
+            Some(Availability::Ready) | None => match error {
+                RefundError::ProviderUnavailable { message, .. } => message.clone(),
+                other => other.to_string(),
+            },
+        }
+    }
+
+    /// Tells the batch's watchers that it holds `provider`'s jobs, and until when.
+    async fn announce(&self, provider: &ProviderName, hold: &Hold, max_wait: Duration) {
+        let now = Instant::now();
+        let at = |instant: Instant| {
+            let from_now = instant.saturating_duration_since(now);
+            Timestamp::now().saturating_add(from_now)
+        };
+        let wait = ProviderWait {
+            provider: provider.clone(),
+            reason: hold.reason.clone(),
+            since: hold.since_at,
+            next_attempt: at(hold.next_try),
+            give_up_at: hold.since_at.saturating_add(max_wait),
+            held_jobs: u32::try_from(hold.jobs.len() + usize::from(hold.probe.is_some()))
+                .unwrap_or(u32::MAX),
+        };
+        match self
+            .service
+            .store()
+            .provider_waiting(&self.bulk.id, &wait)
+            .await
+        {
+            Ok(()) => self.service.events_changed(),
+            Err(e) => {
+                tracing::error!(bulk_id = %self.bulk.id, error = ?anyhow::Error::new(e), "recording a provider wait failed")
+            }
+        }
+    }
+
+    /// The probe got through: the held jobs run again.
+    async fn resume(
+        &self,
+        provider: &ProviderName,
+        holds: &mut HashMap<ProviderName, Hold>,
+        ready: &mut VecDeque<ClaimedItem>,
+    ) {
+        let Some(mut hold) = holds.remove(provider) else {
+            return;
+        };
+        let waited = hold.since.elapsed();
+        tracing::info!(bulk_id = %self.bulk.id, provider = %provider, waited = ?waited, held = hold.jobs.len(), "provider answers again; running its held jobs");
+        let released: Vec<ClaimedItem> = hold.jobs.drain(..).collect();
+        self.service
+            .inner
+            .metrics
+            .bulk_jobs_held(provider.as_str(), -(released.len() as i64));
+        ready.extend(released);
+        self.wait_ended(provider, waited, false, 0).await;
+    }
+
+    /// Holds that reached `max_wait`: their jobs fail, retryably, saying so.
+    async fn end_overdue_holds(
+        &self,
+        holds: &mut HashMap<ProviderName, Hold>,
+        gave_up: &mut HashMap<ProviderName, Duration>,
+        max_wait: Duration,
+    ) -> Result<(), RefundError> {
+        let overdue: Vec<ProviderName> = holds
+            .iter()
+            .filter(|(_, h)| h.since.elapsed() >= max_wait)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for provider in overdue {
+            let Some(mut hold) = holds.remove(&provider) else {
+                continue;
+            };
+            let waited = hold.since.elapsed();
+            let error = gave_up_error(&provider, waited, &hold.reason);
+            let failed: Vec<(u32, JobOutcome)> = hold
+                .jobs
+                .drain(..)
+                .map(|item| (item.index, JobOutcome::of_error(&error)))
+                .collect();
+            tracing::warn!(bulk_id = %self.bulk.id, provider = %provider, waited = ?waited, failed = failed.len(), "gave up waiting for the provider; its held jobs fail");
+            self.service
+                .inner
+                .metrics
+                .bulk_jobs_held(provider.as_str(), -(failed.len() as i64));
+            self.record(&failed).await?;
+            self.wait_ended(&provider, waited, true, failed.len() as u32)
+                .await;
+            gave_up.insert(provider, waited);
+        }
+        Ok(())
+    }
+
+    /// The batch stopped (canceled, or aborted by a failure): held jobs will not run.
+    async fn stop_holds(
+        &self,
+        stop: StopReason,
+        holds: &mut HashMap<ProviderName, Hold>,
+        ready: &mut VecDeque<ClaimedItem>,
+    ) -> Result<(), RefundError> {
+        let undispatched = JobOutcome {
+            status: stop.undispatched_status(),
+            refund_id: None,
+            error: None,
+            attempts: 0,
+        };
+        let mut stopped: Vec<(u32, JobOutcome)> = ready
+            .drain(..)
+            .map(|i| (i.index, undispatched.clone()))
+            .collect();
+        for (provider, mut hold) in holds.drain() {
+            let n = hold.jobs.len();
+            stopped.extend(hold.jobs.drain(..).map(|i| (i.index, undispatched.clone())));
+            self.service
+                .inner
+                .metrics
+                .bulk_jobs_held(provider.as_str(), -(n as i64));
+            self.wait_ended(&provider, hold.since.elapsed(), false, 0)
+                .await;
+        }
+        self.record(&stopped).await
+    }
+
+    async fn wait_ended(
+        &self,
+        provider: &ProviderName,
+        waited: Duration,
+        gave_up: bool,
+        failed: u32,
+    ) {
+        self.service
+            .inner
+            .metrics
+            .bulk_provider_waited(provider.as_str(), waited.as_secs_f64());
+        match self
+            .service
+            .store()
+            .provider_wait_ended(&self.bulk.id, provider, waited, gave_up, failed)
+            .await
+        {
+            Ok(()) => self.service.events_changed(),
+            Err(e) => {
+                tracing::error!(bulk_id = %self.bulk.id, error = ?anyhow::Error::new(e), "recording the end of a provider wait failed")
+            }
+        }
+    }
+
+    async fn release(&self, indices: &[u32]) -> Result<(), RefundError> {
+        if indices.is_empty() {
+            return Ok(());
+        }
+        self.service
+            .store()
+            .release_items(&self.bulk.id, &self.owner, indices)
+            .await
+            .map_err(internal)
     }
 
     /// Writes finished jobs' results. A database hiccup must not lose them (the jobs would stay
@@ -253,7 +662,31 @@ impl Driver {
 /// worker may have made it, and the key's ordinary expiry does not apply within a batch), and
 /// any job that fails looks for it before reporting the failure. `None` when that look-up
 /// itself fails: the job is then handed back, never reported failed with a refund out there.
-async fn run_job(service: RefundService, bulk: Bulk, item: ClaimedItem) -> Option<JobOutcome> {
+async fn run_job(service: RefundService, bulk: Bulk, item: ClaimedItem) -> JobEnd {
+    match try_job(&service, &bulk, &item).await {
+        Some(Ok(outcome)) => JobEnd::Done(outcome),
+        Some(Err(error)) => {
+            let retry_after = match &error {
+                RefundError::ProviderUnavailable { retry_after, .. } => *retry_after,
+                _ => None,
+            };
+            JobEnd::ProviderDown {
+                item,
+                error,
+                retry_after,
+            }
+        }
+        None => JobEnd::Undetermined,
+    }
+}
+
+/// The job's outcome; `Err` when its provider is down (or pacing us) and nothing was made, so
+/// that the job can wait; `None` when the outcome could not be told.
+async fn try_job(
+    service: &RefundService,
+    bulk: &Bulk,
+    item: &ClaimedItem,
+) -> Option<Result<JobOutcome, RefundError>> {
     // Debug events: not logged by default, but events of the job's span in traces.
     tracing::debug!(
         payment_id = item.request.payment.as_str(),
@@ -261,7 +694,7 @@ async fn run_job(service: RefundService, bulk: Bulk, item: ClaimedItem) -> Optio
         "job dispatched"
     );
     let made_before = if item.taken_over {
-        job_refund(&service, &bulk, &item).await?
+        job_refund(service, bulk, item).await?
     } else {
         None
     };
@@ -286,8 +719,20 @@ async fn run_job(service: RefundService, bulk: Bulk, item: ClaimedItem) -> Optio
                 if let RefundError::Internal(cause) = &e {
                     tracing::error!(bulk_id = %bulk.id, index = item.index, error = ?cause, "bulk job failed internally");
                 }
-                match job_refund(&service, &bulk, &item).await? {
+                match job_refund(service, bulk, item).await? {
                     Some(refund) => JobOutcome::of_refund(&refund),
+                    // Nothing made, and the provider may answer later: the job can wait.
+                    None if matches!(
+                        e,
+                        RefundError::ProviderUnavailable {
+                            transient: true,
+                            ..
+                        }
+                    ) =>
+                    {
+                        tracing::debug!(error = %e, "provider unavailable; the job waits");
+                        return Some(Err(e));
+                    }
                     None => JobOutcome::of_error(&e),
                 }
             }
@@ -299,7 +744,29 @@ async fn run_job(service: RefundService, bulk: Bulk, item: ClaimedItem) -> Optio
         error = outcome.error.as_ref().map(|e| e.code.as_str()),
         "job result"
     );
-    Some(outcome)
+    Some(Ok(outcome))
+}
+
+/// The retryable error of a job whose batch stopped waiting for its provider.
+fn gave_up_error(provider: &ProviderName, waited: Duration, cause: &str) -> RefundError {
+    RefundError::ProviderUnavailable {
+        provider: provider.clone(),
+        message: format!(
+            "the batch gave up waiting for the provider after {} (--bulk-max-provider-wait); \
+             send the job again later: {cause}",
+            humantime::format_duration(Duration::from_secs(waited.as_secs()))
+        ),
+        retry_after: None,
+        transient: true,
+    }
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until_or_never(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The refund the job's key made in this batch's lifetime: `Some(None)` when there is none,

@@ -28,6 +28,7 @@ use crate::domain::{
     AccountId, ApiKeyId, Failure, NewRefund, Refund, RefundError, RefundId, RefundStatus, Timestamp,
 };
 use crate::metrics::Metrics;
+use crate::providers::traffic::Availability;
 use crate::providers::{
     PaymentStatus, Provider, ProviderError, ProviderRefund, ProviderRefundStatus, Providers,
     RefundCall,
@@ -42,6 +43,9 @@ pub use keys::{bootstrap_admin_key, create_api_key};
 pub use list::{ListPage, ListQuery, MAX_PAGE_SIZE};
 pub use reconciler::run_reconciler;
 pub use webhooks::WebhookReceipt;
+
+/// The shortest retry delay told to a client: "now" would only invite a busy loop.
+const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Tunables of the refund use cases.
 #[derive(Debug, Clone)]
@@ -216,10 +220,27 @@ impl RefundService {
                 ProviderError::RateLimited { .. }
                 | ProviderError::Unavailable(_)
                 | ProviderError::Timeout
-                | ProviderError::Ambiguous(_) => RefundError::ProviderUnavailable {
-                    provider: request.provider.clone(),
-                    message: e.to_string(),
-                },
+                | ProviderError::Ambiguous(_) => {
+                    // When to try again, from the provider's Retry-After or our circuit.
+                    let retry_after = match (&e, provider.availability()) {
+                        (
+                            ProviderError::RateLimited {
+                                retry_after: Some(d),
+                            },
+                            _,
+                        ) => Some(*d),
+                        (_, Availability::Waiting { retry_in, .. }) => {
+                            Some(retry_in.max(MIN_RETRY_AFTER))
+                        }
+                        (_, Availability::Ready) => None,
+                    };
+                    RefundError::ProviderUnavailable {
+                        provider: request.provider.clone(),
+                        message: e.to_string(),
+                        retry_after,
+                        transient: true,
+                    }
+                }
             })?;
         match payment.status {
             PaymentStatus::Captured => {}
@@ -253,6 +274,8 @@ impl RefundService {
                     payment.captured,
                     payment.refunded
                 ),
+                retry_after: None,
+                transient: false,
             })?
             .max(0);
 

@@ -20,7 +20,8 @@ use super::{Store, StoreError};
 use crate::domain::{
     AccountId, Amount, ApiKeyId, Bulk, BulkCounts, BulkEvent, BulkId, BulkState, Currency,
     IdempotencyKey, ItemResult, ItemStatus, JobError, JobOutcome, NewBulk, NewRefund, PaymentRef,
-    ProviderName, Refund, RefundReason, SequencedEvent, StopReason, Timestamp, derived_job_key,
+    ProviderName, ProviderWait, Refund, RefundReason, SequencedEvent, StopReason, Timestamp,
+    derived_job_key,
 };
 
 /// Rows per INSERT: well under SQLite's limit of bound parameters.
@@ -127,6 +128,7 @@ impl Store {
             updated_at: Set(t),
             finished_at: Set(None),
             created_by_key: Set(new.created_by.as_ref().map(|k| k.as_str().to_owned())),
+            provider_waits: Set(None),
         })
         .on_conflict_do_nothing_on([bulk::Column::AccountId, bulk::Column::IdempotencyKey])
         .exec_without_returning(&txn)
@@ -621,6 +623,10 @@ impl Store {
         let state = stop.map_or(BulkState::Completed, StopReason::final_state);
         let taken = bulk::Entity::update_many()
             .col_expr(bulk::Column::State, Expr::value(state.as_str()))
+            .col_expr(
+                bulk::Column::ProviderWaits,
+                Expr::value(Option::<String>::None),
+            )
             .col_expr(bulk::Column::FinishedAt, Expr::value(now))
             .col_expr(bulk::Column::UpdatedAt, Expr::value(now))
             .filter(bulk::Column::Id.eq(bulk_id.as_str()))
@@ -693,6 +699,84 @@ impl Store {
         Ok(true)
     }
 
+    /// Records that a running batch holds `wait.provider`'s jobs (a new wait, or a new next
+    /// attempt): one `wait` event, and the wait in the batch's current waits.
+    pub async fn provider_waiting(
+        &self,
+        bulk_id: &BulkId,
+        wait: &ProviderWait,
+    ) -> Result<(), StoreError> {
+        let stored = StoredWait::of(wait);
+        let detail = serde_json::to_string(&stored).map_err(|e| corrupt("bulk_events", e))?;
+        self.provider_wait_event(bulk_id, "wait", detail, |waits| {
+            waits.retain(|w| w.provider != stored.provider);
+            waits.push(stored.clone());
+        })
+        .await
+    }
+
+    /// Records that the batch no longer waits for `provider`: it answered again, or the wait
+    /// reached its bound (`gave_up`) and `failed_jobs` held jobs failed.
+    pub async fn provider_wait_ended(
+        &self,
+        bulk_id: &BulkId,
+        provider: &ProviderName,
+        waited: std::time::Duration,
+        gave_up: bool,
+        failed_jobs: u32,
+    ) -> Result<(), StoreError> {
+        let end = StoredWaitEnd {
+            provider: provider.as_str().to_owned(),
+            waited_micros: i64::try_from(waited.as_micros()).unwrap_or(i64::MAX),
+            gave_up,
+            failed_jobs,
+        };
+        let detail = serde_json::to_string(&end).map_err(|e| corrupt("bulk_events", e))?;
+        self.provider_wait_event(bulk_id, "wait_ended", detail, |waits| {
+            waits.retain(|w| w.provider != end.provider)
+        })
+        .await
+    }
+
+    /// One wait event and the change it makes to the batch's current waits, in one
+    /// transaction (the sequence update locks the batch row first). Nothing is written for a
+    /// batch that is no longer running.
+    async fn provider_wait_event(
+        &self,
+        bulk_id: &BulkId,
+        kind: &str,
+        detail: String,
+        change: impl FnOnce(&mut Vec<StoredWait>),
+    ) -> Result<(), StoreError> {
+        let now = Timestamp::now().as_micros();
+        let txn = self.db.begin().await?;
+        let row = next_sequences(&txn, bulk_id, None, 1, now).await?;
+        if row.state != BulkState::Running.as_str() {
+            txn.rollback().await?;
+            return Ok(());
+        }
+        let mut waits = stored_waits(row.provider_waits.as_deref())?;
+        change(&mut waits);
+        let waits = if waits.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(&waits).map_err(|e| corrupt("bulks", e))?)
+        };
+        bulk::Entity::update_many()
+            .col_expr(bulk::Column::ProviderWaits, Expr::value(waits))
+            .filter(bulk::Column::Id.eq(bulk_id.as_str()))
+            .exec(&txn)
+            .await?;
+        let account = AccountId::from_trusted(row.account_id.clone());
+        let mut event = event_row(bulk_id, &account, row.last_sequence, kind, None, now);
+        event.detail = Set(Some(detail));
+        bulk_event::Entity::insert(event)
+            .exec_without_returning(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
     /// Events after `after`, in order, with their results and refunds filled in.
     pub async fn bulk_events(
         &self,
@@ -712,7 +796,9 @@ impl Store {
         }
         let indices: Vec<i32> = rows.iter().filter_map(|e| e.item_idx).collect();
         let mut items = self.items_with_refunds(bulk_id, &indices).await?;
-        let needs_bulk = rows.iter().any(|e| e.kind != "result");
+        let needs_bulk = rows
+            .iter()
+            .any(|e| e.kind == "accepted" || e.kind == "summary");
         let bulk_row = if needs_bulk {
             Some(
                 bulk::Entity::find_by_id(bulk_id.as_str().to_owned())
@@ -741,6 +827,18 @@ impl Store {
                             .ok_or_else(|| corrupt("bulks", "bad state"))?,
                         duration_micros: b.finished_at.unwrap_or(b.updated_at) - b.created_at,
                     },
+                    ("wait", _, _) => {
+                        BulkEvent::ProviderWaiting(event_detail::<StoredWait>(&e)?.into_domain())
+                    }
+                    ("wait_ended", _, _) => {
+                        let end: StoredWaitEnd = event_detail(&e)?;
+                        BulkEvent::ProviderWaitEnded {
+                            provider: ProviderName::from_trusted(end.provider),
+                            waited_micros: end.waited_micros,
+                            gave_up: end.gave_up,
+                            failed_jobs: end.failed_jobs,
+                        }
+                    }
                     (kind, _, _) => {
                         return Err(corrupt("bulk_events", format!("bad event {kind}")));
                     }
@@ -914,6 +1012,7 @@ fn event_row(
         kind: Set(kind.to_owned()),
         item_idx: Set(item_idx),
         created_at: Set(now),
+        detail: Set(None),
     }
 }
 
@@ -944,7 +1043,70 @@ fn bulk_to_domain(b: bulk::Model) -> Result<Bulk, StoreError> {
         updated_at: Timestamp::from_micros(b.updated_at),
         finished_at: b.finished_at.map(Timestamp::from_micros),
         created_by: b.created_by_key.map(ApiKeyId::from_trusted),
+        provider_waits: stored_waits(b.provider_waits.as_deref())?
+            .into_iter()
+            .map(StoredWait::into_domain)
+            .collect(),
     })
+}
+
+/// A wait as `bulks.provider_waits` (a JSON array) and `wait` events store it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredWait {
+    provider: String,
+    reason: String,
+    since: i64,
+    next_attempt: i64,
+    give_up_at: i64,
+    held_jobs: u32,
+}
+
+impl StoredWait {
+    fn of(w: &ProviderWait) -> Self {
+        Self {
+            provider: w.provider.as_str().to_owned(),
+            reason: w.reason.clone(),
+            since: w.since.as_micros(),
+            next_attempt: w.next_attempt.as_micros(),
+            give_up_at: w.give_up_at.as_micros(),
+            held_jobs: w.held_jobs,
+        }
+    }
+
+    fn into_domain(self) -> ProviderWait {
+        ProviderWait {
+            provider: ProviderName::from_trusted(self.provider),
+            reason: self.reason,
+            since: Timestamp::from_micros(self.since),
+            next_attempt: Timestamp::from_micros(self.next_attempt),
+            give_up_at: Timestamp::from_micros(self.give_up_at),
+            held_jobs: self.held_jobs,
+        }
+    }
+}
+
+/// What a `wait_ended` event stores.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredWaitEnd {
+    provider: String,
+    waited_micros: i64,
+    gave_up: bool,
+    failed_jobs: u32,
+}
+
+fn stored_waits(json: Option<&str>) -> Result<Vec<StoredWait>, StoreError> {
+    match json {
+        None | Some("") => Ok(Vec::new()),
+        Some(json) => serde_json::from_str(json).map_err(|e| corrupt("bulks", e)),
+    }
+}
+
+fn event_detail<T: serde::de::DeserializeOwned>(e: &bulk_event::Model) -> Result<T, StoreError> {
+    let json = e
+        .detail
+        .as_deref()
+        .ok_or_else(|| corrupt("bulk_events", format!("a {} event without detail", e.kind)))?;
+    serde_json::from_str(json).map_err(|e| corrupt("bulk_events", e))
 }
 
 fn item_to_domain(

@@ -124,6 +124,8 @@ pub mod bulk {
         pub updated_at: i64,
         pub finished_at: Option<i64>,
         pub created_by_key: Option<String>,
+        /// The providers whose jobs the batch holds now (JSON), as the runner last wrote them.
+        pub provider_waits: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -182,6 +184,9 @@ pub mod bulk_event {
         pub kind: String,
         pub item_idx: Option<i32>,
         pub created_at: i64,
+        /// What a `wait` or `wait_ended` event says (JSON): the kinds (at most 16 characters) are
+        /// `accepted`, `result`, `summary`, `wait` and `wait_ended`.
+        pub detail: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -556,3 +556,85 @@ async fn ctrl_c_stops_watching_and_the_batch_can_be_resumed() {
     assert_eq!(resumed.counts(), ["20", "20", "0", "0", "0"]);
     assert_eq!(ledger_amounts(&app, &payments).await, vec![vec![1_000]; 20]);
 }
+
+/// A batch that waits for a provider at most `--bulk-max-provider-wait`: past it the held jobs
+/// fail retryably, saying why, and go to the dead-letter file; sent again once the provider is
+/// back, that file refunds each payment once.
+#[tokio::test]
+async fn jobs_held_past_the_provider_wait_bound_fail_retryably_and_the_dead_letter_file_resends_them_once()
+ {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, |s| {
+        s.sandbox_traffic.breaker_open_for = std::time::Duration::from_secs(1);
+        s.refunds.bulk.max_provider_wait = std::time::Duration::from_secs(5);
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let payments = app.seed_many(30, 1_000).await;
+    let mut text = String::from("payment_id,currency,amount\n");
+    for p in &payments {
+        text.push_str(&format!("{p},USD,\n"));
+    }
+    let file = write_csv(dir.path(), "refunds.csv", &text);
+    app.sandbox
+        .set_faults(&FaultConfig {
+            error_rate: 1.0,
+            ..FaultConfig::default()
+        })
+        .await
+        .unwrap();
+
+    let run = bulk(
+        dir.path(),
+        &["--file", file.to_str().unwrap(), "--server", &server(&app)],
+    )
+    .await;
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    assert_eq!(run.counts(), ["30", "0", "30", "0", "0"], "{}", run.stdout);
+    assert!(
+        run.stderr.contains("waiting for sandbox:"),
+        "the progress shows the wait: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("gave up waiting for sandbox"),
+        "{}",
+        run.stderr
+    );
+    let dead_letter = dir.path().join("refunds.failed.csv");
+    let (headers, rows) = read_csv(&dead_letter);
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    assert_eq!(rows.len(), 30);
+    for row in &rows {
+        assert_eq!(row[col("error_code")], "UNAVAILABLE", "{row:?}");
+        assert_eq!(row[col("retryable")], "true", "{row:?}");
+        assert!(
+            row[col("error_message")].contains("--bulk-max-provider-wait"),
+            "{row:?}"
+        );
+    }
+    for p in &payments {
+        assert!(app.ledger(p).await.is_empty());
+    }
+
+    // The provider is back: the dead-letter file, sent as it is, refunds each payment once.
+    app.sandbox
+        .set_faults(&FaultConfig::default())
+        .await
+        .unwrap();
+    let run = bulk(
+        dir.path(),
+        &[
+            "--file",
+            dead_letter.to_str().unwrap(),
+            "--server",
+            &server(&app),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    assert_eq!(run.counts(), ["30", "30", "0", "0", "0"], "{}", run.stdout);
+    for p in &payments {
+        assert_eq!(app.ledger(p).await.len(), 1, "payment {p}");
+    }
+}

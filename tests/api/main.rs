@@ -18,6 +18,7 @@ mod idempotency;
 mod list;
 mod mercadopago;
 mod observability;
+mod outage;
 mod reconcile;
 mod server;
 mod spans;

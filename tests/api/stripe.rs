@@ -694,3 +694,94 @@ async fn provider_amounts_out_of_range_are_refused_not_overflowed() {
         .count();
     assert_eq!(posted, 0, "nothing was sent");
 }
+
+/// A batch refunding through two providers: while the sandbox is down its jobs are held, and
+/// Stripe's run on; once the sandbox answers again its jobs run too, and none fails.
+#[tokio::test]
+async fn a_provider_outage_holds_only_that_providers_jobs() {
+    use pb::bulk_refund_event::Event;
+    use tokio_stream::StreamExt as _;
+
+    let db = TestDb::new().await;
+    let settings = stripe_settings(localstripe());
+    let mut app = spawn_app_with(&db, move |s| {
+        s.stripe = Some(settings);
+        s.sandbox_traffic.breaker_open_for = Duration::from_secs(1);
+    })
+    .await;
+    let sandbox_payments = app.seed_many(6, 1_000).await;
+    let mut charges = Vec::new();
+    for _ in 0..6 {
+        charges.push(new_charge(1_000).await);
+    }
+    app.sandbox
+        .set_faults(&refund_service::sandbox::FaultConfig {
+            error_rate: 1.0,
+            ..Default::default()
+        })
+        .await
+        .expect("sandbox down");
+    // Sandbox jobs first, so that Stripe's come after the sandbox went into its wait.
+    let jobs = sandbox_payments
+        .iter()
+        .map(|p| refund_request(p, None, "USD"))
+        .chain(charges.iter().map(|c| stripe_request(c, None)))
+        .collect();
+    let mut stream = app
+        .client
+        .bulk_refund(pb::BulkRefundRequest {
+            jobs,
+            max_concurrency: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    let mut events = Vec::new();
+    let mut stripe_done = 0;
+    while let Some(event) = stream.next().await {
+        let event = event.expect("event");
+        if let Some(Event::Result(r)) = &event.event
+            && r.provider == "stripe"
+        {
+            assert_eq!(r.status(), pb::BulkItemStatus::Succeeded, "{r:?}");
+            stripe_done += 1;
+            if stripe_done == charges.len() {
+                // Every Stripe job ran during the sandbox's outage; now it comes back.
+                app.sandbox
+                    .set_faults(&Default::default())
+                    .await
+                    .expect("sandbox up");
+            }
+        }
+        events.push(event);
+    }
+    let position = |want: &dyn Fn(&Event) -> bool| {
+        events
+            .iter()
+            .position(|e| e.event.as_ref().is_some_and(want))
+    };
+    let waiting = position(&|e| matches!(e, Event::ProviderWaiting(w) if w.provider == "sandbox"))
+        .expect("the batch waited for the sandbox");
+    let ended = position(
+        &|e| matches!(e, Event::ProviderWaitEnded(w) if w.provider == "sandbox" && !w.gave_up),
+    )
+    .expect("and stopped waiting");
+    let last_stripe = events
+        .iter()
+        .rposition(|e| matches!(&e.event, Some(Event::Result(r)) if r.provider == "stripe"))
+        .expect("stripe results");
+    assert!(waiting < last_stripe && last_stripe < ended, "{events:?}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(&e.event, Some(Event::ProviderWaiting(w)) if w.provider == "stripe"))
+    );
+    match events.last().and_then(|e| e.event.clone()) {
+        Some(Event::Summary(s)) => assert_eq!((s.succeeded, s.failed), (12, 0), "{s:?}"),
+        other => panic!("a summary last: {other:?}"),
+    }
+    for c in &charges {
+        assert_eq!(stripe_refunds(c).await.len(), 1);
+    }
+}

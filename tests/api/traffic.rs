@@ -94,8 +94,8 @@ async fn provider_429s_are_retried_after_retry_after_and_nothing_is_refunded_twi
 
 #[tokio::test]
 async fn a_provider_that_is_down_is_detected_once_not_once_per_job() {
-    // Every call fails with 500. After a few failures the circuit opens and the rest of the
-    // batch fails fast, without calling the provider again.
+    // Every call fails with 500. After a few failures the circuit opens and the batch holds its
+    // jobs without calling the provider again; when its wait bound passes, they fail (retryably).
     let (sandbox_url, sandbox) = spawn_sandbox(FaultConfig::default()).await;
     let db = TestDb::new().await;
     let mut app = spawn_app_with(&db, |s| {
@@ -104,6 +104,7 @@ async fn a_provider_that_is_down_is_detected_once_not_once_per_job() {
         s.sandbox_traffic.base_backoff = Duration::from_millis(10);
         s.sandbox_traffic.breaker_threshold = 3;
         s.sandbox_traffic.breaker_open_for = Duration::from_secs(60);
+        s.refunds.bulk.max_provider_wait = Duration::from_secs(1);
     })
     .await;
     let payments = app.seed_many(40, 1_000).await;
