@@ -767,10 +767,14 @@ async fn a_batch_canceled_during_a_claim_does_not_finish_while_claimed_jobs_run(
         }
     });
     let waiters = lock_waiters.clone();
-    eventually(Duration::from_secs(10), "the claim waits for the batch row", || {
-        let waiters = waiters.clone();
-        async move { waiters(1).await.then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the claim waits for the batch row",
+        || {
+            let waiters = waiters.clone();
+            async move { waiters(1).await.then_some(()) }
+        },
+    )
     .await;
     cancel.commit().await.expect("commit the cancel");
 
@@ -782,14 +786,18 @@ async fn a_batch_canceled_during_a_claim_does_not_finish_while_claimed_jobs_run(
     // The finisher runs to its end, or to a lock: behind the claim (two waiters), or, when the
     // claim gave up, on the held job as it cancels the queued jobs.
     let waiters = lock_waiters.clone();
-    eventually(Duration::from_secs(10), "the finisher ends or waits", || {
-        let waiters = waiters.clone();
-        let (finished, claimed) = (finish.is_finished(), claim.is_finished());
-        async move {
-            let waiting = if claimed { 1 } else { 2 };
-            (finished || waiters(waiting).await).then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the finisher ends or waits",
+        || {
+            let waiters = waiters.clone();
+            let (finished, claimed) = (finish.is_finished(), claim.is_finished());
+            async move {
+                let waiting = if claimed { 1 } else { 2 };
+                (finished || waiters(waiting).await).then_some(())
+            }
+        },
+    )
     .await;
     items.commit().await.expect("release the job");
 

@@ -363,3 +363,84 @@ async fn a_batch_canceled_while_it_waits_cancels_its_held_jobs() {
     );
     assert!(app.sandbox.ledger(None).await.expect("ledger").is_empty());
 }
+
+/// A wait is not a failure: a batch that aborts on error rides out the outage too. Meanwhile the
+/// metrics show the held jobs, and afterwards the time waited.
+#[tokio::test]
+async fn an_abort_on_error_batch_is_not_aborted_by_an_outage_and_the_metrics_show_the_wait() {
+    let db = TestDb::new().await;
+    let mut app = spawn_app_with(&db, quick_breaker).await;
+    let payments = app.seed_many(12, 1_000).await;
+    app.sandbox.set_faults(&outage()).await.expect("faults on");
+    let mut stream = app
+        .client
+        .bulk_refund(pb::BulkRefundRequest {
+            jobs: payments.iter().map(|p| job(p)).collect(),
+            max_concurrency: 4,
+            abort_on_error: true,
+            ..Default::default()
+        })
+        .await
+        .expect("batch accepted")
+        .into_inner();
+    let metrics = || async {
+        reqwest::Client::new()
+            .get(format!("http://{}/metrics", app.http_addr))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("body")
+    };
+    let mut summary = None;
+    let mut restored = false;
+    while let Some(event) = stream.next().await {
+        match event.expect("event").event {
+            Some(Event::ProviderWaiting(_)) if !restored => {
+                let held = eventually(
+                    Duration::from_secs(10),
+                    "held jobs in the metrics",
+                    || async {
+                        let text = metrics().await;
+                        text.lines()
+                            .find(|l| l.starts_with("refund_bulk_jobs_held{provider=\"sandbox\"}"))
+                            .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+                            .filter(|&n| n > 0)
+                    },
+                )
+                .await;
+                assert!(held <= 12);
+                restored = true;
+                app.sandbox
+                    .set_faults(&FaultConfig::default())
+                    .await
+                    .expect("faults off");
+            }
+            Some(Event::Summary(s)) => summary = Some(s),
+            _ => {}
+        }
+    }
+    let summary = summary.expect("a summary");
+    assert_eq!(
+        summary.state(),
+        pb::BulkRefundState::Completed,
+        "{summary:?}"
+    );
+    assert_eq!(
+        (summary.succeeded, summary.failed, summary.skipped),
+        (12, 0, 0)
+    );
+    let text = metrics().await;
+    assert!(
+        text.contains("refund_bulk_jobs_held{provider=\"sandbox\"} 0"),
+        "nothing held any more: {text}"
+    );
+    let waited = text
+        .lines()
+        .find(|l| l.starts_with("refund_bulk_provider_wait_seconds_total{provider=\"sandbox\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .expect("time waited");
+    assert!(waited > 0.0, "{waited}");
+    assert_refunded_once(&app, &payments).await;
+}
