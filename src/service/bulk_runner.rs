@@ -113,27 +113,60 @@ struct Hold {
 /// The shortest pause before a held provider is tried again.
 const MIN_HOLD_RETRY: Duration = Duration::from_millis(250);
 
+/// What a driver holds back, kept outside its loop so that whatever way the loop ends, the jobs
+/// are let go of (their leases given up) and the waits ended.
+#[derive(Default)]
+struct Held {
+    /// Jobs held back per unavailable provider.
+    holds: HashMap<ProviderName, Hold>,
+    /// Jobs released from a hold, to run as room allows.
+    ready: VecDeque<ClaimedItem>,
+    /// Providers whose wait reached its bound (and how long it was): their jobs fail rather
+    /// than wait again, until one of them gets through.
+    gave_up: HashMap<ProviderName, Duration>,
+}
+
 impl Driver {
     async fn run(mut self) {
         let id = self.bulk.id.clone();
-        if let Err(e) = self.drive().await {
+        let mut held = Held::default();
+        if let Err(e) = self.drive(&mut held).await {
             tracing::error!(bulk_id = %id, error = ?anyhow::Error::new(e), "bulk driver failed; the runner will restart it");
+        }
+        if let Err(e) = self.let_go(&mut held).await {
+            tracing::error!(bulk_id = %id, error = ?anyhow::Error::new(e), "giving back held jobs failed; their leases will lapse");
         }
     }
 
-    async fn drive(&mut self) -> Result<(), RefundError> {
+    /// Gives the held jobs back to the database (whoever runs the batch next takes them over)
+    /// and ends their waits.
+    async fn let_go(&self, held: &mut Held) -> Result<(), RefundError> {
+        let mut indices: Vec<u32> = held.ready.drain(..).map(|i| i.index).collect();
+        for (provider, mut hold) in held.holds.drain() {
+            let n = hold.jobs.len();
+            indices.extend(hold.jobs.drain(..).map(|i| i.index));
+            self.service
+                .inner
+                .metrics
+                .bulk_jobs_held(provider.as_str(), -(n as i64));
+            self.wait_ended(&provider, hold.since.elapsed(), false, 0)
+                .await;
+        }
+        self.release(&indices).await
+    }
+
+    async fn drive(&mut self, held: &mut Held) -> Result<(), RefundError> {
         let cfg = self.service.config().bulk.clone();
         let concurrency = self.bulk.max_concurrency.max(1);
         let mut in_flight: JoinSet<JobEnd> = JoinSet::new();
         // Which job each task runs (and for which provider), so that even a task that panicked
         // gets its job a result.
         let mut jobs: HashMap<task::Id, (u32, ProviderName)> = HashMap::new();
-        // Jobs held back per unavailable provider, and jobs released from a hold to run.
-        let mut holds: HashMap<ProviderName, Hold> = HashMap::new();
-        let mut ready: VecDeque<ClaimedItem> = VecDeque::new();
-        // Providers whose wait reached its bound: their jobs fail rather than wait again, until
-        // one of them gets through.
-        let mut gave_up: HashMap<ProviderName, Duration> = HashMap::new();
+        let Held {
+            holds,
+            ready,
+            gave_up,
+        } = held;
         // Held jobs beyond which no more jobs are claimed: the rest stay queued in the database,
         // free for other replicas.
         let hold_cap = (concurrency as usize).saturating_mul(2).max(64);
@@ -147,33 +180,48 @@ impl Driver {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if !holds.is_empty() {
-                self.end_overdue_holds(&mut holds, &mut gave_up, cfg.max_provider_wait)
+                self.end_overdue_holds(holds, gave_up, cfg.max_provider_wait)
                     .await?;
             }
-            if stopping {
+            if stopping && (!holds.is_empty() || !ready.is_empty()) {
                 // Held jobs go back to the database for whoever runs the batch next.
-                let mut held: Vec<u32> = ready.drain(..).map(|i| i.index).collect();
-                for (provider, mut hold) in holds.drain() {
-                    let n = hold.jobs.len();
-                    held.extend(hold.jobs.drain(..).map(|i| i.index));
-                    self.service
-                        .inner
-                        .metrics
-                        .bulk_jobs_held(provider.as_str(), -(n as i64));
-                }
-                self.release(&held).await?;
+                let mut let_go = Held {
+                    holds: std::mem::take(holds),
+                    ready: std::mem::take(ready),
+                    gave_up: HashMap::new(),
+                };
+                self.let_go(&mut let_go).await?;
             }
 
             // Dispatch: jobs released from a hold first, then due probes, then new claims.
             let mut room = concurrency.saturating_sub(in_flight.len() as u32);
+            let now = Instant::now();
+            let due = !ready.is_empty()
+                || holds
+                    .values()
+                    .any(|h| h.probe.is_none() && h.next_try <= now && !h.jobs.is_empty());
+            // Held jobs run only in a batch that still dispatches (a cancel or an abort may have
+            // come while they waited); claims check that themselves.
+            if room > 0
+                && due
+                && let Ok(Some(Bulk {
+                    stop: Some(stop), ..
+                })) = self
+                    .service
+                    .store()
+                    .get_bulk(&self.bulk.account, &self.bulk.id)
+                    .await
+            {
+                self.stop_holds(stop, holds, ready).await?;
+                continue;
+            }
             while room > 0
                 && let Some(item) = ready.pop_front()
             {
-                if self.route(item, &mut holds, &mut in_flight, &mut jobs) {
+                if self.route(item, holds, &mut in_flight, &mut jobs) {
                     room -= 1;
                 }
             }
-            let now = Instant::now();
             for (provider, hold) in holds.iter_mut() {
                 if room == 0 {
                     break;
@@ -212,17 +260,18 @@ impl Driver {
                     )
                     .await
                     .map_err(internal)?;
-                self.service.inner.metrics.bulk_jobs_started(claimed.len());
                 for item in claimed {
-                    self.route(item, &mut holds, &mut in_flight, &mut jobs);
+                    self.route(item, holds, &mut in_flight, &mut jobs);
                 }
             }
-            // When the driver next has something to do for its holds: a probe, or a bound.
+            // When the driver next has something to do for its holds: a probe (only when there
+            // is room to send it; else a job that finishes wakes the driver), or a bound.
+            let can_dispatch = in_flight.len() < concurrency as usize;
             let wake = holds
                 .values()
                 .map(|h| {
                     let bound = h.since + cfg.max_provider_wait;
-                    if h.probe.is_none() {
+                    if h.probe.is_none() && can_dispatch {
                         h.next_try.min(bound)
                     } else {
                         bound
@@ -259,7 +308,7 @@ impl Driver {
                     Ok(Some(Bulk {
                         stop: Some(stop), ..
                     })) if holding => {
-                        self.stop_holds(stop, &mut holds, &mut ready).await?;
+                        self.stop_holds(stop, holds, ready).await?;
                         continue;
                     }
                     _ => {}
@@ -268,6 +317,8 @@ impl Driver {
                 tokio::select! {
                     () = nap => {}
                     () = sleep_until_or_never(wake) => {}
+                    // Held jobs are leased like running ones: a wait must not let them lapse.
+                    _ = heartbeat.tick(), if holding => self.renew(cfg.lease).await,
                     _ = self.stop.changed() => stopping = true,
                 }
                 continue;
@@ -276,15 +327,7 @@ impl Driver {
                 joined = in_flight.join_next_with_id() => joined,
                 () = sleep_until_or_never(wake) => continue,
                 _ = heartbeat.tick() => {
-                    let until = Timestamp::now().saturating_add(cfg.lease);
-                    if let Err(e) = self
-                        .service
-                        .store()
-                        .heartbeat(&self.owner, std::slice::from_ref(&self.bulk.id), until)
-                        .await
-                    {
-                        tracing::error!(bulk_id = %self.bulk.id, error = ?anyhow::Error::new(e), "renewing job leases failed");
-                    }
+                    self.renew(cfg.lease).await;
                     // A batch canceled (or aborted) while jobs are held: they will not run.
                     if (!holds.is_empty() || !ready.is_empty())
                         && let Ok(Some(Bulk { stop: Some(stop), .. })) = self
@@ -293,7 +336,7 @@ impl Driver {
                             .get_bulk(&self.bulk.account, &self.bulk.id)
                             .await
                     {
-                        self.stop_holds(stop, &mut holds, &mut ready).await?;
+                        self.stop_holds(stop, holds, ready).await?;
                     }
                     continue;
                 }
@@ -379,13 +422,15 @@ impl Driver {
                     JobEnd::Done(outcome) => {
                         gave_up.remove(&provider);
                         if was_probe {
-                            self.resume(&provider, &mut holds, &mut ready).await;
+                            self.resume(&provider, holds, ready).await;
                         }
                         finished.push((index, outcome));
                     }
                     JobEnd::Undetermined => {
-                        if was_probe {
-                            self.resume(&provider, &mut holds, &mut ready).await;
+                        // Handed back; a database hiccup says nothing about the provider.
+                        if was_probe && let Some(hold) = holds.get_mut(&provider) {
+                            hold.probe = None;
+                            hold.next_try = Instant::now() + MIN_HOLD_RETRY;
                         }
                         undetermined.push(index);
                     }
@@ -398,8 +443,22 @@ impl Driver {
         }
     }
 
-    /// Runs `item` now, or holds it when its provider is being waited for. Returns whether it
-    /// runs.
+    /// Renews the leases of this driver's jobs in the batch, running and held.
+    async fn renew(&self, lease: Duration) {
+        let until = Timestamp::now().saturating_add(lease);
+        if let Err(e) = self
+            .service
+            .store()
+            .heartbeat(&self.owner, std::slice::from_ref(&self.bulk.id), until)
+            .await
+        {
+            tracing::error!(bulk_id = %self.bulk.id, error = ?anyhow::Error::new(e), "renewing job leases failed");
+        }
+    }
+
+    /// Runs `item` now, or holds it when its provider is being waited for. A job taken over
+    /// from another worker always runs: it first looks for the refund that worker may have made
+    /// (and is held only once that look-up found none). Returns whether it runs.
     fn route(
         &self,
         item: ClaimedItem,
@@ -407,7 +466,10 @@ impl Driver {
         in_flight: &mut JoinSet<JobEnd>,
         jobs: &mut HashMap<task::Id, (u32, ProviderName)>,
     ) -> bool {
-        match holds.get_mut(&item.request.provider) {
+        match holds
+            .get_mut(&item.request.provider)
+            .filter(|_| !item.taken_over)
+        {
             Some(hold) => {
                 self.service
                     .inner
@@ -432,6 +494,7 @@ impl Driver {
         let index = item.index;
         let provider = item.request.provider.clone();
         let span = tracing::info_span!("bulk.job", bulk_id = %self.bulk.id, index);
+        self.service.inner.metrics.bulk_jobs_started(1);
         let job = run_job(self.service.clone(), self.bulk.clone(), item).instrument(span);
         let id = in_flight.spawn(job).id();
         jobs.insert(id, (index, provider));

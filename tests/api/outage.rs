@@ -444,3 +444,84 @@ async fn an_abort_on_error_batch_is_not_aborted_by_an_outage_and_the_metrics_sho
     assert!(waited > 0.0, "{waited}");
     assert_refunded_once(&app, &payments).await;
 }
+
+/// Defect: while every job of a batch was held (none in flight), the driver did not renew their
+/// leases; a wait longer than the lease let the jobs be taken over — by this very driver — while
+/// still held, and a job could run, and report, twice.
+#[tokio::test]
+async fn held_jobs_keep_their_leases_through_a_wait_longer_than_the_lease() {
+    let db = TestDb::new().await;
+    let mut app = spawn_app_with(&db, |s| {
+        quick_breaker(s);
+        // Between two probes nothing is in flight for longer than a lease.
+        s.sandbox_traffic.breaker_open_for = Duration::from_secs(3);
+        s.refunds.bulk.lease = Duration::from_millis(600);
+    })
+    .await;
+    let payments = app.seed_many(8, 1_000).await;
+    app.sandbox.set_faults(&outage()).await.expect("faults on");
+    let mut stream = app
+        .client
+        .bulk_refund(pb::BulkRefundRequest {
+            jobs: payments.iter().map(|p| job(p)).collect(),
+            max_concurrency: 8,
+            ..Default::default()
+        })
+        .await
+        .expect("batch accepted")
+        .into_inner();
+    let mut events = Vec::new();
+    let mut outage_over = None;
+    while let Some(event) = stream.next().await {
+        let event = event.expect("event");
+        if matches!(event.event, Some(Event::ProviderWaiting(_))) && outage_over.is_none() {
+            // Several lease periods of waiting, watching how many jobs are held.
+            let sandbox = app.sandbox.clone();
+            let metrics_url = format!("http://{}/metrics", app.http_addr);
+            outage_over = Some(tokio::spawn(async move {
+                let until = tokio::time::Instant::now() + Duration::from_secs(5);
+                let mut most_held = 0;
+                while tokio::time::Instant::now() < until {
+                    let text = reqwest::get(&metrics_url)
+                        .await
+                        .expect("GET /metrics")
+                        .text()
+                        .await
+                        .expect("body");
+                    let held = text
+                        .lines()
+                        .find(|l| l.starts_with("refund_bulk_jobs_held{provider=\"sandbox\"}"))
+                        .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+                        .unwrap_or(0);
+                    most_held = most_held.max(held);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                sandbox
+                    .set_faults(&FaultConfig::default())
+                    .await
+                    .expect("faults off");
+                most_held
+            }));
+        }
+        events.push(event);
+    }
+    let most_held = outage_over
+        .expect("the batch waited")
+        .await
+        .expect("sampling task");
+    assert!(most_held <= 8, "{most_held} jobs held for a batch of 8");
+    let mut indices: Vec<i32> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::Result(r)) => Some(r.index),
+            _ => None,
+        })
+        .collect();
+    indices.sort_unstable();
+    assert_eq!(indices, (0..8).collect::<Vec<i32>>(), "one result per job");
+    match events.last().and_then(|e| e.event.clone()) {
+        Some(Event::Summary(s)) => assert_eq!((s.succeeded, s.failed), (8, 0), "{s:?}"),
+        other => panic!("a summary last: {other:?}"),
+    }
+    assert_refunded_once(&app, &payments).await;
+}
