@@ -47,6 +47,12 @@ struct Args {
     /// Also refund this many payments one at a time (the seed's sequential loop).
     #[arg(long, default_value_t = 0)]
     sequential: u32,
+    /// A provider outage: once this fraction of the jobs has a result, the sandbox answers every
+    /// request with 500 for `--outage-secs`.
+    #[arg(long)]
+    outage_at: Option<f64>,
+    #[arg(long, default_value_t = 20)]
+    outage_secs: u64,
 }
 
 struct Proc(Child);
@@ -206,12 +212,44 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .into_inner();
     let mut summary = None;
+    let mut results = 0u32;
+    let outage_after = args
+        .outage_at
+        .map(|f| (f64::from(args.jobs) * f.clamp(0.0, 1.0)) as u32);
+    let mut outage: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
+    let mut waited = Duration::ZERO;
     while let Some(event) = stream.next().await {
-        if let Some(Event::Summary(s)) = event?.event {
-            summary = Some(s);
+        match event?.event {
+            Some(Event::Summary(s)) => summary = Some(s),
+            Some(Event::Result(_)) => {
+                results += 1;
+                if outage.is_none() && outage_after.is_some_and(|n| results >= n) {
+                    let sandbox = sandbox.clone();
+                    let secs = args.outage_secs;
+                    outage = Some(tokio::spawn(async move {
+                        let down = refund_service::sandbox::FaultConfig {
+                            error_rate: 1.0,
+                            ..Default::default()
+                        };
+                        sandbox.set_faults(&down).await?;
+                        tokio::time::sleep(Duration::from_secs(secs)).await;
+                        sandbox.set_faults(&Default::default()).await?;
+                        Ok(())
+                    }));
+                }
+            }
+            Some(Event::ProviderWaitEnded(end)) => {
+                waited += end.waited.map_or(Duration::ZERO, |d| {
+                    Duration::from_secs(d.seconds.max(0) as u64)
+                });
+            }
+            _ => {}
         }
     }
     let wall = started.elapsed();
+    if let Some(outage) = outage {
+        outage.await??;
+    }
     let summary = summary.context("stream ended without a summary")?;
     let rss = peak_rss_mib(service.0.id())?;
     let stats = sandbox.stats().await?;
@@ -235,6 +273,15 @@ async fn main() -> anyhow::Result<()> {
         stats.max_requests_per_sec,
         stats.rate_limited,
     );
+    if let Some(at) = args.outage_at {
+        println!(
+            "  with a {}s outage after {:.0}% of the results: waited {}s for the provider, {} jobs failed",
+            args.outage_secs,
+            at * 100.0,
+            waited.as_secs(),
+            summary.failed
+        );
+    }
 
     if args.sequential > 0 {
         let payments = sandbox.create_payments(&seed(args.sequential)).await?;
