@@ -182,6 +182,19 @@ impl Driver {
             if !holds.is_empty() {
                 self.end_overdue_holds(holds, gave_up, cfg.max_provider_wait)
                     .await?;
+                // A hold left with nothing in it (its last job, the probe, was handed back)
+                // ends: there is nothing to wait for.
+                let empty: Vec<ProviderName> = holds
+                    .iter()
+                    .filter(|(_, h)| h.jobs.is_empty() && h.probe.is_none())
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                for provider in empty {
+                    if let Some(hold) = holds.remove(&provider) {
+                        self.wait_ended(&provider, hold.since.elapsed(), false, 0)
+                            .await;
+                    }
+                }
             }
             if stopping && (!holds.is_empty() || !ready.is_empty()) {
                 // Held jobs go back to the database for whoever runs the batch next.
@@ -271,7 +284,7 @@ impl Driver {
                 .values()
                 .map(|h| {
                     let bound = h.since + cfg.max_provider_wait;
-                    if h.probe.is_none() && can_dispatch {
+                    if h.probe.is_none() && can_dispatch && !h.jobs.is_empty() {
                         h.next_try.min(bound)
                     } else {
                         bound
