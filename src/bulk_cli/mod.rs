@@ -692,12 +692,27 @@ fn dead_letter_path(args: &BulkArgs, bulk_id: Option<&str>) -> anyhow::Result<Pa
     Ok(path)
 }
 
+const EXPECTED_SERVER: &str = "expected host:port, http://host:port or https://host:port";
+
+/// The URL of `--server`: an http(s) URL as given, or `host:port` (what grpcurl users type) as
+/// the plain-text server there.
+fn server_url(server: &str) -> anyhow::Result<String> {
+    match server.split_once("://") {
+        Some(("http" | "https", rest)) if !rest.is_empty() => Ok(server.to_owned()),
+        Some(_) => Err(anyhow!("--server {server:?}: {EXPECTED_SERVER}")),
+        None if !server.is_empty() && !server.contains('/') => Ok(format!("http://{server}")),
+        None => Err(anyhow!("--server {server:?}: {EXPECTED_SERVER}")),
+    }
+}
+
 async fn connect(server: &str, api_key: &str, batch_size: u32) -> anyhow::Result<stream::Client> {
     let bearer = format!("Bearer {}", api_key.trim())
         .parse()
         .map_err(|_| anyhow!("--api-key must be printable ASCII"))?;
-    let endpoint = Endpoint::from_shared(server.to_owned())
-        .map_err(|e| anyhow!("--server {server:?} is not a valid URL: {e}"))?
+    let endpoint = Endpoint::from_shared(server_url(server)?)
+        .map_err(|e| {
+            anyhow!("--server {server:?} is not a valid address ({e}); {EXPECTED_SERVER}")
+        })?
         .connect_timeout(Duration::from_secs(10))
         // Notices a dead connection during a long, quiet batch, so the stream gets re-opened.
         .http2_keep_alive_interval(Duration::from_secs(30))
@@ -728,6 +743,26 @@ fn watch_interrupt() -> watch::Receiver<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_is_a_url_or_host_and_port() {
+        for (given, url) in [
+            ("127.0.0.1:50051", "http://127.0.0.1:50051"),
+            ("localhost:50051", "http://localhost:50051"),
+            ("[::1]:50051", "http://[::1]:50051"),
+            ("http://127.0.0.1:50051", "http://127.0.0.1:50051"),
+            (
+                "https://refunds.internal:443",
+                "https://refunds.internal:443",
+            ),
+        ] {
+            assert_eq!(server_url(given).unwrap(), url, "{given}");
+        }
+        for bad in ["", "ftp://host:21", "http://", "host:1/path", "://x"] {
+            let e = server_url(bad).unwrap_err().to_string();
+            assert!(e.contains(EXPECTED_SERVER), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn derived_keys_depend_only_on_the_bytes() {

@@ -638,3 +638,35 @@ async fn jobs_held_past_the_provider_wait_bound_fail_retryably_and_the_dead_lett
         assert_eq!(app.ledger(p).await.len(), 1, "payment {p}");
     }
 }
+
+/// `--server host:port`, as grpcurl users type it, is the plain-text server at that address;
+/// anything else that is not an http(s) URL says what was expected.
+#[tokio::test]
+async fn the_server_can_be_given_as_host_and_port() {
+    let (app, _db) = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let payment = app.seed(1_000, "USD").await;
+    let file = write_csv(
+        dir.path(),
+        "refunds.csv",
+        &format!("payment_id,currency\n{payment},USD\n"),
+    );
+    let file = file.to_str().unwrap();
+
+    let run = bulk(
+        dir.path(),
+        &["--file", file, "--server", &app.grpc_addr.to_string()],
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    assert_eq!(app.ledger(&payment).await.len(), 1);
+
+    let run = bulk(dir.path(), &["--file", file, "--server", "ftp://example"]).await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("expected host:port, http://host:port or https://host:port"),
+        "{}",
+        run.stderr
+    );
+}
