@@ -83,7 +83,8 @@ pub struct VerifyArgs {
 
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
-    /// `sqlite://PATH?mode=rwc` (the default, a file in the working directory) or `postgres://...`.
+    /// `sqlite://PATH` (the file is created if missing; the default is one in the working
+    /// directory) or `postgres://USER:PASSWORD@HOST:PORT/DATABASE`.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_default_value = false)]
     pub database_url: String,
 
@@ -758,6 +759,23 @@ impl FaultArgs {
     }
 }
 
+/// An error and its causes, `outer: inner: …`, each said once: libraries that put their source
+/// into their own message as well as returning it as the source would otherwise repeat it.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if part.is_empty() || text.ends_with(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let telemetry = telemetry::init(TelemetryConfig::from_env(cli.log_format.into()))?;
@@ -1061,4 +1079,23 @@ async fn sandbox_ledger(args: LedgerArgs) -> anyhow::Result<()> {
     }
     print!("{out}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("Connection Error: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let inner = std::io::Error::other("cannot be parsed");
+        let e = anyhow::Error::new(Repeats(inner)).context("cannot connect to the database");
+        assert_eq!(
+            error_chain(&e),
+            "cannot connect to the database: Connection Error: cannot be parsed"
+        );
+    }
 }

@@ -6,8 +6,8 @@ async fn main() -> std::process::ExitCode {
     match refund_service::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // The whole cause chain, one cause per line.
-            eprintln!("error: {e:#}");
+            // The whole cause chain, each cause once.
+            eprintln!("error: {}", refund_service::cli::error_chain(&e));
             // `bulk` tells failed jobs (1) from bad input, connection or server errors (2) and
             // an interruption (130).
             // `verify` tells violations (1) from usage or connection errors (2).

@@ -6,6 +6,7 @@
 
 mod audit;
 mod bulks;
+mod connect_check;
 mod entities;
 mod keys;
 mod migrations;
@@ -28,9 +29,22 @@ pub use verify::{Books, BulkItemRow, BulkRow, KeyRow, PaymentTotals, RefundRow};
 pub enum StoreError {
     #[error("database error")]
     Db(#[from] DbErr),
+    /// The database could not be reached or opened; the message names the cause and, where
+    /// there is one, the fix. It never holds the URL's password.
+    #[error("{0}")]
+    Connect(String),
     /// A row that domain types cannot represent: a bug or a hand-edited database.
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
+}
+
+/// Whether the query string of `url` sets `name`.
+fn url_has_param(url: &str, name: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, query)| {
+        query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some(name))
+    })
 }
 
 /// Connection settings.
@@ -40,6 +54,9 @@ pub struct StoreOptions {
     /// and one connection makes that queueing explicit instead of failing with SQLITE_BUSY.
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    /// Longest wait for the first connection at start-up: past it, the database is reported
+    /// unreachable instead of the pool retrying until `acquire_timeout`.
+    pub connect_timeout: Duration,
 }
 
 impl Default for StoreOptions {
@@ -47,6 +64,7 @@ impl Default for StoreOptions {
         Self {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -57,9 +75,24 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects to `url` (`sqlite://path?mode=rwc`, `sqlite::memory:`, `postgres://...`).
+    /// Connects to `url` (`sqlite://path`, `sqlite::memory:`, `postgres://...`).
+    ///
+    /// A SQLite file is created when missing, unless the URL sets `mode=`. A PostgreSQL server
+    /// is tried once, directly, before the pool is made, so that an unreachable server fails in
+    /// `connect_timeout` with its cause (refused, unknown host, authentication, no such
+    /// database) instead of a pool time-out.
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let is_sqlite = url.starts_with("sqlite:");
+        let create_file = is_sqlite && !url_has_param(url, "mode");
+        if is_sqlite {
+            connect_check::sqlite(url)?;
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            connect_check::postgres(url, options.connect_timeout).await?;
+        } else {
+            return Err(StoreError::Connect(
+                "unsupported database URL: use sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DATABASE".into(),
+            ));
+        }
         let mut opts = ConnectOptions::new(url.to_owned());
         opts.max_connections(if is_sqlite {
             1
@@ -75,13 +108,21 @@ impl Store {
         .sqlx_logging(false);
         if is_sqlite {
             // WAL keeps readers of the file (an operator's sqlite3 shell) from blocking the service.
-            opts.map_sqlx_sqlite_opts(|o| {
+            opts.map_sqlx_sqlite_opts(move |o| {
+                // A URL's own `mode=` (rwc, rw, ro) is kept as given.
+                let o = if create_file {
+                    o.create_if_missing(true)
+                } else {
+                    o
+                };
                 o.journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(5))
             });
         }
-        let db = Database::connect(opts).await?;
+        let db = Database::connect(opts)
+            .await
+            .map_err(|e| connect_check::explain(url, e))?;
         Ok(Self { db })
     }
 

@@ -117,3 +117,80 @@ async fn seed_and_ledger_commands_drive_the_sandbox() {
             .starts_with("rf_")
     );
 }
+
+/// A port nothing listens on: bound, then let go.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+#[test]
+fn an_unreachable_postgres_is_named_with_its_cause_and_no_password() {
+    let url = format!(
+        "postgres://postgres:hunter2@127.0.0.1:{}/refunds",
+        closed_port()
+    );
+    let (ok, _, stderr) = run(&["keys", "list", "--database-url", &url]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("connection refused by 127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("postgres://postgres:***@127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("pool timed out"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+
+    // A URL that does not parse says why, without the password that the parser saw.
+    let (ok, _, stderr) = run(&[
+        "keys",
+        "list",
+        "--database-url",
+        "postgres://postgres:hunter2@127.0.0.1:notaport/refunds",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("invalid port number"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_missing_postgres_database_is_named_with_the_fix() {
+    let Ok(admin) = std::env::var("REFUND_TEST_DATABASE_URL") else {
+        return; // PostgreSQL runs only in the PostgreSQL pass.
+    };
+    let base = admin.rsplit_once('/').expect("URL ends in /DATABASE").0;
+    let url = format!("{base}/refund_no_such_db_{}", uuid::Uuid::new_v4().simple());
+    let (ok, _, stderr) =
+        tokio::task::spawn_blocking(move || run(&["keys", "list", "--database-url", &url]))
+            .await
+            .unwrap();
+    assert!(!ok);
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert!(stderr.contains("createdb refund_no_such_db_"), "{stderr}");
+}
+
+#[test]
+fn a_sqlite_url_without_a_mode_creates_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("refund.db");
+    let url = format!("sqlite://{}", file.display());
+    let (ok, stdout, stderr) = run(&["keys", "list", "--database-url", &url]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("id\taccount"), "{stdout}");
+    assert!(file.exists());
+
+    // A directory that is not there is named, once.
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join("missing/refund.db").display()
+    );
+    let (ok, _, stderr) = run(&["keys", "list", "--database-url", &url]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("of the SQLite file does not exist"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("does not exist").count(), 1, "{stderr}");
+}
