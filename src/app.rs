@@ -40,9 +40,22 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects and migrates the store, sets up providers, binds both ports. Fails before
-    /// serving anything if any of that fails.
+    /// Binds both ports, connects and migrates the store, sets up providers. Fails before
+    /// serving anything if any of that fails, and before touching the database if a port is
+    /// taken.
     pub async fn build(mut settings: ServeSettings) -> anyhow::Result<Self> {
+        let grpc = TcpListener::bind(settings.grpc_addr).await.with_context(|| {
+            format!(
+                "cannot listen for gRPC on {} (set another with --grpc-addr or REFUND_GRPC_ADDR)",
+                settings.grpc_addr
+            )
+        })?;
+        let http = TcpListener::bind(settings.http_addr).await.with_context(|| {
+            format!(
+                "cannot listen for HTTP on {} (set another with --http-addr or REFUND_HTTP_ADDR)",
+                settings.http_addr
+            )
+        })?;
         let store = Store::connect(settings.database_url.expose(), &settings.store)
             .await
             .with_context(|| {
@@ -114,13 +127,6 @@ impl Application {
                 &mut settings.refunds.provider_budget,
             );
         }
-
-        let grpc = TcpListener::bind(settings.grpc_addr)
-            .await
-            .with_context(|| format!("cannot listen for gRPC on {}", settings.grpc_addr))?;
-        let http = TcpListener::bind(settings.http_addr)
-            .await
-            .with_context(|| format!("cannot listen for HTTP on {}", settings.http_addr))?;
 
         // The in-process sandbox announces settled refunds to this process, signed with a secret
         // made up here unless one is configured.

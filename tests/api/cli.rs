@@ -194,3 +194,36 @@ fn a_sqlite_url_without_a_mode_creates_its_file() {
     );
     assert_eq!(stderr.matches("does not exist").count(), 1, "{stderr}");
 }
+
+#[test]
+fn a_port_in_use_is_named_with_its_flag_before_the_database_is_touched() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = listener.local_addr().unwrap().to_string();
+    for (flag, other, name) in [
+        ("--grpc-addr", "--http-addr", "gRPC"),
+        ("--http-addr", "--grpc-addr", "HTTP"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("refund.db");
+        let url = format!("sqlite://{}", file.display());
+        let (ok, _, stderr) = run(&[
+            "serve",
+            flag,
+            &taken,
+            other,
+            "127.0.0.1:0",
+            "--database-url",
+            &url,
+        ]);
+        assert!(!ok);
+        assert!(
+            stderr.contains(&format!("cannot listen for {name} on {taken}")),
+            "{stderr}"
+        );
+        assert!(stderr.contains(flag), "{stderr}");
+        assert!(
+            !file.exists(),
+            "the database was made before the bind failed"
+        );
+    }
+}
