@@ -293,8 +293,9 @@ fn parse_reason(value: &str) -> Option<pb::RefundReason> {
     })
 }
 
-/// A field violation in the file's terms: `metadata[k]` is the column `metadata.k`, and the
-/// field is named only when the description does not already start with it.
+/// A field violation in the file's terms, in one style (`amount "12.50" is not …`,
+/// `currency "ZZZ" is not …`): `metadata[k]` is the column `metadata.k`, and the field is named
+/// only when the description does not already start with it.
 fn violation_problem(v: &FieldViolation) -> String {
     if let Some(key) = v
         .field
@@ -305,6 +306,9 @@ fn violation_problem(v: &FieldViolation) -> String {
     }
     if v.description.starts_with(v.field.as_str()) {
         v.description.clone()
+    } else if v.description.starts_with('"') {
+        // The description opens with the value it refuses.
+        format!("{} {}", v.field, v.description)
     } else {
         format!("{}: {}", v.field, v.description)
     }
@@ -314,7 +318,10 @@ fn csv_problem(e: &csv::Error) -> String {
     match e.kind() {
         csv::ErrorKind::UnequalLengths {
             expected_len, len, ..
-        } => format!("has {len} fields, but the header has {expected_len}"),
+        } => format!(
+            "has {len} {}, but the header has {expected_len}",
+            if *len == 1 { "field" } else { "fields" }
+        ),
         csv::ErrorKind::Utf8 { .. } => "is not valid UTF-8".to_owned(),
         _ => e.to_string(),
     }
@@ -428,7 +435,7 @@ mod tests {
             lines,
             [
                 r#"refunds.csv line 2: amount must be greater than zero, got 0"#,
-                r#"refunds.csv line 2: currency: "XYZ" is not an ISO 4217 currency code (e.g. USD, EUR, JPY)"#,
+                r#"refunds.csv line 2: currency "XYZ" is not an ISO 4217 currency code (e.g. USD, EUR, JPY)"#,
                 r#"refunds.csv line 3: amount "99999999999999999999" is too large"#,
                 r#"refunds.csv line 3: reason "sorry" is not one of duplicate, fraudulent, requested_by_customer, other (or empty)"#,
                 r#"refunds.csv line 3: payment_id is required"#,
@@ -480,6 +487,12 @@ mod tests {
         assert_eq!(
             err("payment_id,currency\nch_1,USD\nch_2,USD,7\n"),
             "refunds.csv line 3: has 3 fields, but the header has 2"
+        );
+        assert_eq!(
+            err("payment_id,currency
+ch_1
+"),
+            "refunds.csv line 2: has 1 field, but the header has 2"
         );
         assert_eq!(
             err("payment_id,currency\n"),
