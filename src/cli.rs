@@ -28,6 +28,11 @@ pub struct Cli {
     #[arg(long, env = "REFUND_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Pretty, global = true)]
     pub log_format: LogFormatArg,
 
+    /// More logs on stderr: -v info, -vv debug. Servers log info without it, other commands
+    /// only warnings and errors. RUST_LOG, when set, decides instead.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -759,6 +764,22 @@ impl FaultArgs {
     }
 }
 
+impl Cli {
+    /// What is logged when RUST_LOG does not say: a server's operators want its info lines; a
+    /// one-shot command's user wants only what was asked for, on stdout, and what went wrong.
+    fn log_level(&self) -> tracing::Level {
+        let server = matches!(
+            self.command,
+            Command::Serve(_) | Command::Sandbox(SandboxCommand::Serve(_))
+        );
+        match (server, self.verbose) {
+            (_, 2..) => tracing::Level::DEBUG,
+            (true, _) | (false, 1) => tracing::Level::INFO,
+            (false, 0) => tracing::Level::WARN,
+        }
+    }
+}
+
 /// An error and its causes, `outer: inner: …`, each said once: libraries that put their source
 /// into their own message as well as returning it as the source would otherwise repeat it.
 pub fn error_chain(e: &anyhow::Error) -> String {
@@ -778,7 +799,10 @@ pub fn error_chain(e: &anyhow::Error) -> String {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let telemetry = telemetry::init(TelemetryConfig::from_env(cli.log_format.into()))?;
+    let telemetry = telemetry::init(TelemetryConfig {
+        default_log_level: cli.log_level(),
+        ..TelemetryConfig::from_env(cli.log_format.into())
+    })?;
     // reqwest is built without a default TLS crypto provider; install ring once, up front.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let result = match cli.command {
@@ -789,7 +813,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot connect to the database {}", url.redacted()))?;
             store.migrate().await.context("migrations failed")?;
-            eprintln!("migrations applied to {}", url.redacted());
+            println!("migrations applied to {}", url.redacted());
             Ok(())
         }
         Command::Sandbox(SandboxCommand::Serve(args)) => sandbox_serve(args).await,

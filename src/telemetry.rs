@@ -1,4 +1,5 @@
-//! Logging and tracing set-up. Filter with `RUST_LOG` (default `info`).
+//! Logging and tracing set-up. Filter with `RUST_LOG` (default: the command's own level, `info`
+//! for servers, `warn` for one-shot commands).
 //!
 //! Spans are exported over OTLP when an endpoint is configured (`OTEL_EXPORTER_OTLP_ENDPOINT`);
 //! the SDK itself reads `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` and
@@ -49,6 +50,8 @@ pub struct TelemetryConfig {
     pub max_queue_size: usize,
     /// Logs through the test harness's capture instead of straight to stderr.
     pub test_writer: bool,
+    /// The log filter when `RUST_LOG` is not set, e.g. `info` or `warn`.
+    pub default_log_level: Level,
 }
 
 impl TelemetryConfig {
@@ -61,6 +64,7 @@ impl TelemetryConfig {
             service_name: None,
             max_queue_size: 2048,
             test_writer: false,
+            default_log_level: Level::INFO,
         }
     }
 
@@ -145,7 +149,7 @@ type Slot = Arc<RwLock<Option<Arc<dyn SpanProcessor>>>>;
 /// Installs the global subscriber (writing logs to stderr) the first time; later calls keep it
 /// and only swap the span exporter, so tests can call it freely with their own configuration.
 pub fn init(config: TelemetryConfig) -> anyhow::Result<Telemetry> {
-    let state = STATE.get_or_init(|| install_subscriber(config.log_format, config.test_writer));
+    let state = STATE.get_or_init(|| install_subscriber(&config));
     set_propagator();
     let Some(endpoint) = config.otlp_endpoint.as_deref() else {
         return Ok(Telemetry::default());
@@ -183,7 +187,7 @@ pub fn init_with_exporter(
     config: TelemetryConfig,
     exporter: impl opentelemetry_sdk::trace::SpanExporter + 'static,
 ) -> Telemetry {
-    let state = STATE.get_or_init(|| install_subscriber(config.log_format, config.test_writer));
+    let state = STATE.get_or_init(|| install_subscriber(&config));
     set_propagator();
     install(
         state,
@@ -240,7 +244,8 @@ fn install(
     }
 }
 
-fn install_subscriber(format: LogFormat, test_writer: bool) -> State {
+fn install_subscriber(config: &TelemetryConfig) -> State {
+    let (format, test_writer) = (config.log_format, config.test_writer);
     let slot = Arc::new(RwLock::new(None));
     let exporting = Arc::new(AtomicBool::new(false));
     // The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (SDK default:
@@ -264,7 +269,8 @@ fn install_subscriber(format: LogFormat, test_writer: bool) -> State {
         .with_filter(
             dynamic_filter_fn(move |_, _| enabled.load(Ordering::Relaxed)).and(trace_events),
         );
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(config.default_log_level.as_str()));
     let writer = if test_writer {
         BoxMakeWriter::new(tracing_subscriber::fmt::TestWriter::new())
     } else {

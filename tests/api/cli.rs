@@ -10,6 +10,7 @@ fn run(args: &[&str]) -> (bool, String, String) {
         .args(args)
         .env_remove("DATABASE_URL")
         .env_remove("REFUND_SANDBOX_URL")
+        .env_remove("RUST_LOG")
         .output()
         .expect("run binary");
     (
@@ -226,4 +227,32 @@ fn a_port_in_use_is_named_with_its_flag_before_the_database_is_touched() {
             "the database was made before the bind failed"
         );
     }
+}
+
+#[test]
+fn one_shot_commands_print_what_was_asked_and_log_only_with_v() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("refund.db").display());
+    let (ok, stdout, stderr) = run(&[
+        "keys",
+        "create",
+        "--database-url",
+        &url,
+        "--account",
+        "acct_quiet",
+        "--scopes",
+        "refunds:read",
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stderr, "", "a fresh database's migrations are not news");
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+
+    let url = format!("sqlite://{}", dir.path().join("other.db").display());
+    let (ok, stdout, stderr) = run(&["migrate", "--database-url", &url, "-v"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with("migrations applied to sqlite://"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("Applying migration"), "{stderr}");
 }
