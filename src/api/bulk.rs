@@ -7,7 +7,7 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::convert::{new_refund, refund_to_pb, timestamp_to_pb};
+use super::convert::{new_refund, new_refund_to_pb, refund_to_pb, timestamp_to_pb};
 use super::pb;
 use super::refunds::{IDEMPOTENCY_KEY_HEADER, header};
 use super::status::to_status;
@@ -221,6 +221,7 @@ fn item_to_pb(i: ItemResult) -> pb::BulkJobResult {
         refund,
         error,
         attempts,
+        job,
     } = i;
     pb::BulkJobResult {
         index: i32::try_from(index).unwrap_or(i32::MAX),
@@ -235,6 +236,7 @@ fn item_to_pb(i: ItemResult) -> pb::BulkJobResult {
         provider,
         attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
         status: item_status_to_pb(status).into(),
+        job: job.map(new_refund_to_pb),
     }
 }
 

@@ -5,8 +5,8 @@ use prost_types::Timestamp as PbTimestamp;
 
 use super::pb;
 use crate::domain::{
-    AuditEvent, FieldViolation, NewRefund, ProviderName, RawRefundRequest, Refund, RefundReason,
-    RefundStatus, Timestamp,
+    Amount, AuditEvent, FieldViolation, NewRefund, ProviderName, RawRefundRequest, Refund,
+    RefundReason, RefundStatus, Timestamp,
 };
 use crate::providers::ProviderSummary;
 use crate::providers::traffic::CircuitState;
@@ -155,6 +155,32 @@ pub fn list_query(msg: pb::ListRefundsRequest) -> Result<ListQuery, Vec<FieldVio
         page_size,
         page_token,
     })
+}
+
+/// A request as the service accepted it, in the API's terms.
+pub fn new_refund_to_pb(r: NewRefund) -> pb::CreateRefundRequest {
+    let NewRefund {
+        payment,
+        provider,
+        amount,
+        currency,
+        reason,
+        reason_detail,
+        metadata,
+        idempotency_key,
+    } = r;
+    pb::CreateRefundRequest {
+        payment_id: payment.as_str().to_owned(),
+        provider: provider.as_str().to_owned(),
+        amount: amount.map(Amount::minor_units),
+        currency: currency.code().to_owned(),
+        reason: reason_to_pb(reason).into(),
+        reason_detail,
+        metadata: metadata.into_iter().collect(),
+        idempotency_key: idempotency_key
+            .map(|k| k.as_str().to_owned())
+            .unwrap_or_default(),
+    }
 }
 
 pub fn refund_to_pb(r: Refund) -> pb::Refund {

@@ -81,37 +81,55 @@ fn write_rows(
             }
         }
         Source::Results => {
+            // The jobs as the server accepted them; a job refused by validation has only what
+            // its result tells.
+            let metadata_keys: std::collections::BTreeSet<&str> = failures
+                .values()
+                .filter_map(|r| r.job.as_ref())
+                .flat_map(|j| j.metadata.keys().map(String::as_str))
+                .collect();
             out.write_record(
                 [
                     "payment_id",
                     "provider",
                     "currency",
                     "amount",
+                    "reason",
+                    "reason_detail",
                     "idempotency_key",
                 ]
                 .into_iter()
-                .chain(DEAD_LETTER_COLUMNS),
+                .map(str::to_owned)
+                .chain(metadata_keys.iter().map(|k| format!("metadata.{k}")))
+                .chain(DEAD_LETTER_COLUMNS.map(str::to_owned)),
             )?;
             for result in failures.values() {
-                // Only a refund tells the amount and currency; the request's are not in the
-                // results.
-                let (currency, amount) = result
-                    .refund
-                    .as_ref()
-                    .map(|r| (r.currency.clone(), r.amount.to_string()))
-                    .unwrap_or_default();
-                let sent_with = result
-                    .refund
-                    .as_ref()
-                    .map_or("", |r| r.idempotency_key.as_str());
+                let job = result
+                    .job
+                    .clone()
+                    .unwrap_or_else(|| pb::CreateRefundRequest {
+                        payment_id: result.payment_id.clone(),
+                        provider: result.provider.clone(),
+                        ..Default::default()
+                    });
                 let fields = [
-                    result.payment_id.clone(),
-                    result.provider.clone(),
-                    currency,
-                    amount,
-                    resend_key(sent_with, result),
+                    job.payment_id,
+                    job.provider,
+                    job.currency,
+                    job.amount.map(|a| a.to_string()).unwrap_or_default(),
+                    reason_name(job.reason),
+                    job.reason_detail,
+                    resend_key(&job.idempotency_key, result),
                 ];
-                out.write_record(fields.into_iter().chain(error_columns(result)))?;
+                let metadata = metadata_keys
+                    .iter()
+                    .map(|k| job.metadata.get(*k).cloned().unwrap_or_default());
+                out.write_record(
+                    fields
+                        .into_iter()
+                        .chain(metadata)
+                        .chain(error_columns(result)),
+                )?;
             }
         }
     }
@@ -158,6 +176,17 @@ fn error_columns(result: &pb::BulkJobResult) -> [String; 4] {
         retryable.to_string(),
         status_name(result.status),
     ]
+}
+
+/// A reason as the input file spells it (`requested_by_customer`); empty for none.
+fn reason_name(reason: i32) -> String {
+    match pb::RefundReason::try_from(reason) {
+        Ok(pb::RefundReason::Unspecified) | Err(_) => String::new(),
+        Ok(r) => r
+            .as_str_name()
+            .trim_start_matches("REFUND_REASON_")
+            .to_ascii_lowercase(),
+    }
 }
 
 /// `failed`, `skipped`, `canceled`, …: the proto name without its prefix, in lower case.

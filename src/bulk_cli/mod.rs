@@ -308,7 +308,9 @@ async fn resume(
         None => None,
     };
 
-    let mut progress = Progress::new(total as u64);
+    // The stream replays the results of jobs that finished before it attached, then follows.
+    let finished = u64::try_from(batch.total.saturating_sub(batch.pending)).unwrap_or(0);
+    let mut progress = Progress::resumed(total as u64, finished);
     progress.note(&format!(
         "{bulk_id}: re-attached ({} jobs, {} still to run)",
         batch.total, batch.pending

@@ -387,6 +387,9 @@ pub struct ItemResult {
     pub refund: Option<Refund>,
     pub error: Option<JobError>,
     pub attempts: u32,
+    /// The job as accepted, with the key it is sent with; `None` for a job refused by
+    /// validation.
+    pub job: Option<NewRefund>,
 }
 
 /// One event of a batch's stream.

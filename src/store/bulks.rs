@@ -1127,6 +1127,15 @@ fn item_to_domain(
         refund: r.refund_id.and_then(|id| refunds.get(&id).cloned()),
         error,
         attempts: u32::try_from(r.attempts).unwrap_or(0),
+        job: r
+            .job
+            .map(|json| {
+                serde_json::from_str::<StoredJob>(&json)
+                    .map_err(|e| corrupt("bulk_items", e))?
+                    .into_request()
+                    .map_err(|e| corrupt("bulk_items", e))
+            })
+            .transpose()?,
     })
 }
 

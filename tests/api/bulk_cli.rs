@@ -438,7 +438,8 @@ async fn resume_of_a_finished_batch_prints_the_same_summary() {
         first_dead_letter
     );
 
-    // Without it: the same counts, and a dead-letter file made of what the results tell.
+    // Without it: the same counts, and a dead-letter file made from the server's record of
+    // each job: what was sent, and the key it was sent with.
     let resumed = bulk(dir.path(), &["--resume", &bulk_id, "--server", &server]).await;
     assert_eq!(resumed.code, Some(1), "{}", resumed.stderr);
     assert_eq!(resumed.counts(), run.counts());
@@ -451,20 +452,63 @@ async fn resume_of_a_finished_batch_prints_the_same_summary() {
             "provider",
             "currency",
             "amount",
+            "reason",
+            "reason_detail",
             "idempotency_key",
+            "metadata.order",
             "error_code",
             "error_message",
             "retryable",
             "status"
         ]
     );
-    let failed: Vec<(&str, &str)> = rows
+    let failed: Vec<Vec<&str>> = rows
         .iter()
-        .map(|r| (r[0].as_str(), r[5].as_str()))
+        .map(|r| {
+            vec![
+                r[0].as_str(),
+                r[1].as_str(),
+                r[2].as_str(),
+                r[3].as_str(),
+                r[4].as_str(),
+                r[7].as_str(),
+                r[8].as_str(),
+            ]
+        })
         .collect();
     assert_eq!(
         failed,
-        [("ch_missing_1", "NOT_FOUND"), ("ch_missing_2", "NOT_FOUND")]
+        [
+            vec![
+                "ch_missing_1",
+                "sandbox",
+                "USD",
+                "100",
+                "",
+                "o-x",
+                "NOT_FOUND"
+            ],
+            vec![
+                "ch_missing_2",
+                "sandbox",
+                "USD",
+                "5",
+                "other",
+                "o-y",
+                "NOT_FOUND"
+            ]
+        ]
+    );
+    // The keys the rows were sent with, so that sending the file again replays, never repeats.
+    let first_keys: Vec<String> = read_csv(&dead_letter)
+        .1
+        .iter()
+        .map(|r| r[r.len() - 5].clone())
+        .collect();
+    assert!(rows[0][6].ends_with(":line-3"), "{:?}", rows[0]);
+    assert_eq!(
+        rows.iter().map(|r| r[6].clone()).collect::<Vec<_>>(),
+        first_keys
     );
 
     // An id the server does not know.
