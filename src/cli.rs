@@ -780,6 +780,31 @@ impl Cli {
     }
 }
 
+/// How to run this program again, for hints the user pastes: `cargo run -q --` when it runs
+/// from a checkout through cargo (as README's commands do), else the program as it was invoked
+/// (a path, or `refund-service` on PATH).
+pub fn invocation() -> String {
+    invocation_from(
+        std::env::var("CARGO_PKG_NAME").ok().as_deref(),
+        std::env::var_os("CARGO").is_some(),
+        std::env::args().next().as_deref(),
+    )
+}
+
+fn invocation_from(cargo_package: Option<&str>, cargo: bool, argv0: Option<&str>) -> String {
+    if cargo && cargo_package == Some(env!("CARGO_PKG_NAME")) {
+        return if cfg!(debug_assertions) {
+            "cargo run -q --".to_owned()
+        } else {
+            "cargo run --release -q --".to_owned()
+        };
+    }
+    match argv0 {
+        Some(path) if path.contains('/') => crate::bulk_cli::shell_quote(path),
+        _ => env!("CARGO_PKG_NAME").to_owned(),
+    }
+}
+
 /// An error and its causes, `outer: inner: …`, each said once: libraries that put their source
 /// into their own message as well as returning it as the source would otherwise repeat it.
 pub fn error_chain(e: &anyhow::Error) -> String {
@@ -1112,6 +1137,36 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("Connection Error: {0}")]
     struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn hints_name_the_program_as_it_was_run() {
+        let cargo = if cfg!(debug_assertions) {
+            "cargo run -q --"
+        } else {
+            "cargo run --release -q --"
+        };
+        assert_eq!(
+            invocation_from(
+                Some("refund-service"),
+                true,
+                Some("target/debug/refund-service")
+            ),
+            cargo
+        );
+        // Another crate's cargo run (e.g. a test harness of another project) is not ours.
+        assert_eq!(
+            invocation_from(Some("other"), true, Some("/opt/bin/refund-service")),
+            "/opt/bin/refund-service"
+        );
+        assert_eq!(
+            invocation_from(None, false, Some("refund-service")),
+            "refund-service"
+        );
+        assert_eq!(
+            invocation_from(None, false, Some("./my dir/refund-service")),
+            "'./my dir/refund-service'"
+        );
+    }
 
     #[test]
     fn an_error_chain_says_each_cause_once() {

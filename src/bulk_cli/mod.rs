@@ -533,7 +533,11 @@ fn halted(halt: Halt, progress: &Progress, args: &BulkArgs, next_part: Option<us
 }
 
 fn resume_command(args: &BulkArgs, bulk_id: &str) -> String {
-    let mut command = format!("refund-service bulk --resume {}", shell_quote(bulk_id));
+    let mut command = format!(
+        "{} bulk --resume {}",
+        crate::cli::invocation(),
+        shell_quote(bulk_id)
+    );
     if let Some(file) = &args.file {
         command.push_str(&format!(" --file {}", shell_quote(&file.to_string_lossy())));
     }
@@ -550,7 +554,7 @@ fn resume_command(args: &BulkArgs, bulk_id: &str) -> String {
 }
 
 /// Quotes a word for a POSIX shell when it needs it, so the printed command can be pasted.
-fn shell_quote(word: &str) -> String {
+pub(crate) fn shell_quote(word: &str) -> String {
     let plain = !word.is_empty()
         && word
             .bytes()

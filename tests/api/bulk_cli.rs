@@ -552,6 +552,9 @@ async fn ctrl_c_stops_watching_and_the_batch_can_be_resumed() {
                 .arg(&file)
                 .current_dir(&dir)
                 .env("REFUND_API_KEY", crate::helpers::ADMIN_KEY)
+                // Run as an installed binary is, not through cargo: the hint names the path.
+                .env_remove("CARGO")
+                .env_remove("CARGO_PKG_NAME")
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -579,7 +582,7 @@ async fn ctrl_c_stops_watching_and_the_batch_can_be_resumed() {
         .map(|w| w.trim_end_matches(':').to_owned())
         .expect("bulk id");
     let resume = format!(
-        "refund-service bulk --resume {bulk_id} --file {} --server {server}",
+        "{BIN} bulk --resume {bulk_id} --file {} --server {server}",
         file.display()
     );
     assert!(stderr.contains(&resume), "{stderr}");

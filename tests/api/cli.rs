@@ -256,3 +256,48 @@ fn one_shot_commands_print_what_was_asked_and_log_only_with_v() {
     );
     assert!(stderr.contains("Applying migration"), "{stderr}");
 }
+
+/// README's configuration table lists every setting of `serve --help`, each with its flag and
+/// environment variable in one row, and no setting that does not exist.
+#[test]
+fn the_readme_configuration_table_matches_serve_flags() {
+    use clap::CommandFactory as _;
+
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split("\n## Configuration\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("README has a Configuration section");
+    // (flag, environment variable) per table row.
+    let mut rows = Vec::new();
+    for line in section.lines().filter(|l| l.starts_with("| `--")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let ticked = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect()
+        };
+        let (flags, envs) = (ticked(cells[1]), ticked(cells[2]));
+        assert_eq!(flags.len(), envs.len(), "one variable per flag: {line}");
+        rows.extend(flags.into_iter().zip(envs));
+    }
+    let cli = refund_service::cli::Cli::command();
+    let serve = cli.find_subcommand("serve").expect("serve");
+    let mut expected: Vec<(String, String)> = serve
+        .get_arguments()
+        .chain(cli.get_arguments())
+        .filter(|a| !a.is_hide_set())
+        .filter_map(|a| {
+            let flag = format!("--{}", a.get_long()?);
+            let env = a.get_env()?.to_string_lossy().into_owned();
+            Some((flag, env))
+        })
+        .collect();
+    expected.sort();
+    expected.dedup();
+    rows.sort();
+    assert_eq!(rows, expected);
+}
