@@ -1,16 +1,78 @@
-//! Authentication and authorization of gRPC calls: `authorization: Bearer <API key>` metadata,
-//! the key's scopes, and a request rate limit per key.
+//! Authentication and authorization of gRPC calls, in one tower layer: `authorization: Bearer
+//! <API key>` metadata, a request rate limit per key, and the scope each method needs, from one
+//! table checked against the service descriptor. Handlers find the caller's [`Principal`] in
+//! the request's extensions; none of them checks a key or a scope itself.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tonic::codegen::http::{HeaderMap, Request as HttpRequest, Response as HttpResponse};
+use tonic::server::NamedService;
 use tonic::{Code, Request, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
+use super::pb;
 use super::status::{ERROR_DOMAIN, to_status};
 use crate::domain::{Principal, Scope};
 use crate::service::RefundService;
+
+/// The scope each `refunds.v1.RefundService` method needs. Every method of the service's
+/// descriptor must be here, or the server does not start; a call to a path that is not here
+/// never reaches a handler.
+const METHOD_SCOPES: &[(&str, Scope)] = &[
+    ("CreateRefund", Scope::RefundsWrite),
+    ("GetRefund", Scope::RefundsRead),
+    ("ApproveRefund", Scope::RefundsApprove),
+    ("RejectRefund", Scope::RefundsApprove),
+    ("ListRefunds", Scope::RefundsRead),
+    ("WatchRefund", Scope::RefundsRead),
+    ("ListProviders", Scope::RefundsRead),
+    ("BulkRefund", Scope::BulkWrite),
+    ("WatchBulkRefund", Scope::RefundsRead),
+    ("GetBulkRefund", Scope::RefundsRead),
+    ("CancelBulkRefund", Scope::BulkWrite),
+    ("ListBulkRefundItems", Scope::RefundsRead),
+    ("ListAuditEvents", Scope::RefundsRead),
+];
+
+/// `/refunds.v1.RefundService/Method` → scope, for every method of the descriptor. Fails when a
+/// method has no scope in [`METHOD_SCOPES`], or the table names a method that does not exist.
+fn method_scopes() -> anyhow::Result<HashMap<String, Scope>> {
+    use prost::Message as _;
+    let set = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET)?;
+    let service = set
+        .file
+        .iter()
+        .filter(|f| f.package() == "refunds.v1")
+        .flat_map(|f| &f.service)
+        .find(|s| s.name() == "RefundService")
+        .ok_or_else(|| anyhow::anyhow!("the descriptor has no refunds.v1.RefundService"))?;
+    let mut table = HashMap::new();
+    let mut unscoped = Vec::new();
+    for method in &service.method {
+        match METHOD_SCOPES.iter().find(|(m, _)| *m == method.name()) {
+            Some((name, scope)) => {
+                table.insert(format!("/refunds.v1.RefundService/{name}"), *scope);
+            }
+            None => unscoped.push(method.name().to_owned()),
+        }
+    }
+    anyhow::ensure!(
+        unscoped.is_empty(),
+        "RefundService methods without a scope in api::auth::METHOD_SCOPES: {}",
+        unscoped.join(", ")
+    );
+    anyhow::ensure!(
+        table.len() == METHOD_SCOPES.len(),
+        "api::auth::METHOD_SCOPES names a method that RefundService does not have"
+    );
+    Ok(table)
+}
 
 /// Checks each call's API key. Cheap to clone.
 #[derive(Clone)]
@@ -30,8 +92,8 @@ impl Auth {
     }
 
     /// The caller, if its key is valid, not revoked, within its rate limit, and holds `scope`.
-    pub async fn check<T>(&self, request: &Request<T>, scope: Scope) -> Result<Principal, Status> {
-        let token = bearer_token(request)?;
+    async fn check(&self, headers: &HeaderMap, scope: Scope) -> Result<Principal, Status> {
+        let token = bearer_token(headers)?;
         let principal = self
             .service
             .authenticate(token)
@@ -74,9 +136,100 @@ impl Auth {
     }
 }
 
+/// Wraps the RefundService server: a call reaches it only with a key that holds its method's
+/// scope, and carries the [`Principal`] in its extensions.
+#[derive(Clone)]
+pub struct AuthLayer {
+    auth: Auth,
+    scopes: Arc<HashMap<String, Scope>>,
+}
+
+impl AuthLayer {
+    pub fn new(auth: Auth) -> anyhow::Result<Self> {
+        Ok(Self {
+            auth,
+            scopes: Arc::new(method_scopes()?),
+        })
+    }
+}
+
+impl<S> tower_layer::Layer<S> for AuthLayer {
+    type Service = Authorized<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authorized {
+            inner,
+            auth: self.auth.clone(),
+            scopes: self.scopes.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Authorized<S> {
+    inner: S,
+    auth: Auth,
+    scopes: Arc<HashMap<String, Scope>>,
+}
+
+impl<S: NamedService> NamedService for Authorized<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower_service::Service<HttpRequest<B>> for Authorized<S>
+where
+    S: tower_service::Service<HttpRequest<B>, Response = HttpResponse<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = HttpResponse<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: HttpRequest<B>) -> Self::Future {
+        // The service that was polled ready serves this call; a clone waits for the next one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let auth = self.auth.clone();
+        let scope = self.scopes.get(request.uri().path()).copied();
+        Box::pin(async move {
+            let Some(scope) = scope else {
+                return Ok(Status::unimplemented(format!(
+                    "unknown method {}",
+                    request.uri().path()
+                ))
+                .into_http());
+            };
+            match auth.check(request.headers(), scope).await {
+                Ok(principal) => {
+                    request.extensions_mut().insert(principal);
+                    inner.call(request).await
+                }
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+/// The caller of a call that passed [`AuthLayer`].
+pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::internal("the call reached its handler without authorization"))
+}
+
 /// The token of `authorization: Bearer <token>`.
-fn bearer_token<T>(request: &Request<T>) -> Result<&str, Status> {
-    let value = request.metadata().get("authorization").ok_or_else(|| {
+fn bearer_token(headers: &HeaderMap) -> Result<&str, Status> {
+    let value = headers.get("authorization").ok_or_else(|| {
         Status::unauthenticated("missing API key: send the metadata `authorization: Bearer <key>`")
     })?;
     let value = value
@@ -97,14 +250,21 @@ fn bearer_token<T>(request: &Request<T>) -> Result<&str, Status> {
 mod tests {
     use super::*;
 
-    fn with_auth(value: Option<&str>) -> Request<()> {
-        let mut request = Request::new(());
+    fn with_auth(value: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
         if let Some(v) = value {
-            request
-                .metadata_mut()
-                .insert("authorization", v.parse().expect("ascii"));
+            headers.insert("authorization", v.parse().expect("ascii"));
         }
-        request
+        headers
+    }
+
+    #[test]
+    fn every_method_has_a_scope() {
+        let table = method_scopes().expect("table");
+        assert_eq!(
+            table.get("/refunds.v1.RefundService/CreateRefund"),
+            Some(&Scope::RefundsWrite)
+        );
     }
 
     #[test]

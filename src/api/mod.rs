@@ -10,7 +10,7 @@ mod refunds;
 mod rpc_trace;
 mod status;
 
-pub use auth::Auth;
+pub use auth::{Auth, AuthLayer};
 pub use refunds::RefundsApi;
 pub use rpc_trace::RpcTraceLayer;
 pub use status::{ERROR_DOMAIN, to_status};
@@ -75,12 +75,15 @@ pub async fn router(
         .build_v1alpha()?;
 
     let max_message = max_message_bytes(service.config().bulk.max_jobs);
-    let refunds = pb::refund_service_server::RefundServiceServer::new(RefundsApi::new(
-        service.clone(),
-        Auth::new(service.clone(), per_key_rate),
-    ))
-    .max_decoding_message_size(max_message)
-    .max_encoding_message_size(max_message);
+    let refunds =
+        pb::refund_service_server::RefundServiceServer::new(RefundsApi::new(service.clone()))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
+    // Health and reflection answer without a key; every RefundService call is authorized here.
+    let refunds = tower_layer::Layer::layer(
+        &AuthLayer::new(Auth::new(service.clone(), per_key_rate))?,
+        refunds,
+    );
 
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {

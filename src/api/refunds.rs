@@ -6,7 +6,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
-use super::auth::Auth;
+use super::auth::principal;
 use super::bulk;
 use super::convert;
 use super::pb;
@@ -19,20 +19,22 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
 pub type RefundStream = Pin<Box<dyn Stream<Item = Result<pb::Refund, Status>> + Send>>;
 
+/// The handlers. Every call reaches them through [`super::auth::AuthLayer`], which has checked
+/// the caller's key and the method's scope and put the [`crate::domain::Principal`] in the
+/// request's extensions.
 pub struct RefundsApi {
     service: RefundService,
-    auth: Auth,
 }
 
 impl RefundsApi {
-    pub fn new(service: RefundService, auth: Auth) -> Self {
-        Self { service, auth }
+    pub fn new(service: RefundService) -> Self {
+        Self { service }
     }
+}
 
-    /// The account the caller acts for, once its key checked out for `scope`.
-    async fn account<T>(&self, request: &Request<T>, scope: Scope) -> Result<AccountId, Status> {
-        Ok(self.auth.check(request, scope).await?.account)
-    }
+/// The account the caller acts for.
+fn account<T>(request: &Request<T>) -> Result<AccountId, Status> {
+    Ok(principal(request)?.account)
 }
 
 pub(super) fn header(request: &Request<impl Sized>, name: &str) -> Option<String> {
@@ -49,7 +51,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         &self,
         request: Request<pb::CreateRefundRequest>,
     ) -> Result<Response<pb::Refund>, Status> {
-        let principal = self.auth.check(&request, Scope::RefundsWrite).await?;
+        let principal = principal(&request)?;
         let header_key = header(&request, IDEMPOTENCY_KEY_HEADER);
         let new = convert::new_refund(
             request.into_inner(),
@@ -70,7 +72,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         &self,
         request: Request<pb::GetRefundRequest>,
     ) -> Result<Response<pb::Refund>, Status> {
-        let account = self.account(&request, Scope::RefundsRead).await?;
+        let account = account(&request)?;
         let pb::GetRefundRequest { id } = request.into_inner();
         let refund = self
             .service
@@ -84,7 +86,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         &self,
         request: Request<pb::ListRefundsRequest>,
     ) -> Result<Response<pb::ListRefundsResponse>, Status> {
-        let account = self.account(&request, Scope::RefundsRead).await?;
+        let account = account(&request)?;
         let query = convert::list_query(request.into_inner())
             .map_err(|v| to_status(RefundError::InvalidArgument(v)))?;
         let page = self
@@ -106,7 +108,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         &self,
         request: Request<pb::ApproveRefundRequest>,
     ) -> Result<Response<pb::Refund>, Status> {
-        let principal = self.auth.check(&request, Scope::RefundsApprove).await?;
+        let principal = principal(&request)?;
         let pb::ApproveRefundRequest { id } = request.into_inner();
         let refund = self
             .service
@@ -120,7 +122,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         &self,
         request: Request<pb::RejectRefundRequest>,
     ) -> Result<Response<pb::Refund>, Status> {
-        let principal = self.auth.check(&request, Scope::RefundsApprove).await?;
+        let principal = principal(&request)?;
         let pb::RejectRefundRequest { id } = request.into_inner();
         let refund = self
             .service
@@ -134,7 +136,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         &self,
         request: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
-        let principal = self.auth.check(&request, Scope::RefundsRead).await?;
+        let principal = principal(&request)?;
         let pb::ListAuditEventsRequest {
             account_id,
             resource_id,
@@ -179,7 +181,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         &self,
         request: Request<pb::WatchRefundRequest>,
     ) -> Result<Response<Self::WatchRefundStream>, Status> {
-        let account = self.account(&request, Scope::RefundsRead).await?;
+        let account = account(&request)?;
         let pb::WatchRefundRequest { id } = request.into_inner();
         let changes = self
             .service
@@ -195,7 +197,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         &self,
         request: Request<pb::ListProvidersRequest>,
     ) -> Result<Response<pb::ListProvidersResponse>, Status> {
-        self.account(&request, Scope::RefundsRead).await?;
+        account(&request)?;
         let providers = self
             .service
             .providers()
@@ -213,7 +215,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         request: Request<pb::BulkRefundRequest>,
     ) -> Result<Response<Self::BulkRefundStream>, Status> {
         {
-            let principal = self.auth.check(&request, Scope::BulkWrite).await?;
+            let principal = principal(&request)?;
             bulk::bulk_refund(&self.service, principal, request).await
         }
     }
@@ -225,7 +227,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         request: Request<pb::WatchBulkRefundRequest>,
     ) -> Result<Response<Self::WatchBulkRefundStream>, Status> {
         {
-            let account = self.account(&request, Scope::RefundsRead).await?;
+            let account = account(&request)?;
             bulk::watch_bulk_refund(&self.service, account, request).await
         }
     }
@@ -235,7 +237,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         request: Request<pb::GetBulkRefundRequest>,
     ) -> Result<Response<pb::BulkRefundBatch>, Status> {
         {
-            let account = self.account(&request, Scope::RefundsRead).await?;
+            let account = account(&request)?;
             bulk::get_bulk_refund(&self.service, account, request).await
         }
     }
@@ -245,7 +247,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         request: Request<pb::CancelBulkRefundRequest>,
     ) -> Result<Response<pb::BulkRefundBatch>, Status> {
         {
-            let principal = self.auth.check(&request, Scope::BulkWrite).await?;
+            let principal = principal(&request)?;
             bulk::cancel_bulk_refund(&self.service, principal, request).await
         }
     }
@@ -255,7 +257,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         request: Request<pb::ListBulkRefundItemsRequest>,
     ) -> Result<Response<pb::ListBulkRefundItemsResponse>, Status> {
         {
-            let account = self.account(&request, Scope::RefundsRead).await?;
+            let account = account(&request)?;
             bulk::list_bulk_refund_items(&self.service, account, request).await
         }
     }

@@ -338,3 +338,131 @@ async fn a_fresh_installation_on_loopback_gets_one_admin_key_shown_once() {
     let second = build([127, 0, 0, 1]).await.expect("build");
     assert!(second.bootstrap_key().is_none(), "only once");
 }
+
+/// The scope each `refunds.v1.RefundService` method needs: the contract's, written down once
+/// more here so that the server's table is checked against it, not against itself.
+const EXPECTED_SCOPES: &[(&str, &str)] = &[
+    ("CreateRefund", "refunds:write"),
+    ("GetRefund", "refunds:read"),
+    ("ApproveRefund", "refunds:approve"),
+    ("RejectRefund", "refunds:approve"),
+    ("ListRefunds", "refunds:read"),
+    ("WatchRefund", "refunds:read"),
+    ("ListProviders", "refunds:read"),
+    ("BulkRefund", "bulk:write"),
+    ("WatchBulkRefund", "refunds:read"),
+    ("GetBulkRefund", "refunds:read"),
+    ("CancelBulkRefund", "bulk:write"),
+    ("ListBulkRefundItems", "refunds:read"),
+    ("ListAuditEvents", "refunds:read"),
+];
+
+/// Every method of every service in the API's descriptor, as `/package.Service/Method`.
+fn descriptor_methods() -> Vec<(String, String)> {
+    use prost::Message as _;
+    let set = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET).expect("descriptor");
+    let mut methods = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                methods.push((
+                    format!("{}.{}", file.package(), service.name()),
+                    method.name().to_owned(),
+                ));
+            }
+        }
+    }
+    methods
+}
+
+/// Calls `path` with an empty message (every field at its default) and `key`, and returns the
+/// status the call ended with. Server-streaming methods refuse before their first message, so a
+/// unary call sees their refusal too.
+async fn call_raw(app: &TestApp, path: &str, key: Option<&str>) -> tonic::Status {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let mut request = tonic::Request::new(());
+    if let Some(key) = key {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {key}").parse().expect("ascii"),
+        );
+    }
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    match grpc
+        .unary(request, path.parse().expect("path"), codec)
+        .await
+    {
+        Ok(_) => tonic::Status::ok(""),
+        Err(status) => status,
+    }
+}
+
+/// Defect guarded: authorization was a call each handler had to remember. Every RPC in the
+/// descriptor refuses a call without a key, and a key lacking its scope; an RPC added without a
+/// scope fails here.
+#[tokio::test]
+async fn every_rpc_refuses_a_missing_key_and_a_key_without_its_scope() {
+    let (app, _db) = spawn_app().await;
+    let mut methods = descriptor_methods();
+    methods.sort();
+    let mut listed: Vec<&str> = EXPECTED_SCOPES.iter().map(|(m, _)| *m).collect();
+    listed.sort_unstable();
+    let described: Vec<&str> = methods
+        .iter()
+        .filter(|(service, _)| service == "refunds.v1.RefundService")
+        .map(|(_, m)| m.as_str())
+        .collect();
+    assert_eq!(
+        described, listed,
+        "every RefundService method has a scope here"
+    );
+    assert_eq!(
+        methods.len(),
+        described.len(),
+        "a service other than RefundService was added to the API: give it a test like this one"
+    );
+
+    let all_but = |scope: &str| {
+        Scope::ALL
+            .into_iter()
+            .filter(|s| *s != Scope::Admin && s.as_str() != scope)
+            .map(Scope::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    for (method, scope) in EXPECTED_SCOPES {
+        let path = format!("/refunds.v1.RefundService/{method}");
+        let status = call_raw(&app, &path, None).await;
+        assert_eq!(status.code(), Code::Unauthenticated, "{method}: {status:?}");
+
+        let status = call_raw(&app, &path, Some("rsk_not_a_key")).await;
+        assert_eq!(status.code(), Code::Unauthenticated, "{method}: {status:?}");
+
+        let others = key(&app, AccountId::DEFAULT, &all_but(scope)).await;
+        let status = call_raw(&app, &path, Some(&others)).await;
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{method}: {status:?}"
+        );
+        assert_eq!(missing_scope(&status).as_deref(), Some(*scope), "{method}");
+
+        // With the scope, the call gets past authorization (the empty message may then be
+        // refused as an invalid argument, or be answered).
+        let allowed = key(&app, AccountId::DEFAULT, scope).await;
+        let status = call_raw(&app, &path, Some(&allowed)).await;
+        assert!(
+            !matches!(
+                status.code(),
+                Code::Unauthenticated | Code::PermissionDenied
+            ),
+            "{method}: {status:?}"
+        );
+    }
+}
