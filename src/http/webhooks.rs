@@ -11,20 +11,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::json;
 
 use crate::domain::ProviderName;
-use crate::providers::signature::{self, SignatureError};
-use crate::providers::{EventSubject, WebhookEvent, mercadopago, stripe};
+use crate::providers::{Provider as _, WebhookDelivery, WebhookEvent, WebhookRejection};
 use crate::service::RefundService;
 
-/// The header carrying the sandbox's signature (same scheme as Stripe's).
-pub const SANDBOX_SIGNATURE_HEADER: &str = "sandbox-signature";
-pub const STRIPE_SIGNATURE_HEADER: &str = "stripe-signature";
 /// Largest webhook body accepted.
 pub const MAX_WEBHOOK_BYTES: usize = 256 * 1024;
 
@@ -34,104 +30,60 @@ struct WebhookState {
     tolerance: Duration,
 }
 
-/// The webhook routes, to be nested under `/webhooks`.
+/// The webhook route, to be nested under `/webhooks`: `/{provider}` for every configured
+/// provider, each verified and read by its own adapter.
 pub fn router(service: RefundService, tolerance: Duration) -> Router {
     Router::new()
-        .route("/stripe", post(stripe_webhook))
-        .route("/sandbox", post(sandbox_webhook))
-        .route("/mercadopago", post(mercadopago_webhook))
+        .route("/{provider}", post(webhook))
         // Provider events are a few kilobytes; anything near this is not one.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_WEBHOOK_BYTES))
         .with_state(WebhookState { service, tolerance })
 }
 
-async fn stripe_webhook(
+async fn webhook(
     State(state): State<WebhookState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    stripe_scheme(&state, "stripe", STRIPE_SIGNATURE_HEADER, &headers, &body).await
-}
-
-async fn sandbox_webhook(
-    State(state): State<WebhookState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    stripe_scheme(&state, "sandbox", SANDBOX_SIGNATURE_HEADER, &headers, &body).await
-}
-
-/// Mercado Pago signs `id:<data.id>;request-id:<x-request-id>;ts:<ts>;` (data.id from the query
-/// string) rather than the body, so the body is read only after the signature checks out.
-async fn mercadopago_webhook(
-    State(state): State<WebhookState>,
+    Path(provider): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let provider = ProviderName::from_trusted("mercadopago".to_owned());
-    let secrets = state.service.providers().webhook_secrets(&provider);
-    if secrets.is_empty() {
-        return refused(&provider, &SignatureError::NoSecret);
-    }
-    let Some(signature) = headers.get("x-signature").and_then(|v| v.to_str().ok()) else {
-        return refused(&provider, &SignatureError::Missing);
+    let Ok(provider) = ProviderName::parse(&provider) else {
+        return not_enabled(&provider);
     };
-    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
-    let data_id = query.get("data.id").map(String::as_str);
-    let secrets: Vec<&str> = secrets.iter().map(|s| s.expose()).collect();
-    if let Err(e) = mercadopago::verify_signature(
-        signature,
-        request_id,
-        data_id,
-        &secrets,
-        unix_now(),
-        state.tolerance,
-    ) {
-        tracing::warn!(provider = %provider, reason = %e, "webhook refused");
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": e.to_string()})),
-        )
-            .into_response();
-    }
-    match mercadopago::parse_webhook(&body, request_id) {
-        // The signature covers data.id from the query string, not the body: a body naming another
-        // payment than the signed id is refused.
-        Ok(event) if !names_signed_payment(&event, data_id) => bad_request(
-            &provider,
-            "the notification's data.id differs from the signed one in the query string",
-        ),
+    let providers = state.service.providers();
+    let secrets = providers.webhook_secrets(&provider);
+    let Some(adapter) = providers.get(&provider).filter(|_| !secrets.is_empty()) else {
+        return not_enabled(provider.as_str());
+    };
+    let delivery = WebhookDelivery {
+        headers: &headers,
+        query: &query,
+        body: &body,
+        secrets,
+        now_unix: unix_now(),
+        tolerance: state.tolerance,
+    };
+    match adapter.read_webhook(&delivery) {
         Ok(event) => receive(&state, &provider, event).await,
-        Err(message) => bad_request(&provider, &message),
+        Err(WebhookRejection::NotEnabled) => not_enabled(provider.as_str()),
+        Err(WebhookRejection::Signature(reason)) => {
+            tracing::warn!(provider = %provider, %reason, "webhook refused");
+            (StatusCode::BAD_REQUEST, Json(json!({"error": reason}))).into_response()
+        }
+        Err(WebhookRejection::Unreadable(message)) => bad_request(&provider, &message),
     }
 }
 
-fn names_signed_payment(event: &WebhookEvent, signed: Option<&str>) -> bool {
-    match &event.subject {
-        EventSubject::Payment(p) => signed.is_some_and(|id| id.eq_ignore_ascii_case(p.as_str())),
-        EventSubject::Refunds(_) | EventSubject::Ignored => true,
-    }
-}
-
-/// Providers that sign like Stripe and send Stripe-shaped events (Stripe and the sandbox).
-async fn stripe_scheme(
-    state: &WebhookState,
-    provider: &str,
-    header: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Response {
-    let provider = ProviderName::from_trusted(provider.to_owned());
-    let secrets = state.service.providers().webhook_secrets(&provider);
-    let signature = headers.get(header).and_then(|v| v.to_str().ok());
-    if let Err(e) = signature::verify(signature, body, secrets, unix_now(), state.tolerance) {
-        return refused(&provider, &e);
-    }
-    match stripe::parse_webhook(body) {
-        Ok(event) => receive(state, &provider, event).await,
-        Err(message) => bad_request(&provider, &message),
-    }
+/// 404: an unknown provider, or one whose webhooks have no signing secret.
+fn not_enabled(provider: &str) -> Response {
+    tracing::warn!(provider = %provider, "webhook refused: not enabled");
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": format!(
+            "webhooks from {provider} are not enabled: no signing secret is configured"
+        )})),
+    )
+        .into_response()
 }
 
 async fn receive(state: &WebhookState, provider: &ProviderName, event: WebhookEvent) -> Response {
@@ -166,24 +118,6 @@ async fn receive(state: &WebhookState, provider: &ProviderName, event: WebhookEv
                 .into_response()
         }
     }
-}
-
-fn refused(provider: &ProviderName, e: &SignatureError) -> Response {
-    let status = match e {
-        SignatureError::NoSecret => StatusCode::NOT_FOUND,
-        SignatureError::Missing
-        | SignatureError::Malformed(_)
-        | SignatureError::Stale { .. }
-        | SignatureError::NoMatch => StatusCode::BAD_REQUEST,
-    };
-    let message = match e {
-        SignatureError::NoSecret => {
-            format!("webhooks from {provider} are not enabled: no signing secret is configured")
-        }
-        other => other.to_string(),
-    };
-    tracing::warn!(provider = %provider, reason = %e, "webhook refused");
-    (status, Json(json!({"error": message}))).into_response()
 }
 
 fn bad_request(provider: &ProviderName, message: &str) -> Response {

@@ -85,7 +85,8 @@ use serde_json::value::RawValue;
 
 use super::{
     Capabilities, EventSubject, PaymentStatus, Provider, ProviderError, ProviderPayment,
-    ProviderRefund, ProviderRefundStatus, RefundCall, WebhookEvent,
+    ProviderRefund, ProviderRefundStatus, RefundCall, WebhookDelivery, WebhookEvent,
+    WebhookRejection,
 };
 use crate::config::Secret;
 use crate::domain::{Currency, PaymentRef};
@@ -238,6 +239,39 @@ impl MercadoPagoProvider {
     }
 }
 
+/// Mercado Pago signs `id:<data.id>;request-id:<x-request-id>;ts:<ts>;` (data.id from the query
+/// string) rather than the body, so the body is read only after the signature checks out, and a
+/// body naming another payment than the signed id is refused.
+fn read_notification(delivery: &WebhookDelivery<'_>) -> Result<WebhookEvent, WebhookRejection> {
+    let header = |name: &str| delivery.headers.get(name).and_then(|v| v.to_str().ok());
+    let signature = header("x-signature").ok_or_else(|| {
+        WebhookRejection::Signature(super::signature::SignatureError::Missing.to_string())
+    })?;
+    let request_id = header("x-request-id");
+    let data_id = delivery.query.get("data.id").map(String::as_str);
+    let secrets: Vec<&str> = delivery.secrets.iter().map(|s| s.expose()).collect();
+    verify_signature(
+        signature,
+        request_id,
+        data_id,
+        &secrets,
+        delivery.now_unix,
+        delivery.tolerance,
+    )
+    .map_err(|e| WebhookRejection::Signature(e.to_string()))?;
+    let event = parse_webhook(delivery.body, request_id).map_err(WebhookRejection::Unreadable)?;
+    let names_signed_payment = match &event.subject {
+        EventSubject::Payment(p) => data_id.is_some_and(|id| id.eq_ignore_ascii_case(p.as_str())),
+        EventSubject::Refunds(_) | EventSubject::Ignored => true,
+    };
+    if !names_signed_payment {
+        return Err(WebhookRejection::Unreadable(
+            "the notification's data.id differs from the signed one in the query string".into(),
+        ));
+    }
+    Ok(event)
+}
+
 #[async_trait]
 impl Provider for MercadoPagoProvider {
     fn capabilities(&self) -> Capabilities {
@@ -246,6 +280,13 @@ impl Provider for MercadoPagoProvider {
             full_refunds: true,
             partial_refunds: true,
         }
+    }
+
+    fn read_webhook(
+        &self,
+        delivery: &WebhookDelivery<'_>,
+    ) -> Result<WebhookEvent, WebhookRejection> {
+        read_notification(delivery)
     }
 
     async fn get_payment(&self, payment: &PaymentRef) -> Result<ProviderPayment, ProviderError> {

@@ -190,7 +190,45 @@ pub struct Capabilities {
     pub partial_refunds: bool,
 }
 
-/// A payment provider's refund API.
+/// One delivery to `POST /webhooks/{provider}`, as the HTTP layer received it, with what its
+/// signature is checked against.
+pub struct WebhookDelivery<'a> {
+    pub headers: &'a reqwest::header::HeaderMap,
+    /// The query string's parameters (Mercado Pago signs one of them).
+    pub query: &'a HashMap<String, String>,
+    pub body: &'a [u8],
+    /// The current and, while rotating, the previous signing secret; never empty.
+    pub secrets: &'a [Secret],
+    pub now_unix: i64,
+    /// Largest accepted age (or clock skew) of a signature's timestamp.
+    pub tolerance: Duration,
+}
+
+/// Why a webhook delivery is refused. Nothing of a refused delivery is applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookRejection {
+    /// The provider takes no webhooks (none configured, or it sends none).
+    #[error("webhooks from this provider are not enabled")]
+    NotEnabled,
+    /// The signature is missing, malformed, stale or made with no configured secret: the body
+    /// was not read.
+    #[error("{0}")]
+    Signature(String),
+    /// Signed, but not a notification this adapter can read.
+    #[error("{0}")]
+    Unreadable(String),
+}
+
+impl From<signature::SignatureError> for WebhookRejection {
+    fn from(e: signature::SignatureError) -> Self {
+        match e {
+            signature::SignatureError::NoSecret => Self::NotEnabled,
+            other => Self::Signature(other.to_string()),
+        }
+    }
+}
+
+/// A payment provider's refund API, and how it tells us about refunds (webhooks).
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
     /// What this provider supports, for discovery (`ListProviders`).
@@ -208,6 +246,16 @@ pub trait Provider: Send + Sync + 'static {
         payment: &PaymentRef,
         idempotency_key: &str,
     ) -> Result<Option<ProviderRefund>, ProviderError>;
+    /// Verifies a webhook delivery with the provider's own scheme and reads it into our terms;
+    /// nothing in it is trusted before its signature checks out. Only the adapter knows the
+    /// provider's headers, signature and event format. The default takes no webhooks.
+    fn read_webhook(
+        &self,
+        delivery: &WebhookDelivery<'_>,
+    ) -> Result<WebhookEvent, WebhookRejection> {
+        let _ = delivery;
+        Err(WebhookRejection::NotEnabled)
+    }
 }
 
 /// The configured providers, by name, and which one serves requests that name none. Each is

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use super::{
     Capabilities, PaymentStatus, Provider, ProviderError, ProviderPayment, ProviderRefund,
-    ProviderRefundStatus, RefundCall,
+    ProviderRefundStatus, RefundCall, WebhookDelivery, WebhookEvent, WebhookRejection,
 };
 use crate::domain::{Currency, PaymentRef};
 use crate::sandbox::{self, Sandbox, SandboxError, client::ClientError, client::SandboxClient};
@@ -19,6 +19,9 @@ pub enum SandboxProvider {
     Remote(SandboxClient),
 }
 
+/// The header of the sandbox's webhook signature (Stripe's scheme).
+pub const SIGNATURE_HEADER: &str = "sandbox-signature";
+
 #[async_trait]
 impl Provider for SandboxProvider {
     fn capabilities(&self) -> Capabilities {
@@ -26,6 +29,14 @@ impl Provider for SandboxProvider {
             full_refunds: true,
             partial_refunds: true,
         }
+    }
+
+    /// The sandbox signs like Stripe and sends Stripe-shaped `refund.updated` events.
+    fn read_webhook(
+        &self,
+        delivery: &WebhookDelivery<'_>,
+    ) -> Result<WebhookEvent, WebhookRejection> {
+        super::stripe::read_signed_event(delivery, SIGNATURE_HEADER)
     }
 
     async fn get_payment(&self, payment: &PaymentRef) -> Result<ProviderPayment, ProviderError> {

@@ -12,7 +12,8 @@ use serde::de::DeserializeOwned;
 
 use super::{
     Capabilities, EventSubject, PaymentStatus, Provider, ProviderError, ProviderPayment,
-    ProviderRefund, ProviderRefundStatus, RefundCall, RefundUpdate, WebhookEvent,
+    ProviderRefund, ProviderRefundStatus, RefundCall, RefundUpdate, WebhookDelivery, WebhookEvent,
+    WebhookRejection,
 };
 use crate::config::Secret;
 use crate::domain::{Currency, PaymentRef, RefundReason};
@@ -89,6 +90,26 @@ impl StripeProvider {
     }
 }
 
+/// The header of Stripe's webhook signature.
+pub const SIGNATURE_HEADER: &str = "stripe-signature";
+
+/// A Stripe-signed delivery (`<header>: t=…,v1=…`) with a Stripe-shaped event: Stripe's, and the
+/// sandbox's, which signs and sends its events the same way under its own header.
+pub(super) fn read_signed_event(
+    delivery: &WebhookDelivery<'_>,
+    header: &str,
+) -> Result<WebhookEvent, WebhookRejection> {
+    let signature = delivery.headers.get(header).and_then(|v| v.to_str().ok());
+    super::signature::verify(
+        signature,
+        delivery.body,
+        delivery.secrets,
+        delivery.now_unix,
+        delivery.tolerance,
+    )?;
+    parse_webhook(delivery.body).map_err(WebhookRejection::Unreadable)
+}
+
 #[async_trait]
 impl Provider for StripeProvider {
     fn capabilities(&self) -> Capabilities {
@@ -96,6 +117,13 @@ impl Provider for StripeProvider {
             full_refunds: true,
             partial_refunds: true,
         }
+    }
+
+    fn read_webhook(
+        &self,
+        delivery: &WebhookDelivery<'_>,
+    ) -> Result<WebhookEvent, WebhookRejection> {
+        read_signed_event(delivery, SIGNATURE_HEADER)
     }
 
     async fn get_payment(&self, payment: &PaymentRef) -> Result<ProviderPayment, ProviderError> {

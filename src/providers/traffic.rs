@@ -592,6 +592,14 @@ impl Provider for ControlledProvider {
         self.inner.capabilities()
     }
 
+    /// Inbound: no traffic control, only the adapter's verification.
+    fn read_webhook(
+        &self,
+        delivery: &super::WebhookDelivery<'_>,
+    ) -> Result<super::WebhookEvent, super::WebhookRejection> {
+        self.inner.read_webhook(delivery)
+    }
+
     async fn get_payment(&self, payment: &PaymentRef) -> Result<ProviderPayment, ProviderError> {
         self.read("get_payment", || self.inner.get_payment(payment))
             .await

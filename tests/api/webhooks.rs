@@ -495,3 +495,22 @@ async fn a_watcher_on_one_replica_sees_a_change_made_on_another() {
     assert_eq!(status_of(&next), pb::RefundStatus::Succeeded);
     assert!(stream.next().await.is_none());
 }
+
+/// `/webhooks/{provider}` serves configured providers only: an unknown one, or one without a
+/// signing secret, is 404, and says why.
+#[tokio::test]
+async fn webhooks_of_an_unknown_or_unsigned_provider_are_not_found() {
+    let db = TestDb::new().await;
+    let app = spawn(&db).await;
+    for provider in ["adyen", "no%20such", "mercadopago", "stripe"] {
+        let (status, body) = post_webhook(&app, provider, &[], "{}").await;
+        assert_eq!(status, 404, "{provider}: {body}");
+        assert!(
+            body["error"].as_str().unwrap_or("").contains("not enabled"),
+            "{provider}: {body}"
+        );
+    }
+    // The sandbox, configured with a secret, is there, and refuses an unsigned delivery.
+    let (status, body) = post_webhook(&app, "sandbox", &[], "{}").await;
+    assert_eq!(status, 400, "{body}");
+}
