@@ -65,7 +65,7 @@ pub use bulk::{
     JobOutcome, NewBulk, ProviderWait, SequencedEvent, StopReason, derived_job_key,
 };
 pub use error::RefundError;
-pub use money::{Amount, AmountError, Balance, BalanceError, Currency, CurrencyError, MAX_AMOUNT};
+pub use money::{Amount, AmountError, Currency, CurrencyError, MAX_AMOUNT};
 pub use refund::{
     AccountId, Failure, IllegalTransition, Refund, RefundId, RefundReason, RefundStatus,
 };

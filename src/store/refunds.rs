@@ -410,7 +410,8 @@ impl Store {
             .collect()
     }
 
-    /// The payment's balance as the store holds it, (captured, reserved), if `account` owns it.
+    /// The payment's balance as the store holds it, (captured, reserved), if `account` owns it:
+    /// for operators, and for the property test of the reservation (`tests/api/money.rs`).
     pub async fn payment_balance(
         &self,
         account: &AccountId,

@@ -178,19 +178,6 @@ impl Store {
             .await?;
         rows.into_iter().map(to_event).collect()
     }
-
-    /// An event's recorded outcome, for tests and operators.
-    pub async fn webhook_outcome(
-        &self,
-        provider: &ProviderName,
-        event_id: &str,
-    ) -> Result<Option<WebhookOutcome>, StoreError> {
-        webhook_event::Entity::find_by_id((provider.as_str().to_owned(), event_id.to_owned()))
-            .one(&self.db)
-            .await?
-            .map(|row| outcome(&row))
-            .transpose()
-    }
 }
 
 fn outcome(row: &webhook_event::Model) -> Result<WebhookOutcome, StoreError> {

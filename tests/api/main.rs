@@ -17,6 +17,7 @@ mod fuzz;
 mod idempotency;
 mod list;
 mod mercadopago;
+mod money;
 mod observability;
 mod outage;
 mod reconcile;
