@@ -11,7 +11,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::config::Secret;
 use crate::config::ServeSettings;
 use crate::domain::ProviderName;
 use crate::metrics::Metrics;
@@ -21,6 +20,7 @@ use crate::providers::sandbox::SandboxProvider;
 use crate::providers::stripe::StripeProvider;
 use crate::providers::traffic::ControlledProvider;
 use crate::sandbox::{FaultConfig, Sandbox, WebhookTarget, client::SandboxClient};
+use crate::secret::Secret;
 use crate::service::{RefundService, run_bulk_runner, run_reconciler};
 use crate::store::Store;
 use crate::{api, http};

@@ -10,9 +10,10 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::app::{Application, shutdown_signal};
-use crate::config::{DEFAULT_DATABASE_URL, Secret, ServeSettings};
+use crate::config::{DEFAULT_DATABASE_URL, ServeSettings};
 use crate::providers::traffic::TrafficConfig;
 use crate::sandbox::{self, FaultConfig, Sandbox, client::SandboxClient};
+use crate::secret::Secret;
 use crate::service::{BulkConfig, RefundsConfig};
 use crate::store::{Store, StoreOptions};
 use crate::telemetry::{self, LogFormat, TelemetryConfig};

@@ -24,6 +24,7 @@ pub mod http;
 pub mod metrics;
 pub mod providers;
 pub mod sandbox;
+pub mod secret;
 pub mod service;
 pub mod store;
 pub mod telemetry;

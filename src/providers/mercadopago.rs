@@ -88,8 +88,8 @@ use super::{
     ProviderRefund, ProviderRefundStatus, RefundCall, WebhookDelivery, WebhookEvent,
     WebhookRejection,
 };
-use crate::config::Secret;
 use crate::domain::{Currency, PaymentRef};
+use crate::secret::Secret;
 
 pub use webhook::{SignatureError, verify_signature};
 

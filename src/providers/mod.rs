@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::config::Secret;
 use crate::domain::{Amount, Currency, PaymentRef, ProviderName, RefundReason};
+use crate::secret::Secret;
 use traffic::{ControlledProvider, ProviderHealth};
 
 /// Sends a provider's HTTP request inside the current provider-call span (see

@@ -11,7 +11,7 @@ use std::time::Duration;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// Stripe's default tolerance between the signature's timestamp and our clock.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);

@@ -15,8 +15,8 @@ use super::{
     ProviderRefund, ProviderRefundStatus, RefundCall, RefundUpdate, WebhookDelivery, WebhookEvent,
     WebhookRejection,
 };
-use crate::config::Secret;
 use crate::domain::{Currency, PaymentRef, RefundReason};
+use crate::secret::Secret;
 
 /// Stripe's API root.
 pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";

@@ -122,7 +122,7 @@ pub async fn spawn_app_with(db: &TestDb, configure: impl FnOnce(&mut ServeSettin
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut settings = ServeSettings::local(db.url.clone());
     settings.sandbox_traffic.call_timeout = Duration::from_secs(5);
-    settings.bootstrap_api_key = Some(refund_service::config::Secret::opaque(ADMIN_KEY.to_owned()));
+    settings.bootstrap_api_key = Some(refund_service::secret::Secret::opaque(ADMIN_KEY.to_owned()));
     configure(&mut settings);
     let sandbox_url = settings.sandbox_url.clone();
     let app = Application::build(settings).await.expect("build app");

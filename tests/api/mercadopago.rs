@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use refund_service::api::pb;
-use refund_service::config::{MercadoPagoSettings, Secret};
+use refund_service::config::MercadoPagoSettings;
 use refund_service::providers::traffic::TrafficConfig;
+use refund_service::secret::Secret;
 use serde_json::json;
 use sha2::Sha256;
 use wiremock::matchers::{body_string, header, method, path};

@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use refund_service::api::pb;
-use refund_service::config::{Secret, StripeSettings};
+use refund_service::config::StripeSettings;
 use refund_service::providers::traffic::TrafficConfig;
+use refund_service::secret::Secret;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;

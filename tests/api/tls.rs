@@ -3,7 +3,8 @@
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use refund_service::api::pb;
 use refund_service::api::pb::refund_service_client::RefundServiceClient;
-use refund_service::config::{Secret, TlsSettings};
+use refund_service::config::TlsSettings;
+use refund_service::secret::Secret;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::helpers::*;

@@ -26,8 +26,8 @@ type Headers = Vec<(&'static str, String)>;
 async fn spawn(db: &TestDb) -> TestApp {
     spawn_app_with(db, |s| {
         s.sandbox_webhook_secrets = vec![
-            refund_service::config::Secret::opaque(SECRET.to_owned()),
-            refund_service::config::Secret::opaque(OLD_SECRET.to_owned()),
+            refund_service::secret::Secret::opaque(SECRET.to_owned()),
+            refund_service::secret::Secret::opaque(OLD_SECRET.to_owned()),
         ];
         s.refunds.reconcile_delay = Duration::from_secs(3600);
         s.refunds.reconcile_interval = Duration::from_millis(50);
@@ -287,7 +287,7 @@ async fn a_failed_event_releases_the_reserved_amount() {
 async fn an_event_for_a_refund_we_cannot_match_yet_is_kept_and_applied_later() {
     let db = TestDb::new().await;
     let mut app = spawn_app_with(&db, |s| {
-        s.sandbox_webhook_secrets = vec![refund_service::config::Secret::opaque(SECRET.to_owned())];
+        s.sandbox_webhook_secrets = vec![refund_service::secret::Secret::opaque(SECRET.to_owned())];
         // The creation below times out; the reconciler looks it up 300 ms later.
         s.sandbox_traffic.call_timeout = Duration::from_millis(300);
         s.sandbox_traffic.max_attempts = 1;
@@ -461,7 +461,7 @@ async fn a_watcher_on_one_replica_sees_a_change_made_on_another() {
             spawn_app_with(db, move |s| {
                 s.sandbox_url = Some(url);
                 s.sandbox_webhook_secrets =
-                    vec![refund_service::config::Secret::opaque(SECRET.to_owned())];
+                    vec![refund_service::secret::Secret::opaque(SECRET.to_owned())];
                 s.refunds.reconcile_delay = Duration::from_secs(3600);
                 s.refunds.watch_poll_interval = Duration::from_millis(100);
             })
