@@ -111,7 +111,7 @@ async fn http_probes_answer() {
 
 #[tokio::test]
 async fn shutdown_lets_an_in_flight_refund_finish() {
-    let (sandbox_url, _sandbox) = spawn_sandbox(FaultConfig {
+    let (sandbox_url, sandbox) = spawn_sandbox(FaultConfig {
         latency_ms: 400,
         ..FaultConfig::default()
     })
@@ -123,14 +123,20 @@ async fn shutdown_lets_an_in_flight_refund_finish() {
     })
     .await;
     let payment = app.seed(1_000, "USD").await;
+    let before = sandbox.stats().requests;
     let mut client = app.client.clone();
     let in_flight = tokio::spawn(async move {
         client
             .create_refund(refund_request(&payment, Some(100), "USD"))
             .await
     });
-    // Let the call reach the provider (its pre-flight alone takes 400 ms), then stop.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Once the call has reached the provider (whose answers take 400 ms each), stop.
+    eventually(
+        Duration::from_secs(10),
+        "the call to reach the provider",
+        || async { (sandbox.stats().requests > before).then_some(()) },
+    )
+    .await;
     app.stop().await;
     let refund = in_flight
         .await
