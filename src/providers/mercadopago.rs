@@ -83,6 +83,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::http::Call;
 use super::{
     Capabilities, EventSubject, PaymentStatus, Provider, ProviderError, ProviderPayment,
     ProviderRefund, ProviderRefundStatus, RefundCall, WebhookDelivery, WebhookEvent,
@@ -150,14 +151,6 @@ const IDEMPOTENCY_KEY: &str = "X-Idempotency-Key";
 /// Makes in-process (contingency) refunds answer 201/`in_process` instead of 400.
 const RENDER_IN_PROCESS_REFUNDS: &str = "X-Render-In-Process-Refunds";
 
-/// How a call is used: a 5xx or an undecodable answer on a creation may hide a processed
-/// refund, on a read nothing happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Call {
-    Read,
-    Write,
-}
-
 /// Whether a call concerns refunds, and so carries `X-Render-In-Process-Refunds`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Resource {
@@ -207,22 +200,10 @@ impl MercadoPagoProvider {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body);
         }
-        let resp = super::send_traced(req)
-            .await
-            .map_err(super::http::from_reqwest)?;
-        let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = resp.bytes().await.map_err(super::http::from_reqwest)?;
-        if status.is_success() {
-            Ok(body.to_vec())
-        } else {
-            Err(error_from_response(status, retry_after, &body, kind))
-        }
+        super::http::exchange(req, |answer| {
+            error_from_response(answer.status, answer.retry_after, answer.body, kind)
+        })
+        .await
     }
 
     async fn fetch_payment(&self, id: &str) -> Result<MpPayment, ProviderError> {

@@ -12,6 +12,9 @@ pub mod signature;
 pub mod stripe;
 pub mod traffic;
 
+pub(crate) use http::send_traced;
+pub use http::url_template;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,49 +24,6 @@ use async_trait::async_trait;
 use crate::domain::{Amount, Currency, PaymentRef, ProviderName, RefundReason};
 use crate::secret::Secret;
 use traffic::{ControlledProvider, ProviderHealth};
-
-/// Sends a provider's HTTP request inside the current provider-call span (see
-/// [`traffic::ControlledProvider`]): records `http.request.method`, `url.template` and, once
-/// answered, `http.response.status_code` on it, and sends its W3C trace context (`traceparent`)
-/// on to the provider.
-pub(crate) async fn send_traced(
-    request: reqwest::RequestBuilder,
-) -> reqwest::Result<reqwest::Response> {
-    let span = tracing::Span::current();
-    let mut request = request;
-    for (name, value) in crate::telemetry::trace_headers() {
-        request = request.header(name, value);
-    }
-    let (client, built) = request.build_split();
-    let built = built?;
-    span.record("http.request.method", built.method().as_str());
-    span.record("url.template", url_template(built.url().path()));
-    let response = client.execute(built).await;
-    if let Ok(r) = &response {
-        span.record("http.response.status_code", i64::from(r.status().as_u16()));
-    }
-    response
-}
-
-/// A URL path with its ids replaced by `{id}`, so that traces show the route, not payment or
-/// refund ids: a segment that follows a collection (`payments`, `charges`, `payment_intents`,
-/// `refunds`) is an id.
-pub fn url_template(path: &str) -> String {
-    const COLLECTIONS: [&str; 4] = ["payments", "charges", "payment_intents", "refunds"];
-    let mut previous = "";
-    path.split('/')
-        .map(|segment| {
-            let out = if COLLECTIONS.contains(&previous) && !segment.is_empty() {
-                "{id}"
-            } else {
-                segment
-            };
-            previous = segment;
-            out
-        })
-        .collect::<Vec<_>>()
-        .join("/")
-}
 
 /// A payment as its provider reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -345,29 +305,5 @@ impl Providers {
             .collect();
         all.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
         all
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn url_templates_hide_ids() {
-        for (path, template) in [
-            ("/v1/refunds", "/v1/refunds"),
-            ("/v1/refunds/re_123", "/v1/refunds/{id}"),
-            ("/v1/charges/ch_1", "/v1/charges/{id}"),
-            ("/v1/payment_intents/pi_9", "/v1/payment_intents/{id}"),
-            (
-                "/v1/payments/18552260055/refunds",
-                "/v1/payments/{id}/refunds",
-            ),
-            ("/v1/payments/1/refunds/2", "/v1/payments/{id}/refunds/{id}"),
-            ("/sandbox/payments/ch_sbx_x", "/sandbox/payments/{id}"),
-            ("/sandbox/refunds", "/sandbox/refunds"),
-        ] {
-            assert_eq!(url_template(path), template, "{path}");
-        }
     }
 }

@@ -10,6 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use super::http::Call;
 use super::{
     Capabilities, EventSubject, PaymentStatus, Provider, ProviderError, ProviderPayment,
     ProviderRefund, ProviderRefundStatus, RefundCall, RefundUpdate, WebhookDelivery, WebhookEvent,
@@ -20,13 +21,6 @@ use crate::secret::Secret;
 
 /// Stripe's API root.
 pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
-
-/// How a Stripe call is used: a 5xx on a creation may have been processed, on a read it was not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Call {
-    Read,
-    Write,
-}
 
 pub struct StripeProvider {
     http: reqwest::Client,
@@ -59,24 +53,12 @@ impl StripeProvider {
                 .header("Content-Type", "application/x-www-form-urlencoded")
                 .body(body);
         }
-        let resp = super::send_traced(req)
-            .await
-            .map_err(super::http::from_reqwest)?;
-        let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = resp.bytes().await.map_err(super::http::from_reqwest)?;
-        if status.is_success() {
-            serde_json::from_slice(&body).map_err(|e| {
-                ProviderError::Ambiguous(format!("undecodable answer from Stripe: {e}"))
-            })
-        } else {
-            Err(error_from_response(status, retry_after, &body, kind))
-        }
+        let body = super::http::exchange(req, |answer| {
+            error_from_response(answer.status, answer.retry_after, answer.body, kind)
+        })
+        .await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| ProviderError::Ambiguous(format!("undecodable answer from Stripe: {e}")))
     }
 
     async fn get_charge(&self, id: &str) -> Result<Charge, ProviderError> {
