@@ -65,7 +65,10 @@ pub use bulk::{
     JobOutcome, NewBulk, ProviderWait, SequencedEvent, StopReason, derived_job_key,
 };
 pub use error::RefundError;
-pub use money::{Amount, AmountError, Currency, CurrencyError, MAX_AMOUNT};
+pub use money::{
+    Amount, AmountError, Currency, CurrencyError, DecimalError, MAX_AMOUNT, decimal_to_minor,
+    minor_to_decimal,
+};
 pub use refund::{
     AccountId, Failure, IllegalTransition, Refund, RefundId, RefundReason, RefundStatus,
 };
