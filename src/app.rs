@@ -15,9 +15,7 @@ use crate::config::ServeSettings;
 use crate::domain::ProviderName;
 use crate::metrics::Metrics;
 use crate::providers::Providers;
-use crate::providers::mercadopago::MercadoPagoProvider;
 use crate::providers::sandbox::SandboxProvider;
-use crate::providers::stripe::StripeProvider;
 use crate::providers::traffic::ControlledProvider;
 use crate::sandbox::{FaultConfig, Sandbox, WebhookTarget, client::SandboxClient};
 use crate::secret::Secret;
@@ -93,36 +91,18 @@ impl Application {
                 .with_metrics(metrics.clone()),
             ),
         );
-        if let Some(stripe) = &settings.stripe {
-            let client = StripeProvider::new(
-                &stripe.api_base,
-                stripe.secret_key.clone(),
-                stripe.traffic.call_timeout,
-            )
-            .map_err(|e| anyhow::anyhow!("bad --stripe-api-base: {e}"))?;
+        for configured in &settings.providers {
+            let spec = crate::providers::registry::spec(&configured.name).ok_or_else(|| {
+                anyhow::anyhow!("no provider named {:?} in this build", configured.name)
+            })?;
+            let client = (spec.build)(configured)
+                .map_err(|e| anyhow::anyhow!("bad --{}-api-base: {e}", spec.name))?;
             providers = register(
                 providers,
-                "stripe",
-                Arc::new(client),
-                &stripe.traffic,
-                stripe.webhook_secrets.clone(),
-                &metrics,
-                &mut settings.refunds.provider_budget,
-            );
-        }
-        if let Some(mp) = &settings.mercadopago {
-            let client = MercadoPagoProvider::new(
-                &mp.api_base,
-                mp.access_token.clone(),
-                mp.traffic.call_timeout,
-            )
-            .map_err(|e| anyhow::anyhow!("bad --mercadopago-api-base: {e}"))?;
-            providers = register(
-                providers,
-                "mercadopago",
-                Arc::new(client),
-                &mp.traffic,
-                mp.webhook_secrets.clone(),
+                spec.name,
+                client,
+                &configured.traffic,
+                configured.webhook_secrets.clone(),
                 &metrics,
                 &mut settings.refunds.provider_budget,
             );

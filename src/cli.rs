@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod providers;
+
 use crate::app::{Application, shutdown_signal};
 use crate::config::{DEFAULT_DATABASE_URL, ServeSettings};
 use crate::providers::traffic::TrafficConfig;
@@ -127,66 +129,6 @@ pub struct ServeArgs {
     #[arg(long, env = "REFUND_SANDBOX_RATE_LIMIT", default_value_t = 0)]
     pub sandbox_rate_limit: u32,
 
-    /// Stripe's API base URL (e.g. a localstripe for tests).
-    #[arg(long, env = "STRIPE_API_BASE", default_value = crate::providers::stripe::DEFAULT_API_BASE)]
-    pub stripe_api_base: String,
-
-    /// Stripe secret key; the `stripe` provider is enabled only when a key is configured.
-    #[arg(
-        long,
-        env = "STRIPE_SECRET_KEY",
-        hide_env_values = true,
-        conflicts_with = "stripe_secret_key_file"
-    )]
-    pub stripe_secret_key: Option<String>,
-
-    /// A file holding the Stripe secret key (e.g. a mounted secret); surrounding whitespace is
-    /// trimmed.
-    #[arg(long, env = "STRIPE_SECRET_KEY_FILE")]
-    pub stripe_secret_key_file: Option<std::path::PathBuf>,
-
-    /// Stripe webhook signing secrets (`whsec_…`), comma-separated: the current one and, while
-    /// rotating, the previous one. Without one, POST /webhooks/stripe answers 404.
-    #[arg(
-        long,
-        env = "STRIPE_WEBHOOK_SECRET",
-        hide_env_values = true,
-        value_delimiter = ','
-    )]
-    pub stripe_webhook_secret: Vec<String>,
-
-    /// Mercado Pago's API base URL.
-    #[arg(long, env = "MERCADOPAGO_API_BASE", default_value = crate::providers::mercadopago::DEFAULT_API_BASE)]
-    pub mercadopago_api_base: String,
-
-    /// Mercado Pago access token; the `mercadopago` provider is enabled only when one is set.
-    #[arg(
-        long,
-        env = "MERCADOPAGO_ACCESS_TOKEN",
-        hide_env_values = true,
-        conflicts_with = "mercadopago_access_token_file"
-    )]
-    pub mercadopago_access_token: Option<String>,
-
-    /// A file holding the Mercado Pago access token (e.g. a mounted secret).
-    #[arg(long, env = "MERCADOPAGO_ACCESS_TOKEN_FILE")]
-    pub mercadopago_access_token_file: Option<std::path::PathBuf>,
-
-    /// Secrets that sign Mercado Pago's notifications (x-signature), comma-separated. Without
-    /// one, POST /webhooks/mercadopago answers 404.
-    #[arg(
-        long,
-        env = "MERCADOPAGO_WEBHOOK_SECRET",
-        hide_env_values = true,
-        value_delimiter = ','
-    )]
-    pub mercadopago_webhook_secret: Vec<String>,
-
-    /// Our own limit on calls per second to Mercado Pago, for reads and for writes separately;
-    /// 0 = unlimited.
-    #[arg(long, env = "REFUND_MERCADOPAGO_RATE_LIMIT", default_value_t = 50)]
-    pub mercadopago_rate_limit: u32,
-
     /// Secrets that sign the sandbox's webhooks, comma-separated. With the in-process sandbox and
     /// no secret, one is made up at start-up and the sandbox sends its webhooks to this process.
     #[arg(
@@ -210,10 +152,8 @@ pub struct ServeArgs {
     #[arg(long, env = "REFUND_WATCH_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub watch_poll_interval: Duration,
 
-    /// Our own limit on calls per second to Stripe, for reads and for writes separately (below
-    /// Stripe's live limit of 100); 0 = unlimited.
-    #[arg(long, env = "REFUND_STRIPE_RATE_LIMIT", default_value_t = 80)]
-    pub stripe_rate_limit: u32,
+    #[command(flatten)]
+    pub providers: providers::ProvidersArgs,
 
     /// Provider calls in flight at once, per provider.
     #[arg(long, env = "REFUND_PROVIDER_CONCURRENCY", default_value_t = 64)]
@@ -487,20 +427,11 @@ impl ServeArgs {
             sandbox_url,
             provider_timeout,
             sandbox_rate_limit,
-            stripe_api_base,
-            stripe_secret_key,
-            stripe_secret_key_file,
-            stripe_webhook_secret,
-            mercadopago_api_base,
-            mercadopago_access_token,
-            mercadopago_access_token_file,
-            mercadopago_webhook_secret,
-            mercadopago_rate_limit,
             sandbox_webhook_secret,
             webhook_tolerance,
             watch_poll_interval,
             lease_margin,
-            stripe_rate_limit,
+            providers,
             provider_concurrency,
             provider_max_attempts,
             provider_backoff,
@@ -585,63 +516,9 @@ impl ServeArgs {
             breaker_threshold: provider_breaker_threshold,
             breaker_open_for: provider_breaker_open_for,
         };
-        let stripe_secret_key = key_or_file(
-            stripe_secret_key,
-            stripe_secret_key_file,
-            "--stripe-secret-key-file",
-        )?;
-        let mercadopago = match key_or_file(
-            mercadopago_access_token,
-            mercadopago_access_token_file,
-            "--mercadopago-access-token-file",
-        )? {
-            Some(token) => {
-                anyhow::ensure!(!token.is_empty(), "the Mercado Pago access token is empty");
-                Some(crate::config::MercadoPagoSettings {
-                    api_base: mercadopago_api_base,
-                    access_token: Secret::opaque(token),
-                    traffic: TrafficConfig {
-                        rate_per_sec: mercadopago_rate_limit,
-                        ..sandbox_traffic.clone()
-                    },
-                    webhook_secrets: secrets(
-                        mercadopago_webhook_secret,
-                        "--mercadopago-webhook-secret",
-                    )?,
-                })
-            }
-            None => {
-                anyhow::ensure!(
-                    mercadopago_webhook_secret.is_empty(),
-                    "--mercadopago-webhook-secret needs an access token (--mercadopago-access-token)"
-                );
-                None
-            }
-        };
-        let stripe = match stripe_secret_key {
-            Some(key) => {
-                anyhow::ensure!(!key.is_empty(), "the Stripe secret key is empty");
-                Some(crate::config::StripeSettings {
-                    api_base: stripe_api_base,
-                    secret_key: Secret::opaque(key),
-                    traffic: TrafficConfig {
-                        rate_per_sec: stripe_rate_limit,
-                        ..sandbox_traffic.clone()
-                    },
-                    webhook_secrets: secrets(stripe_webhook_secret, "--stripe-webhook-secret")?,
-                })
-            }
-            None => {
-                anyhow::ensure!(
-                    stripe_webhook_secret.is_empty(),
-                    "--stripe-webhook-secret needs a Stripe secret key (--stripe-secret-key)"
-                );
-                None
-            }
-        };
+        let providers = providers.into_settings(&sandbox_traffic)?;
         Ok(ServeSettings {
-            stripe,
-            mercadopago,
+            providers,
             sandbox_webhook_secrets: secrets(sandbox_webhook_secret, "--sandbox-webhook-secret")?,
             webhook_tolerance,
             grpc_addr,
@@ -706,24 +583,6 @@ impl ServeArgs {
             },
         })
     }
-}
-
-/// A credential given directly or as a file (e.g. a mounted secret), trimmed.
-fn key_or_file(
-    value: Option<String>,
-    file: Option<std::path::PathBuf>,
-    flag: &str,
-) -> anyhow::Result<Option<String>> {
-    Ok(match (value, file) {
-        (Some(key), _) => Some(key.trim().to_owned()),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read {flag} {}", path.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        (None, None) => None,
-    })
 }
 
 /// Webhook signing secrets from a comma-separated list; blanks around them are trimmed.

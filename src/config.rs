@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::providers::registry::ProviderSettings;
 use crate::providers::traffic::TrafficConfig;
 use crate::secret::Secret;
 use crate::service::RefundsConfig;
@@ -24,10 +25,9 @@ pub struct ServeSettings {
     pub sandbox_url: Option<String>,
     /// Rate limit, concurrency, timeouts, retries and circuit breaker for the sandbox provider.
     pub sandbox_traffic: TrafficConfig,
-    /// The Stripe provider, registered as `stripe` when a secret key is configured.
-    pub stripe: Option<StripeSettings>,
-    /// The Mercado Pago provider, registered as `mercadopago` when an access token is configured.
-    pub mercadopago: Option<MercadoPagoSettings>,
+    /// The providers configured besides the sandbox (those of
+    /// [`crate::providers::registry::REGISTRY`] given a credential), each registered by its name.
+    pub providers: Vec<ProviderSettings>,
     /// Secrets that sign the sandbox's webhooks. Empty with the in-process sandbox means: make
     /// one up at start-up and have the sandbox send its webhooks to this process.
     pub sandbox_webhook_secrets: Vec<Secret>,
@@ -55,8 +55,7 @@ impl ServeSettings {
             database_url: Secret::new(database_url.into()),
             sandbox_url: None,
             sandbox_traffic: TrafficConfig::default(),
-            stripe: None,
-            mercadopago: None,
+            providers: Vec::new(),
             sandbox_webhook_secrets: Vec::new(),
             webhook_tolerance: crate::providers::signature::DEFAULT_TOLERANCE,
             store: StoreOptions::default(),
@@ -67,28 +66,6 @@ impl ServeSettings {
             tls: None,
         }
     }
-}
-
-/// The Stripe provider's settings.
-#[derive(Debug, Clone)]
-pub struct StripeSettings {
-    /// e.g. `https://api.stripe.com` (without `/v1`).
-    pub api_base: String,
-    pub secret_key: Secret,
-    pub traffic: TrafficConfig,
-    /// Webhook signing secrets (`whsec_…`), several while one is rotated; empty refuses webhooks.
-    pub webhook_secrets: Vec<Secret>,
-}
-
-/// The Mercado Pago provider's settings.
-#[derive(Debug, Clone)]
-pub struct MercadoPagoSettings {
-    /// e.g. `https://api.mercadopago.com`.
-    pub api_base: String,
-    pub access_token: Secret,
-    pub traffic: TrafficConfig,
-    /// Secrets that sign its notifications (`x-signature`); empty refuses them.
-    pub webhook_secrets: Vec<Secret>,
 }
 
 /// Certificate, key and (for mTLS) the CA client certificates must chain to, as PEM.

@@ -147,6 +147,21 @@ pub fn parse_webhook(body: &[u8], request_id: Option<&str>) -> Result<WebhookEve
 /// Mercado Pago's API root.
 pub const DEFAULT_API_BASE: &str = "https://api.mercadopago.com";
 
+/// Mercado Pago in the provider registry.
+pub const SPEC: super::registry::ProviderSpec = super::registry::ProviderSpec {
+    name: "mercadopago",
+    title: "Mercado Pago",
+    env_prefix: "MERCADOPAGO",
+    credential: "access-token",
+    default_api_base: DEFAULT_API_BASE,
+    default_rate_limit: 50,
+    webhook_signing: "secrets (x-signature)",
+    build: |s| {
+        MercadoPagoProvider::new(&s.api_base, s.credential.clone(), s.traffic.call_timeout)
+            .map(|p| std::sync::Arc::new(p) as std::sync::Arc<dyn Provider>)
+    },
+};
+
 const IDEMPOTENCY_KEY: &str = "X-Idempotency-Key";
 /// Makes in-process (contingency) refunds answer 201/`in_process` instead of 400.
 const RENDER_IN_PROCESS_REFUNDS: &str = "X-Render-In-Process-Refunds";

@@ -7,6 +7,7 @@
 
 mod http;
 pub mod mercadopago;
+pub mod registry;
 pub mod sandbox;
 pub mod signature;
 pub mod stripe;

@@ -22,6 +22,22 @@ use crate::secret::Secret;
 /// Stripe's API root.
 pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
 
+/// Stripe in the provider registry.
+pub const SPEC: super::registry::ProviderSpec = super::registry::ProviderSpec {
+    name: "stripe",
+    title: "Stripe",
+    env_prefix: "STRIPE",
+    credential: "secret-key",
+    default_api_base: DEFAULT_API_BASE,
+    // Stripe allows 100 requests per second in live mode.
+    default_rate_limit: 80,
+    webhook_signing: "`whsec_…` secrets",
+    build: |s| {
+        StripeProvider::new(&s.api_base, s.credential.clone(), s.traffic.call_timeout)
+            .map(|p| std::sync::Arc::new(p) as std::sync::Arc<dyn Provider>)
+    },
+};
+
 pub struct StripeProvider {
     http: reqwest::Client,
     base: String,

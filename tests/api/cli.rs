@@ -28,6 +28,33 @@ fn bad_configuration_exits_non_zero_with_a_message() {
             "invalid socket address",
         ),
         (&["serve", "--provider-timeout", "0s"], "--provider-timeout"),
+        // Each provider's flags come from its registry entry, with the same checks.
+        (
+            &["serve", "--stripe-webhook-secret", "whsec_x"],
+            "--stripe-webhook-secret needs a Stripe secret key (--stripe-secret-key)",
+        ),
+        (
+            &[
+                "serve",
+                "--mercadopago-access-token-file",
+                "/nonexistent/token",
+            ],
+            "cannot read --mercadopago-access-token-file /nonexistent/token",
+        ),
+        (
+            &["serve", "--stripe-secret-key", "  "],
+            "the Stripe secret key is empty",
+        ),
+        (
+            &[
+                "serve",
+                "--stripe-secret-key",
+                "sk_x",
+                "--stripe-secret-key-file",
+                "/k",
+            ],
+            "cannot be used with",
+        ),
         (
             &[
                 "serve",

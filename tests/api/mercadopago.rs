@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use refund_service::api::pb;
-use refund_service::config::MercadoPagoSettings;
+use refund_service::providers::registry::ProviderSettings;
 use refund_service::providers::traffic::TrafficConfig;
 use refund_service::secret::Secret;
 use serde_json::json;
@@ -20,9 +20,10 @@ const SECRET: &str = "mp-webhook-secret";
 const PAYMENT: &str = "18552260055";
 
 async fn spawn(db: &TestDb, api: &MockServer) -> TestApp {
-    let settings = MercadoPagoSettings {
+    let settings = ProviderSettings {
+        name: "mercadopago".to_owned(),
         api_base: api.uri(),
-        access_token: Secret::opaque(TOKEN.to_owned()),
+        credential: Secret::opaque(TOKEN.to_owned()),
         traffic: TrafficConfig {
             call_timeout: Duration::from_secs(5),
             base_backoff: Duration::from_millis(20),
@@ -32,7 +33,7 @@ async fn spawn(db: &TestDb, api: &MockServer) -> TestApp {
         webhook_secrets: vec![Secret::opaque(SECRET.to_owned())],
     };
     spawn_app_with(db, move |s| {
-        s.mercadopago = Some(settings);
+        s.providers.push(settings);
         // Only a notification makes the reconciler look before an hour is up.
         s.refunds.reconcile_delay = Duration::from_secs(3600);
         s.refunds.reconcile_interval = Duration::from_millis(50);

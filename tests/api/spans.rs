@@ -7,7 +7,7 @@ use opentelemetry::trace::{SpanId, SpanKind, Status};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use refund_service::api::pb;
-use refund_service::config::MercadoPagoSettings;
+use refund_service::providers::registry::ProviderSettings;
 use refund_service::providers::traffic::TrafficConfig;
 use refund_service::secret::Secret;
 use refund_service::telemetry::{self, LogFormat, Telemetry, TelemetryConfig};
@@ -83,9 +83,10 @@ fn under(spans: &[SpanData], span: &SpanData, ancestor: &SpanData) -> bool {
 }
 
 async fn mercadopago_app(db: &TestDb, api: &MockServer) -> TestApp {
-    let settings = MercadoPagoSettings {
+    let settings = ProviderSettings {
+        name: "mercadopago".to_owned(),
         api_base: api.uri(),
-        access_token: Secret::opaque("APP_USR-test".to_owned()),
+        credential: Secret::opaque("APP_USR-test".to_owned()),
         traffic: TrafficConfig {
             call_timeout: Duration::from_secs(5),
             max_attempts: 1,
@@ -93,7 +94,7 @@ async fn mercadopago_app(db: &TestDb, api: &MockServer) -> TestApp {
         },
         webhook_secrets: Vec::new(),
     };
-    spawn_app_with(db, move |s| s.mercadopago = Some(settings)).await
+    spawn_app_with(db, move |s| s.providers.push(settings)).await
 }
 
 fn with_traceparent<T>(message: T, trace_id: &str, parent: &str) -> tonic::Request<T> {

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use refund_service::api::pb;
-use refund_service::config::StripeSettings;
+use refund_service::providers::registry::ProviderSettings;
 use refund_service::providers::traffic::TrafficConfig;
 use refund_service::secret::Secret;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
@@ -146,10 +146,11 @@ async fn stripe_refunds(payment: &str) -> Vec<serde_json::Value> {
     list["data"].as_array().cloned().unwrap_or_default()
 }
 
-fn stripe_settings(api_base: &str) -> StripeSettings {
-    StripeSettings {
+fn stripe_settings(api_base: &str) -> ProviderSettings {
+    ProviderSettings {
+        name: "stripe".to_owned(),
         api_base: api_base.to_owned(),
-        secret_key: Secret::opaque(KEY.to_owned()),
+        credential: Secret::opaque(KEY.to_owned()),
         traffic: TrafficConfig {
             call_timeout: Duration::from_secs(5),
             base_backoff: Duration::from_millis(20),
@@ -164,7 +165,7 @@ async fn spawn_stripe_app(api_base: &str) -> (TestApp, TestDb) {
     let db = TestDb::new().await;
     let settings = stripe_settings(api_base);
     let app = spawn_app_with(&db, move |s| {
-        s.stripe = Some(settings);
+        s.providers.push(settings);
         s.refunds.reconcile_delay = Duration::from_millis(200);
         s.refunds.reconcile_interval = Duration::from_millis(50);
     })
@@ -378,7 +379,7 @@ async fn a_stripe_signed_refund_event_settles_a_refund_left_pending() {
     // No look-up within the call either: the refund stays PENDING after the dropped answer.
     settings.traffic.max_attempts = 1;
     let mut app = spawn_app_with(&db, move |s| {
-        s.stripe = Some(settings);
+        s.providers.push(settings);
         // Nothing but the webhook may settle it within the test.
         s.refunds.reconcile_delay = Duration::from_secs(3600);
     })
@@ -628,7 +629,7 @@ async fn a_409_in_progress_leaves_the_refund_pending_and_its_amount_reserved() {
     let db = TestDb::new().await;
     let settings = stripe_settings(&api.uri());
     let mut app = spawn_app_with(&db, move |s| {
-        s.stripe = Some(settings);
+        s.providers.push(settings);
         // Keep the reconciler away: this is about the request path's own answer.
         s.refunds.reconcile_delay = Duration::from_secs(3600);
     })
@@ -676,7 +677,7 @@ async fn provider_amounts_out_of_range_are_refused_not_overflowed() {
     }
     let db = TestDb::new().await;
     let settings = stripe_settings(&api.uri());
-    let mut app = spawn_app_with(&db, move |s| s.stripe = Some(settings)).await;
+    let mut app = spawn_app_with(&db, move |s| s.providers.push(settings)).await;
 
     for id in ["ch_over", "ch_neg"] {
         let err = app
@@ -706,7 +707,7 @@ async fn a_provider_outage_holds_only_that_providers_jobs() {
     let db = TestDb::new().await;
     let settings = stripe_settings(localstripe());
     let mut app = spawn_app_with(&db, move |s| {
-        s.stripe = Some(settings);
+        s.providers.push(settings);
         s.sandbox_traffic.breaker_open_for = Duration::from_secs(1);
     })
     .await;

@@ -1,0 +1,72 @@
+//! The providers this build can be configured with, each described once. Their flags and
+//! environment variables (`cli`) and how they are built (`app`) are derived from the
+//! description, so adding a provider is its adapter and one line in [`REGISTRY`].
+//!
+//! The built-in sandbox is not here: it is always there, needs no credentials, and is the
+//! default.
+
+use std::sync::Arc;
+
+use super::traffic::TrafficConfig;
+use super::{Provider, mercadopago, stripe};
+use crate::secret::Secret;
+
+/// What a provider brings to the configuration.
+#[derive(Debug)]
+pub struct ProviderSpec {
+    /// Its name in requests, routes (`/webhooks/{name}`) and flags: `stripe`.
+    pub name: &'static str,
+    /// Its name for people: `Stripe`.
+    pub title: &'static str,
+    /// The prefix of its environment variables: `STRIPE` gives `STRIPE_API_BASE`.
+    pub env_prefix: &'static str,
+    /// Its credential as a flag word (`secret-key` gives `--stripe-secret-key`) and in prose.
+    pub credential: &'static str,
+    pub default_api_base: &'static str,
+    /// Our own limit on calls per second to it, for reads and for writes separately; below the
+    /// provider's own.
+    pub default_rate_limit: u32,
+    /// How its webhooks are signed, for `--help`.
+    pub webhook_signing: &'static str,
+    /// Builds the adapter from its settings; the error names what is wrong.
+    pub build: fn(&ProviderSettings) -> Result<Arc<dyn Provider>, String>,
+}
+
+/// Every provider that can be configured besides the sandbox. One line each.
+pub const REGISTRY: &[ProviderSpec] = &[stripe::SPEC, mercadopago::SPEC];
+
+/// The description of `name`, if this build has it.
+pub fn spec(name: &str) -> Option<&'static ProviderSpec> {
+    REGISTRY.iter().find(|s| s.name == name)
+}
+
+/// One configured provider: which, where, with what credential, at what pace, and the secrets
+/// that sign its webhooks.
+#[derive(Debug, Clone)]
+pub struct ProviderSettings {
+    /// A [`ProviderSpec::name`].
+    pub name: String,
+    /// e.g. `https://api.stripe.com` (no version path).
+    pub api_base: String,
+    pub credential: Secret,
+    pub traffic: TrafficConfig,
+    /// The current and, while rotating, the previous signing secret; empty refuses webhooks.
+    pub webhook_secrets: Vec<Secret>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_variables_are_unique() {
+        for (i, a) in REGISTRY.iter().enumerate() {
+            for b in &REGISTRY[i + 1..] {
+                assert_ne!(a.name, b.name);
+                assert_ne!(a.env_prefix, b.env_prefix);
+            }
+            assert_ne!(a.name, "sandbox", "the sandbox is built in");
+            assert_eq!(spec(a.name).map(|s| s.title), Some(a.title));
+        }
+    }
+}
