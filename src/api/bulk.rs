@@ -7,9 +7,11 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::convert::{new_refund, new_refund_to_pb, refund_to_pb, timestamp_to_pb};
+use super::convert::{
+    IDEMPOTENCY_KEY_HEADER, bulk_id as parse_bulk_id, header, new_refund, new_refund_to_pb,
+    refund_to_pb, timestamp_to_pb,
+};
 use super::pb;
-use super::refunds::{IDEMPOTENCY_KEY_HEADER, header};
 use super::status::to_status;
 use crate::domain::{
     AccountId, Bulk, BulkEvent, BulkJob, BulkState, FieldViolation, IdempotencyKey, ItemResult,
@@ -47,7 +49,7 @@ pub async fn bulk_refund(
         .await
         .map_err(to_status)?;
     let events = service
-        .watch_bulk(&account, bulk.id.as_str(), 0)
+        .watch_bulk(&account, &bulk.id, 0)
         .await
         .map_err(to_status)?;
     Ok(Response::new(stream(events)))
@@ -62,6 +64,7 @@ pub async fn watch_bulk_refund(
         bulk_id,
         after_sequence,
     } = request.into_inner();
+    let bulk_id = parse_bulk_id(&bulk_id).map_err(to_status)?;
     let events = service
         .watch_bulk(&account, &bulk_id, after_sequence)
         .await
@@ -75,6 +78,7 @@ pub async fn get_bulk_refund(
     request: Request<pb::GetBulkRefundRequest>,
 ) -> Result<Response<pb::BulkRefundBatch>, Status> {
     let pb::GetBulkRefundRequest { bulk_id } = request.into_inner();
+    let bulk_id = parse_bulk_id(&bulk_id).map_err(to_status)?;
     let bulk = service
         .get_bulk(&account, &bulk_id)
         .await
@@ -88,6 +92,7 @@ pub async fn cancel_bulk_refund(
     request: Request<pb::CancelBulkRefundRequest>,
 ) -> Result<Response<pb::BulkRefundBatch>, Status> {
     let pb::CancelBulkRefundRequest { bulk_id } = request.into_inner();
+    let bulk_id = parse_bulk_id(&bulk_id).map_err(to_status)?;
     let bulk = service
         .cancel_bulk(&principal.account, Some(&principal.key_id), &bulk_id)
         .await
@@ -106,6 +111,7 @@ pub async fn list_bulk_refund_items(
         page_size,
         page_token,
     } = request.into_inner();
+    let bulk_id = parse_bulk_id(&bulk_id).map_err(to_status)?;
     let status = pb::BulkItemStatus::try_from(status)
         .map(item_status_from_pb)
         .map_err(|_| {

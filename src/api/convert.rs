@@ -5,8 +5,8 @@ use prost_types::Timestamp as PbTimestamp;
 
 use super::pb;
 use crate::domain::{
-    Amount, AuditEvent, FieldViolation, NewRefund, ProviderName, RawRefundRequest, Refund,
-    RefundReason, RefundStatus, Timestamp,
+    Amount, AuditEvent, BulkId, FieldViolation, NewRefund, ProviderName, RawRefundRequest, Refund,
+    RefundError, RefundId, RefundReason, RefundStatus, Timestamp,
 };
 use crate::providers::ProviderSummary;
 use crate::providers::traffic::CircuitState;
@@ -154,6 +154,46 @@ pub fn list_query(msg: pb::ListRefundsRequest) -> Result<ListQuery, Vec<FieldVio
         created_before,
         page_size,
         page_token,
+    })
+}
+
+/// Request metadata that carries an idempotency key when the message field is empty.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// A metadata value as text, if present and ASCII.
+pub fn header(request: &tonic::Request<impl Sized>, name: &str) -> Option<String> {
+    request
+        .metadata()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// A refund id from a request's `field`; a malformed one is an invalid argument, not a miss.
+pub fn refund_id(field: &str, id: &str) -> Result<RefundId, RefundError> {
+    RefundId::parse(id).ok_or_else(|| {
+        RefundError::invalid(
+            field,
+            if id.is_empty() {
+                format!("{field} is required")
+            } else {
+                format!("{field} must look like rf_ followed by 32 hex digits")
+            },
+        )
+    })
+}
+
+/// A batch id from a request's `bulk_id`.
+pub fn bulk_id(id: &str) -> Result<BulkId, RefundError> {
+    BulkId::parse(id).ok_or_else(|| {
+        RefundError::invalid(
+            "bulk_id",
+            if id.is_empty() {
+                "bulk_id is required"
+            } else {
+                "bulk_id must look like bulk_ followed by 32 hex digits"
+            },
+        )
     })
 }
 

@@ -14,9 +14,6 @@ use super::status::to_status;
 use crate::domain::{AccountId, RefundError, Scope};
 use crate::service::RefundService;
 
-/// Request header that carries an idempotency key when the message field is empty.
-pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
-
 pub type RefundStream = Pin<Box<dyn Stream<Item = Result<pb::Refund, Status>> + Send>>;
 
 /// The handlers. Every call reaches them through [`super::auth::AuthLayer`], which has checked
@@ -37,14 +34,6 @@ fn account<T>(request: &Request<T>) -> Result<AccountId, Status> {
     Ok(principal(request)?.account)
 }
 
-pub(super) fn header(request: &Request<impl Sized>, name: &str) -> Option<String> {
-    request
-        .metadata()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
 #[tonic::async_trait]
 impl pb::refund_service_server::RefundService for RefundsApi {
     async fn create_refund(
@@ -52,7 +41,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         request: Request<pb::CreateRefundRequest>,
     ) -> Result<Response<pb::Refund>, Status> {
         let principal = principal(&request)?;
-        let header_key = header(&request, IDEMPOTENCY_KEY_HEADER);
+        let header_key = convert::header(&request, convert::IDEMPOTENCY_KEY_HEADER);
         let new = convert::new_refund(
             request.into_inner(),
             header_key,
@@ -74,6 +63,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
     ) -> Result<Response<pb::Refund>, Status> {
         let account = account(&request)?;
         let pb::GetRefundRequest { id } = request.into_inner();
+        let id = convert::refund_id("id", &id).map_err(to_status)?;
         let refund = self
             .service
             .get_refund(&account, &id)
@@ -110,6 +100,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
     ) -> Result<Response<pb::Refund>, Status> {
         let principal = principal(&request)?;
         let pb::ApproveRefundRequest { id } = request.into_inner();
+        let id = convert::refund_id("id", &id).map_err(to_status)?;
         let refund = self
             .service
             .approve_refund(&principal, &id)
@@ -124,6 +115,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
     ) -> Result<Response<pb::Refund>, Status> {
         let principal = principal(&request)?;
         let pb::RejectRefundRequest { id } = request.into_inner();
+        let id = convert::refund_id("id", &id).map_err(to_status)?;
         let refund = self
             .service
             .reject_refund(&principal, &id)
@@ -183,6 +175,7 @@ impl pb::refund_service_server::RefundService for RefundsApi {
     ) -> Result<Response<Self::WatchRefundStream>, Status> {
         let account = account(&request)?;
         let pb::WatchRefundRequest { id } = request.into_inner();
+        let id = convert::refund_id("id", &id).map_err(to_status)?;
         let changes = self
             .service
             .watch_refund(&account, &id)

@@ -3,7 +3,7 @@
 //! provider) or anyone with that scope rejects them (CANCELED, amount released).
 
 use super::{Origin, RefundService};
-use crate::domain::{Principal, Refund, RefundError, RefundStatus};
+use crate::domain::{Principal, Refund, RefundError, RefundId, RefundStatus};
 use crate::store::Settlement;
 
 impl RefundService {
@@ -12,7 +12,7 @@ impl RefundService {
     pub async fn approve_refund(
         &self,
         approver: &Principal,
-        id: &str,
+        id: &RefundId,
     ) -> Result<Refund, RefundError> {
         let refund = self.get_refund(&approver.account, id).await?;
         self.awaiting_approval(&refund)?;
@@ -69,7 +69,7 @@ impl RefundService {
     pub async fn reject_refund(
         &self,
         rejecter: &Principal,
-        id: &str,
+        id: &RefundId,
     ) -> Result<Refund, RefundError> {
         let refund = self.get_refund(&rejecter.account, id).await?;
         self.awaiting_approval(&refund)?;

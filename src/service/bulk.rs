@@ -115,13 +115,14 @@ impl RefundService {
         }
     }
 
-    pub async fn get_bulk(&self, account: &AccountId, id: &str) -> Result<Bulk, RefundError> {
-        let bulk_id = parse_bulk_id(id)?;
+    pub async fn get_bulk(&self, account: &AccountId, id: &BulkId) -> Result<Bulk, RefundError> {
         self.store()
-            .get_bulk(account, &bulk_id)
+            .get_bulk(account, id)
             .await
             .map_err(internal)?
-            .ok_or_else(|| RefundError::BulkNotFound { id: id.to_owned() })
+            .ok_or_else(|| RefundError::BulkNotFound {
+                id: id.as_str().to_owned(),
+            })
     }
 
     /// Stops dispatching the batch's remaining jobs; they end CANCELED once the jobs in flight
@@ -130,20 +131,16 @@ impl RefundService {
         &self,
         account: &AccountId,
         actor: Option<&crate::domain::ApiKeyId>,
-        id: &str,
+        id: &BulkId,
     ) -> Result<Bulk, RefundError> {
-        let bulk_id = parse_bulk_id(id)?;
         let bulk = self
             .store()
-            .cancel_bulk(
-                account,
-                &bulk_id,
-                actor,
-                super::context::request_id().as_deref(),
-            )
+            .cancel_bulk(account, id, actor, super::context::request_id().as_deref())
             .await
             .map_err(internal)?
-            .ok_or_else(|| RefundError::BulkNotFound { id: id.to_owned() })?;
+            .ok_or_else(|| RefundError::BulkNotFound {
+                id: id.as_str().to_owned(),
+            })?;
         self.inner.bulk_wakeup.notify_one();
         Ok(bulk)
     }
@@ -153,7 +150,7 @@ impl RefundService {
     pub async fn list_bulk_items(
         &self,
         account: &AccountId,
-        id: &str,
+        id: &BulkId,
         status: Option<ItemStatus>,
         page_size: i32,
         page_token: &str,
@@ -198,7 +195,7 @@ impl RefundService {
     pub async fn watch_bulk(
         &self,
         account: &AccountId,
-        id: &str,
+        id: &BulkId,
         after: u64,
     ) -> Result<mpsc::Receiver<Result<SequencedEvent, RefundError>>, RefundError> {
         let bulk = self.get_bulk(account, id).await?;
@@ -259,17 +256,4 @@ impl RefundService {
             .bulk_events
             .send_modify(|v| *v = v.wrapping_add(1));
     }
-}
-
-fn parse_bulk_id(id: &str) -> Result<BulkId, RefundError> {
-    BulkId::parse(id).ok_or_else(|| {
-        RefundError::invalid(
-            "bulk_id",
-            if id.is_empty() {
-                "bulk_id is required"
-            } else {
-                "bulk_id must look like bulk_ followed by 32 hex digits"
-            },
-        )
-    })
 }

@@ -336,21 +336,19 @@ impl RefundService {
         }
     }
 
-    pub async fn get_refund(&self, account: &AccountId, id: &str) -> Result<Refund, RefundError> {
-        let not_found = || RefundError::RefundNotFound { id: id.to_owned() };
-        let Some(id) = RefundId::parse(id) else {
-            return Err(if id.is_empty() {
-                RefundError::invalid("id", "id is required")
-            } else {
-                RefundError::invalid("id", "id must look like rf_ followed by 32 hex digits")
-            });
-        };
+    pub async fn get_refund(
+        &self,
+        account: &AccountId,
+        id: &RefundId,
+    ) -> Result<Refund, RefundError> {
         self.inner
             .store
-            .get_refund(account, &id)
+            .get_refund(account, id)
             .await
             .map_err(internal)?
-            .ok_or_else(not_found)
+            .ok_or_else(|| RefundError::RefundNotFound {
+                id: id.as_str().to_owned(),
+            })
     }
 
     /// How long the request path owns a refund it just stored before the reconciler may take it

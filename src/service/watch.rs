@@ -15,7 +15,7 @@ impl RefundService {
     pub async fn watch_refund(
         &self,
         account: &AccountId,
-        id: &str,
+        id: &crate::domain::RefundId,
     ) -> Result<mpsc::Receiver<Result<Refund, RefundError>>, RefundError> {
         let first = self.get_refund(account, id).await?;
         let (tx, rx) = mpsc::channel(4);

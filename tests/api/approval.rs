@@ -321,7 +321,7 @@ async fn concurrent_approvals_by_one_key_send_the_refund_once() {
             .map(|_| {
                 let service = app.service.clone();
                 let manager = manager.clone();
-                let id = big.id.clone();
+                let id = refund_service::domain::RefundId::parse(&big.id).expect("a refund id");
                 tokio::spawn(async move { service.approve_refund(&manager, &id).await })
             })
             .collect();

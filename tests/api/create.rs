@@ -299,3 +299,56 @@ async fn get_unknown_or_malformed_id() {
         assert_eq!(violated_fields(&err), ["id"]);
     }
 }
+
+/// Ids are parsed at the API's edge: a malformed one is INVALID_ARGUMENT naming the field, for
+/// every RPC that takes a refund id; a well-formed one that does not exist is NOT_FOUND.
+#[tokio::test]
+async fn malformed_refund_ids_are_invalid_arguments_and_unknown_ones_not_found() {
+    use tonic_types::StatusExt as _;
+    let (app, _db) = spawn_app().await;
+    let mut client = app.client.clone();
+    for (id, code) in [
+        ("", Code::InvalidArgument),
+        ("rf_nope", Code::InvalidArgument),
+        ("rf_0190c5f4a4f07c3e9e2b7b6a1e1d2c3b", Code::NotFound),
+    ] {
+        let statuses = [
+            client
+                .get_refund(pb::GetRefundRequest { id: id.into() })
+                .await
+                .map(|_| ())
+                .expect_err("get"),
+            client
+                .approve_refund(pb::ApproveRefundRequest { id: id.into() })
+                .await
+                .map(|_| ())
+                .expect_err("approve"),
+            client
+                .reject_refund(pb::RejectRefundRequest { id: id.into() })
+                .await
+                .map(|_| ())
+                .expect_err("reject"),
+            client
+                .watch_refund(pb::WatchRefundRequest { id: id.into() })
+                .await
+                .map(|_| ())
+                .expect_err("watch"),
+        ];
+        for status in statuses {
+            assert_eq!(status.code(), code, "{id:?}: {status:?}");
+            if code == Code::InvalidArgument {
+                let details = status.get_error_details();
+                let fields: Vec<&str> = details
+                    .bad_request()
+                    .map(|b| {
+                        b.field_violations
+                            .iter()
+                            .map(|v| v.field.as_str())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                assert_eq!(fields, ["id"], "{id:?}: {status:?}");
+            }
+        }
+    }
+}
