@@ -32,6 +32,46 @@ struct ProviderLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TrafficLabels {
+    provider: String,
+    /// A [`TrafficEvent`]'s name.
+    event: &'static str,
+}
+
+/// What traffic control did with a provider's calls, counted in `provider_traffic_events`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrafficEvent {
+    /// An attempt that reached the provider (look-ups included).
+    Call,
+    /// An attempt made after a first one.
+    Retry,
+    /// An attempt that waited for our own rate limiter.
+    RateLimitWait,
+    /// A 429 from the provider.
+    RateLimitedByProvider,
+    /// The circuit breaker opened.
+    CircuitOpened,
+    /// A look-up made because a creation's outcome was ambiguous.
+    AmbiguousLookup,
+    /// An attempt failed fast by an open circuit, never sent.
+    ShortCircuited,
+}
+
+impl TrafficEvent {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Call => "call",
+            Self::Retry => "retry",
+            Self::RateLimitWait => "rate_limit_wait",
+            Self::RateLimitedByProvider => "rate_limited_by_provider",
+            Self::CircuitOpened => "circuit_opened",
+            Self::AmbiguousLookup => "ambiguous_lookup",
+            Self::ShortCircuited => "short_circuited",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefundLabels {
     provider: String,
     status: String,
@@ -57,6 +97,7 @@ pub struct Metrics {
     provider_duration: HistogramFamily<ProviderCallLabels>,
     provider_retries: Family<ProviderLabels, Counter>,
     rate_limit_waits: Family<ProviderLabels, Counter>,
+    provider_traffic: Family<TrafficLabels, Counter>,
     circuit_open: Family<ProviderLabels, Gauge>,
     refunds: Family<RefundLabels, Counter>,
     refunded_minor_units: Family<CurrencyLabels, Counter>,
@@ -100,6 +141,12 @@ impl Metrics {
             "provider_rate_limit_waits",
             "Provider calls that waited for our own rate limiter",
             rate_limit_waits.clone(),
+        );
+        let provider_traffic = Family::<TrafficLabels, Counter>::default();
+        registry.register(
+            "provider_traffic_events",
+            "What traffic control did with provider calls, by provider and event (call, retry, rate_limit_wait, rate_limited_by_provider, circuit_opened, ambiguous_lookup, short_circuited)",
+            provider_traffic.clone(),
         );
         let circuit_open = Family::<ProviderLabels, Gauge>::default();
         registry.register(
@@ -152,6 +199,7 @@ impl Metrics {
             provider_duration,
             provider_retries,
             rate_limit_waits,
+            provider_traffic,
             circuit_open,
             refunds,
             refunded_minor_units,
@@ -176,16 +224,38 @@ impl Metrics {
             .observe(seconds);
     }
 
-    pub fn provider_retry(&self, provider: &str) {
-        self.provider_retries
-            .get_or_create(&provider_labels(provider))
+    /// Counts one traffic-control event of `provider` (retries and rate-limit waits also in
+    /// their own, older series).
+    pub fn traffic(&self, provider: &str, event: TrafficEvent) {
+        match event {
+            TrafficEvent::Retry => {
+                self.provider_retries
+                    .get_or_create(&provider_labels(provider))
+                    .inc();
+            }
+            TrafficEvent::RateLimitWait => {
+                self.rate_limit_waits
+                    .get_or_create(&provider_labels(provider))
+                    .inc();
+            }
+            _ => {}
+        }
+        self.provider_traffic
+            .get_or_create(&TrafficLabels {
+                provider: provider.to_owned(),
+                event: event.as_str(),
+            })
             .inc();
     }
 
-    pub fn rate_limit_wait(&self, provider: &str) {
-        self.rate_limit_waits
-            .get_or_create(&provider_labels(provider))
-            .inc();
+    /// How many `event`s `provider` has had.
+    pub fn traffic_count(&self, provider: &str, event: TrafficEvent) -> u64 {
+        self.provider_traffic
+            .get_or_create(&TrafficLabels {
+                provider: provider.to_owned(),
+                event: event.as_str(),
+            })
+            .get()
     }
 
     pub fn set_circuit_open(&self, provider: &str, open: bool) {

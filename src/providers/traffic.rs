@@ -18,7 +18,6 @@
 
 use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -35,7 +34,7 @@ use tracing::Instrument as _;
 
 use super::{Capabilities, Provider, ProviderError, ProviderPayment, ProviderRefund, RefundCall};
 use crate::domain::PaymentRef;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TrafficEvent};
 
 /// How much traffic one provider gets, and how hard we try before giving up.
 #[derive(Debug, Clone)]
@@ -161,9 +160,9 @@ pub struct ControlledProvider {
     write_limiter: Option<Limiter>,
     permits: Semaphore,
     breaker: Mutex<Breaker>,
-    stats: Counters,
-    /// The process's Prometheus metrics, when it exports them.
-    metrics: Option<Arc<Metrics>>,
+    /// Where its traffic is counted: the process's Prometheus metrics, or its own until
+    /// [`ControlledProvider::with_metrics`].
+    metrics: Arc<Metrics>,
 }
 
 /// The one write operation; every other operation is a read.
@@ -193,15 +192,14 @@ impl ControlledProvider {
             read_limiter: limiter(),
             write_limiter: limiter(),
             breaker: Mutex::new(Breaker::new()),
-            stats: Counters::default(),
-            metrics: None,
+            metrics: Arc::new(Metrics::new()),
             config,
         }
     }
 
     /// Also reports calls, retries, rate-limit waits and circuit state to `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
+        self.metrics = metrics;
         self
     }
 
@@ -258,19 +256,22 @@ impl ControlledProvider {
         }
     }
 
-    /// Counters since this wrapper was made, for metrics and operators.
+    /// What traffic control has done with this provider's calls, from its metrics.
     pub fn stats(&self) -> TrafficStats {
-        let c = &self.stats;
-        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let get = |event| self.metrics.traffic_count(&self.name, event);
         TrafficStats {
-            calls: get(&c.calls),
-            retries: get(&c.retries),
-            rate_limit_waits: get(&c.rate_limit_waits),
-            rate_limited_by_provider: get(&c.rate_limited_by_provider),
-            breaker_opened: get(&c.breaker_opened),
-            ambiguous_lookups: get(&c.ambiguous_lookups),
-            short_circuited: get(&c.short_circuited),
+            calls: get(TrafficEvent::Call),
+            retries: get(TrafficEvent::Retry),
+            rate_limit_waits: get(TrafficEvent::RateLimitWait),
+            rate_limited_by_provider: get(TrafficEvent::RateLimitedByProvider),
+            breaker_opened: get(TrafficEvent::CircuitOpened),
+            ambiguous_lookups: get(TrafficEvent::AmbiguousLookup),
+            short_circuited: get(TrafficEvent::ShortCircuited),
         }
+    }
+
+    fn count(&self, event: TrafficEvent) {
+        self.metrics.traffic(&self.name, event);
     }
 
     /// A read, repeated on anything that may be transient: repeating a read cannot move money.
@@ -301,10 +302,7 @@ impl ControlledProvider {
                 return Err(error);
             };
             tokio::time::sleep(delay).await;
-            self.stats.bump(&self.stats.retries);
-            if let Some(metrics) = &self.metrics {
-                metrics.provider_retry(&self.name);
-            }
+            self.count(TrafficEvent::Retry);
             attempt += 1;
         }
     }
@@ -360,7 +358,7 @@ impl ControlledProvider {
                     // Waiting first also gives a slow provider time to finish what it may
                     // still be processing, so the look-up is more likely to see it.
                     tokio::time::sleep(delay).await;
-                    self.stats.bump(&self.stats.ambiguous_lookups);
+                    self.count(TrafficEvent::AmbiguousLookup);
                     let lookup = || self.inner.find_refund(&call.payment, &call.idempotency_key);
                     match self
                         .attempt("find_refund", attempt, Some(&call.idempotency_key), lookup)
@@ -384,10 +382,7 @@ impl ControlledProvider {
                     }
                 }
             }
-            self.stats.bump(&self.stats.retries);
-            if let Some(metrics) = &self.metrics {
-                metrics.provider_retry(&self.name);
-            }
+            self.count(TrafficEvent::Retry);
             attempt += 1;
         }
     }
@@ -425,7 +420,8 @@ impl ControlledProvider {
             span.record("otel.status_code", "ERROR");
             span.record("error", tracing::field::display(e));
         }
-        if let Some(metrics) = &self.metrics {
+        {
+            let metrics = &self.metrics;
             let outcome = match &result {
                 Ok(_) => "ok",
                 Err(Attempt::ShortCircuited(_)) => "short_circuited",
@@ -472,19 +468,19 @@ impl ControlledProvider {
             admission: admitted.map_err(|e| self.short_circuit(op, e))?,
             settled: false,
         };
-        self.stats.bump(&self.stats.calls);
+        self.count(TrafficEvent::Call);
         let result = tokio::time::timeout(self.config.call_timeout, call())
             .await
             .unwrap_or(Err(ProviderError::Timeout));
         if let Err(ProviderError::RateLimited { .. }) = &result {
-            self.stats.bump(&self.stats.rate_limited_by_provider);
+            self.count(TrafficEvent::RateLimitedByProvider);
         }
         ticket.settle(result.as_ref().err());
         result.map_err(Attempt::Failed)
     }
 
     fn short_circuit(&self, op: &'static str, error: ProviderError) -> Attempt {
-        self.stats.bump(&self.stats.short_circuited);
+        self.count(TrafficEvent::ShortCircuited);
         tracing::debug!(provider = %self.name, operation = op, "circuit open; failing fast");
         Attempt::ShortCircuited(error)
     }
@@ -508,10 +504,7 @@ impl ControlledProvider {
             tokio::time::sleep(wait).await;
         }
         if !waited.is_zero() {
-            self.stats.bump(&self.stats.rate_limit_waits);
-            if let Some(metrics) = &self.metrics {
-                metrics.rate_limit_wait(&self.name);
-            }
+            self.count(TrafficEvent::RateLimitWait);
             // A debug event: not logged by default, but an event of the attempt's span in traces.
             tracing::debug!(provider = %self.name, operation = op, waited = ?waited, "waited for our own rate limit");
         }
@@ -633,23 +626,6 @@ enum Attempt {
     ShortCircuited(ProviderError),
     /// The provider was called (or timed out).
     Failed(ProviderError),
-}
-
-#[derive(Default)]
-struct Counters {
-    calls: AtomicU64,
-    retries: AtomicU64,
-    rate_limit_waits: AtomicU64,
-    rate_limited_by_provider: AtomicU64,
-    breaker_opened: AtomicU64,
-    ambiguous_lookups: AtomicU64,
-    short_circuited: AtomicU64,
-}
-
-impl Counters {
-    fn bump(&self, counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 /// governor's clock over `tokio::time::Instant`, as an offset from when it was made.
@@ -857,7 +833,7 @@ impl Ticket<'_> {
                 .record(self.admission, error, Instant::now(), &owner.config);
         match transition {
             Some(Transition::Opened) => {
-                owner.stats.bump(&owner.stats.breaker_opened);
+                owner.count(TrafficEvent::CircuitOpened);
                 tracing::warn!(provider = %owner.name, error = ?error.map(ToString::to_string), open_for = ?owner.config.breaker_open_for, "circuit opened; calls fail fast");
             }
             Some(Transition::Closed) => {
@@ -889,6 +865,7 @@ mod tests {
     use super::*;
     use crate::domain::{Amount, Currency, RefundReason};
     use crate::providers::{PaymentStatus, ProviderRefundStatus};
+    use std::sync::atomic::Ordering;
 
     const KEY: &str = "rf_0123456789abcdef0123456789abcdef";
 

@@ -300,6 +300,8 @@ async fn metrics_count_refunds_money_and_provider_calls() {
         r#"refund_provider_request_duration_seconds_count{provider="sandbox",operation="create_refund",outcome="ok"} 3"#,
         r#"refund_provider_request_duration_seconds_count{provider="sandbox",operation="get_payment",outcome="ok"} 3"#,
         r#"refund_provider_circuit_open{provider="sandbox"} 0"#,
+        // Six attempts reached the provider: a pre-flight and a creation per refund.
+        r#"refund_provider_traffic_events_total{provider="sandbox",event="call"} 6"#,
         "refund_bulk_jobs_in_flight 0",
         "refund_bulk_jobs_queued 0",
     ] {
