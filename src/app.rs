@@ -42,111 +42,12 @@ impl Application {
     /// serving anything if any of that fails, and before touching the database if a port is
     /// taken.
     pub async fn build(mut settings: ServeSettings) -> anyhow::Result<Self> {
-        let grpc = TcpListener::bind(settings.grpc_addr).await.with_context(|| {
-            format!(
-                "cannot listen for gRPC on {} (set another with --grpc-addr or REFUND_GRPC_ADDR)",
-                settings.grpc_addr
-            )
-        })?;
-        let http = TcpListener::bind(settings.http_addr).await.with_context(|| {
-            format!(
-                "cannot listen for HTTP on {} (set another with --http-addr or REFUND_HTTP_ADDR)",
-                settings.http_addr
-            )
-        })?;
-        let store = Store::connect(settings.database_url.expose(), &settings.store)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot connect to the database {}",
-                    settings.database_url.redacted()
-                )
-            })?;
-        store
-            .migrate()
-            .await
-            .context("cannot apply database migrations")?;
-
-        let (sandbox_provider, sandbox) = match &settings.sandbox_url {
-            Some(url) => {
-                let client = SandboxClient::new(url, settings.sandbox_traffic.call_timeout)
-                    .with_context(|| format!("bad --sandbox-url {url}"))?;
-                (SandboxProvider::Remote(client), None)
-            }
-            None => {
-                let sandbox = Arc::new(Sandbox::new(FaultConfig::default()));
-                (SandboxProvider::Local(sandbox.clone()), Some(sandbox))
-            }
-        };
-        settings.refunds.provider_budget = settings.sandbox_traffic.budget();
+        let (grpc, http) = bind(&settings).await?;
+        let store = open_store(&settings).await?;
         let metrics = Arc::new(Metrics::new());
-        let mut providers = Providers::new(
-            ProviderName::from_trusted("sandbox".to_owned()),
-            Arc::new(
-                ControlledProvider::new(
-                    "sandbox",
-                    Arc::new(sandbox_provider),
-                    settings.sandbox_traffic.clone(),
-                )
-                .with_metrics(metrics.clone()),
-            ),
-        );
-        for configured in &settings.providers {
-            let spec = crate::providers::registry::spec(&configured.name).ok_or_else(|| {
-                anyhow::anyhow!("no provider named {:?} in this build", configured.name)
-            })?;
-            let client = (spec.build)(configured)
-                .map_err(|e| anyhow::anyhow!("bad --{}-api-base: {e}", spec.name))?;
-            providers = register(
-                providers,
-                spec.name,
-                client,
-                &configured.traffic,
-                configured.webhook_secrets.clone(),
-                &metrics,
-                &mut settings.refunds.provider_budget,
-            );
-        }
-
-        // The in-process sandbox announces settled refunds to this process, signed with a secret
-        // made up here unless one is configured.
-        let mut sandbox_secrets = settings.sandbox_webhook_secrets.clone();
-        if let Some(sandbox) = sandbox.as_ref().filter(|_| settings.tls.is_none()) {
-            // (With TLS on, the in-process sandbox would have to trust our certificate and hold
-            // a client certificate; it sends no webhooks then, and the reconciler settles.)
-            if sandbox_secrets.is_empty() {
-                sandbox_secrets.push(Secret::opaque(random_secret()));
-            }
-            let mut addr = http.local_addr().context("HTTP listener has no address")?;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            sandbox.set_webhook_target(Some(WebhookTarget {
-                url: format!("http://{addr}/webhooks/sandbox"),
-                secret: sandbox_secrets[0].expose().to_owned(),
-            }));
-        }
-        let providers = providers.with_webhook_secrets(
-            &ProviderName::from_trusted("sandbox".to_owned()),
-            sandbox_secrets,
-        );
-        // A fresh installation serving on loopback gets an admin key, shown once, so it works
-        // without set-up; on any other address an operator creates keys (`keys create`). Calls
-        // without a valid key are refused either way.
-        let supplied = settings.bootstrap_api_key.as_ref().map(Secret::expose);
-        let bootstrap_key = if supplied.is_some() || settings.grpc_addr.ip().is_loopback() {
-            crate::service::bootstrap_admin_key(&store, supplied)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot create the first API key: {e}"))?
-        } else {
-            if store.active_api_keys().await.unwrap_or(0) == 0 {
-                tracing::warn!(
-                    "no API keys exist: every call is refused until one is made with \
-                     `refund-service keys create --account ACCOUNT --scopes ...`"
-                );
-            }
-            None
-        };
+        let http_addr = http.local_addr().context("HTTP listener has no address")?;
+        let (providers, sandbox) = providers(&mut settings, &metrics, http_addr)?;
+        let bootstrap_key = bootstrap_key(&settings, &store).await?;
         let service =
             RefundService::new(store, providers, settings.refunds.clone(), metrics.clone());
         Ok(Self {
@@ -270,6 +171,136 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// Both listeners, before anything else: a taken port fails before the database is touched.
+async fn bind(settings: &ServeSettings) -> anyhow::Result<(TcpListener, TcpListener)> {
+    let grpc = TcpListener::bind(settings.grpc_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for gRPC on {} (set another with --grpc-addr or REFUND_GRPC_ADDR)",
+                settings.grpc_addr
+            )
+        })?;
+    let http = TcpListener::bind(settings.http_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for HTTP on {} (set another with --http-addr or REFUND_HTTP_ADDR)",
+                settings.http_addr
+            )
+        })?;
+    Ok((grpc, http))
+}
+
+/// The store, connected and migrated.
+async fn open_store(settings: &ServeSettings) -> anyhow::Result<Store> {
+    let store = Store::connect(settings.database_url.expose(), &settings.store)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to the database {}",
+                settings.database_url.redacted()
+            )
+        })?;
+    store
+        .migrate()
+        .await
+        .context("cannot apply database migrations")?;
+    Ok(store)
+}
+
+/// The sandbox (in-process, or the standalone one at `--sandbox-url`) as the default provider,
+/// and every configured provider of the registry, each in traffic control. Sets the refunds'
+/// provider budget to the longest of theirs. The in-process sandbox is returned too: it
+/// announces settled refunds to this process at `http_addr`, signed with a secret made up here
+/// unless one is configured.
+fn providers(
+    settings: &mut ServeSettings,
+    metrics: &Arc<Metrics>,
+    http_addr: SocketAddr,
+) -> anyhow::Result<(Providers, Option<Arc<Sandbox>>)> {
+    let (sandbox_provider, sandbox) = match &settings.sandbox_url {
+        Some(url) => {
+            let client = SandboxClient::new(url, settings.sandbox_traffic.call_timeout)
+                .with_context(|| format!("bad --sandbox-url {url}"))?;
+            (SandboxProvider::Remote(client), None)
+        }
+        None => {
+            let sandbox = Arc::new(Sandbox::new(FaultConfig::default()));
+            (SandboxProvider::Local(sandbox.clone()), Some(sandbox))
+        }
+    };
+    settings.refunds.provider_budget = settings.sandbox_traffic.budget();
+    let mut providers = Providers::new(
+        ProviderName::from_trusted("sandbox".to_owned()),
+        Arc::new(
+            ControlledProvider::new(
+                "sandbox",
+                Arc::new(sandbox_provider),
+                settings.sandbox_traffic.clone(),
+            )
+            .with_metrics(metrics.clone()),
+        ),
+    );
+    for configured in &settings.providers {
+        let spec = crate::providers::registry::spec(&configured.name).ok_or_else(|| {
+            anyhow::anyhow!("no provider named {:?} in this build", configured.name)
+        })?;
+        let client = (spec.build)(configured)
+            .map_err(|e| anyhow::anyhow!("bad --{}-api-base: {e}", spec.name))?;
+        providers = register(
+            providers,
+            spec.name,
+            client,
+            &configured.traffic,
+            configured.webhook_secrets.clone(),
+            metrics,
+            &mut settings.refunds.provider_budget,
+        );
+    }
+
+    let mut sandbox_secrets = settings.sandbox_webhook_secrets.clone();
+    if let Some(sandbox) = sandbox.as_ref().filter(|_| settings.tls.is_none()) {
+        // (With TLS on, the in-process sandbox would have to trust our certificate and hold
+        // a client certificate; it sends no webhooks then, and the reconciler settles.)
+        if sandbox_secrets.is_empty() {
+            sandbox_secrets.push(Secret::opaque(random_secret()));
+        }
+        let mut addr = http_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        sandbox.set_webhook_target(Some(WebhookTarget {
+            url: format!("http://{addr}/webhooks/sandbox"),
+            secret: sandbox_secrets[0].expose().to_owned(),
+        }));
+    }
+    let providers = providers.with_webhook_secrets(
+        &ProviderName::from_trusted("sandbox".to_owned()),
+        sandbox_secrets,
+    );
+    Ok((providers, sandbox))
+}
+
+/// A fresh installation serving on loopback gets an admin key, shown once, so it works without
+/// set-up; on any other address an operator creates keys (`keys create`). Calls without a valid
+/// key are refused either way.
+async fn bootstrap_key(settings: &ServeSettings, store: &Store) -> anyhow::Result<Option<String>> {
+    let supplied = settings.bootstrap_api_key.as_ref().map(Secret::expose);
+    if supplied.is_some() || settings.grpc_addr.ip().is_loopback() {
+        return crate::service::bootstrap_admin_key(store, supplied)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create the first API key: {e}"));
+    }
+    if store.active_api_keys().await.unwrap_or(0) == 0 {
+        tracing::warn!(
+            "no API keys exist: every call is refused until one is made with \
+             `refund-service keys create --account ACCOUNT --scopes ...`"
+        );
+    }
+    Ok(None)
 }
 
 /// Adds a provider under `name`, wrapped in traffic control, accepting webhooks signed with

@@ -419,7 +419,63 @@ impl From<LogFormatArg> for LogFormat {
 }
 
 impl ServeArgs {
+    /// The settings that cannot be right whatever else is set, refused with the flag to fix.
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.provider_timeout.is_zero(),
+            "--provider-timeout must be greater than zero"
+        );
+        anyhow::ensure!(
+            !self.reconcile_interval.is_zero(),
+            "--reconcile-interval must be greater than zero"
+        );
+        anyhow::ensure!(
+            self.reconcile_delay <= self.reconcile_max_delay,
+            "--reconcile-delay must not exceed --reconcile-max-delay"
+        );
+        anyhow::ensure!(self.max_attempts >= 1, "--max-attempts must be at least 1");
+        anyhow::ensure!(
+            self.provider_concurrency >= 1,
+            "--provider-concurrency must be at least 1"
+        );
+        anyhow::ensure!(
+            self.provider_max_attempts >= 1,
+            "--provider-max-attempts must be at least 1"
+        );
+        anyhow::ensure!(
+            self.provider_backoff <= self.provider_max_backoff,
+            "--provider-backoff must not exceed --provider-max-backoff"
+        );
+        anyhow::ensure!(
+            (1..=1_000_000).contains(&self.bulk_max_jobs),
+            "--bulk-max-jobs must be between 1 and 1000000"
+        );
+        anyhow::ensure!(
+            self.bulk_max_concurrency >= 1
+                && (1..=self.bulk_max_concurrency).contains(&self.bulk_default_concurrency),
+            "--bulk-default-concurrency must be between 1 and --bulk-max-concurrency"
+        );
+        anyhow::ensure!(
+            self.bulk_lease >= Duration::from_millis(300),
+            "--bulk-lease must be at least 300ms"
+        );
+        anyhow::ensure!(
+            !self.watch_poll_interval.is_zero(),
+            "--watch-poll-interval must be greater than zero"
+        );
+        anyhow::ensure!(
+            !self.bulk_poll_interval.is_zero(),
+            "--bulk-poll-interval must be greater than zero"
+        );
+        anyhow::ensure!(
+            self.grpc_addr.port() == 0 || self.grpc_addr != self.http_addr,
+            "--grpc-addr and --http-addr must differ"
+        );
+        Ok(())
+    }
+
     fn into_settings(self) -> anyhow::Result<ServeSettings> {
+        self.check()?;
         let Self {
             grpc_addr,
             http_addr,
@@ -456,56 +512,6 @@ impl ServeArgs {
             tls_client_ca,
             shutdown_grace,
         } = self;
-        anyhow::ensure!(
-            !provider_timeout.is_zero(),
-            "--provider-timeout must be greater than zero"
-        );
-        anyhow::ensure!(
-            !reconcile_interval.is_zero(),
-            "--reconcile-interval must be greater than zero"
-        );
-        anyhow::ensure!(
-            reconcile_delay <= reconcile_max_delay,
-            "--reconcile-delay must not exceed --reconcile-max-delay"
-        );
-        anyhow::ensure!(max_attempts >= 1, "--max-attempts must be at least 1");
-        anyhow::ensure!(
-            provider_concurrency >= 1,
-            "--provider-concurrency must be at least 1"
-        );
-        anyhow::ensure!(
-            provider_max_attempts >= 1,
-            "--provider-max-attempts must be at least 1"
-        );
-        anyhow::ensure!(
-            provider_backoff <= provider_max_backoff,
-            "--provider-backoff must not exceed --provider-max-backoff"
-        );
-        anyhow::ensure!(
-            (1..=1_000_000).contains(&bulk_max_jobs),
-            "--bulk-max-jobs must be between 1 and 1000000"
-        );
-        anyhow::ensure!(
-            bulk_max_concurrency >= 1
-                && (1..=bulk_max_concurrency).contains(&bulk_default_concurrency),
-            "--bulk-default-concurrency must be between 1 and --bulk-max-concurrency"
-        );
-        anyhow::ensure!(
-            bulk_lease >= Duration::from_millis(300),
-            "--bulk-lease must be at least 300ms"
-        );
-        anyhow::ensure!(
-            !watch_poll_interval.is_zero(),
-            "--watch-poll-interval must be greater than zero"
-        );
-        anyhow::ensure!(
-            !bulk_poll_interval.is_zero(),
-            "--bulk-poll-interval must be greater than zero"
-        );
-        anyhow::ensure!(
-            grpc_addr.port() == 0 || grpc_addr != http_addr,
-            "--grpc-addr and --http-addr must differ"
-        );
         let sandbox_traffic = TrafficConfig {
             rate_per_sec: sandbox_rate_limit,
             max_concurrency: provider_concurrency,
@@ -548,41 +554,45 @@ impl ServeArgs {
             },
             shutdown_grace,
             api_key_rate_limit,
-            tls: match (tls_cert, tls_key) {
-                (Some(cert), Some(key)) => {
-                    let read = |path: &std::path::Path, what: &str| {
-                        std::fs::read(path)
-                            .with_context(|| format!("cannot read {what} {}", path.display()))
-                    };
-                    let tls = crate::config::TlsSettings {
-                        cert_pem: read(&cert, "--tls-cert")?,
-                        key_pem: Secret::opaque(
-                            String::from_utf8(read(&key, "--tls-key")?)
-                                .context("--tls-key is not a PEM file")?,
-                        ),
-                        client_ca_pem: tls_client_ca
-                            .map(|ca| read(&ca, "--tls-client-ca"))
-                            .transpose()?,
-                    };
-                    // Fail at start-up, not at the first connection.
-                    tls.rustls_server_config()?;
-                    Some(tls)
-                }
-                _ => None,
-            },
-            bootstrap_api_key: match bootstrap_api_key {
-                Some(key) => {
-                    let key = key.trim().to_owned();
-                    anyhow::ensure!(
-                        key.len() >= 32 && key.bytes().all(|b| b.is_ascii_graphic()),
-                        "--bootstrap-api-key must be at least 32 printable characters"
-                    );
-                    Some(Secret::opaque(key))
-                }
-                None => None,
-            },
+            tls: tls_settings(tls_cert, tls_key, tls_client_ca)?,
+            bootstrap_api_key: bootstrap_api_key.map(checked_bootstrap_key).transpose()?,
         })
     }
+}
+
+/// The PEM files of `--tls-cert`, `--tls-key` and `--tls-client-ca`, checked now rather than at
+/// the first connection.
+fn tls_settings(
+    cert: Option<std::path::PathBuf>,
+    key: Option<std::path::PathBuf>,
+    client_ca: Option<std::path::PathBuf>,
+) -> anyhow::Result<Option<crate::config::TlsSettings>> {
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+    };
+    let tls = crate::config::TlsSettings {
+        cert_pem: read(&cert, "--tls-cert")?,
+        key_pem: Secret::opaque(
+            String::from_utf8(read(&key, "--tls-key")?).context("--tls-key is not a PEM file")?,
+        ),
+        client_ca_pem: client_ca
+            .map(|ca| read(&ca, "--tls-client-ca"))
+            .transpose()?,
+    };
+    tls.rustls_server_config()?;
+    Ok(Some(tls))
+}
+
+fn checked_bootstrap_key(key: String) -> anyhow::Result<Secret> {
+    let key = key.trim().to_owned();
+    anyhow::ensure!(
+        key.len() >= 32 && key.bytes().all(|b| b.is_ascii_graphic()),
+        "--bootstrap-api-key must be at least 32 printable characters"
+    );
+    Ok(Secret::opaque(key))
 }
 
 /// Webhook signing secrets from a comma-separated list; blanks around them are trimmed.
