@@ -141,17 +141,7 @@ impl Driver {
     /// Gives the held jobs back to the database (whoever runs the batch next takes them over)
     /// and ends their waits.
     async fn let_go(&self, held: &mut Held) -> Result<(), RefundError> {
-        let mut indices: Vec<u32> = held.ready.drain(..).map(|i| i.index).collect();
-        for (provider, mut hold) in held.holds.drain() {
-            let n = hold.jobs.len();
-            indices.extend(hold.jobs.drain(..).map(|i| i.index));
-            self.service
-                .inner
-                .metrics
-                .bulk_jobs_held(provider.as_str(), -(n as i64));
-            self.wait_ended(&provider, hold.since.elapsed(), false, 0)
-                .await;
-        }
+        let indices = self.drain_holds(&mut held.holds, &mut held.ready).await;
         self.release(&indices).await
     }
 
@@ -647,13 +637,26 @@ impl Driver {
             error: None,
             attempts: 0,
         };
-        let mut stopped: Vec<(u32, JobOutcome)> = ready
-            .drain(..)
-            .map(|i| (i.index, undispatched.clone()))
+        let stopped: Vec<(u32, JobOutcome)> = self
+            .drain_holds(holds, ready)
+            .await
+            .into_iter()
+            .map(|index| (index, undispatched.clone()))
             .collect();
+        self.record(&stopped).await
+    }
+
+    /// Empties the ready queue and every hold, ending each hold's wait (not given up), and
+    /// returns the indices of the jobs they held.
+    async fn drain_holds(
+        &self,
+        holds: &mut HashMap<ProviderName, Hold>,
+        ready: &mut VecDeque<ClaimedItem>,
+    ) -> Vec<u32> {
+        let mut indices: Vec<u32> = ready.drain(..).map(|i| i.index).collect();
         for (provider, mut hold) in holds.drain() {
             let n = hold.jobs.len();
-            stopped.extend(hold.jobs.drain(..).map(|i| (i.index, undispatched.clone())));
+            indices.extend(hold.jobs.drain(..).map(|i| i.index));
             self.service
                 .inner
                 .metrics
@@ -661,7 +664,7 @@ impl Driver {
             self.wait_ended(&provider, hold.since.elapsed(), false, 0)
                 .await;
         }
-        self.record(&stopped).await
+        indices
     }
 
     async fn wait_ended(

@@ -415,3 +415,22 @@ pub async fn telemetry_lock() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     LOCK.lock().await
 }
+
+/// The Prometheus text the service at `http_addr` serves at `GET /metrics`.
+pub async fn scrape_metrics(http_addr: SocketAddr) -> String {
+    reqwest::Client::new()
+        .get(format!("http://{http_addr}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("body")
+}
+
+/// The value of one series (`name{labels}` exactly as exposed) in Prometheus text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}

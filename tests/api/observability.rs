@@ -8,7 +8,7 @@ use std::time::Duration;
 use refund_service::telemetry::{self, LogFormat, TelemetryConfig};
 use serde_json::Value;
 
-use crate::helpers::{TestApp, eventually, refund_request, spawn_app, telemetry_lock};
+use crate::helpers::{eventually, refund_request, scrape_metrics, spawn_app, telemetry_lock};
 
 /// `scripts/otlp_receiver.py` on a free port, writing spans as JSON lines to a file.
 struct Receiver {
@@ -250,7 +250,7 @@ async fn metrics_count_grpc_calls() {
         .await
         .expect_err("unknown payment");
 
-    let body = scrape_metrics(&app).await;
+    let body = scrape_metrics(app.http_addr).await;
     assert!(
         body.contains(
             r#"refund_rpc_duration_seconds_count{method="refunds.v1.RefundService/CreateRefund",code="0"} 1"#
@@ -291,7 +291,7 @@ async fn metrics_count_refunds_money_and_provider_calls() {
         event.expect("event");
     }
 
-    let body = scrape_metrics(&app).await;
+    let body = scrape_metrics(app.http_addr).await;
     for expected in [
         r#"refund_refunds_total{provider="sandbox",status="pending"} 3"#,
         r#"refund_refunds_total{provider="sandbox",status="succeeded"} 3"#,
@@ -339,7 +339,7 @@ async fn metrics_show_bulk_jobs_queued_while_a_batch_runs() {
         .await
         .expect("accepted")
         .expect("ok");
-    let body = scrape_metrics(&app).await;
+    let body = scrape_metrics(app.http_addr).await;
     let queued: i64 = body
         .lines()
         .find_map(|l| l.strip_prefix("refund_bulk_jobs_queued "))
@@ -350,20 +350,8 @@ async fn metrics_show_bulk_jobs_queued_while_a_batch_runs() {
         event.expect("event");
     }
     assert!(
-        scrape_metrics(&app)
+        scrape_metrics(app.http_addr)
             .await
             .contains("refund_bulk_jobs_queued 0")
     );
-}
-
-/// The Prometheus text the app serves at `GET /metrics`.
-async fn scrape_metrics(app: &TestApp) -> String {
-    reqwest::Client::new()
-        .get(format!("http://{}/metrics", app.http_addr))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("body")
 }

@@ -383,16 +383,7 @@ async fn an_abort_on_error_batch_is_not_aborted_by_an_outage_and_the_metrics_sho
         .await
         .expect("batch accepted")
         .into_inner();
-    let metrics = || async {
-        reqwest::Client::new()
-            .get(format!("http://{}/metrics", app.http_addr))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("body")
-    };
+    let metrics = || scrape_metrics(app.http_addr);
     let mut summary = None;
     let mut restored = false;
     while let Some(event) = stream.next().await {
@@ -403,14 +394,12 @@ async fn an_abort_on_error_batch_is_not_aborted_by_an_outage_and_the_metrics_sho
                     "held jobs in the metrics",
                     || async {
                         let text = metrics().await;
-                        text.lines()
-                            .find(|l| l.starts_with("refund_bulk_jobs_held{provider=\"sandbox\"}"))
-                            .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
-                            .filter(|&n| n > 0)
+                        metric_value(&text, r#"refund_bulk_jobs_held{provider="sandbox"}"#)
+                            .filter(|&n| n > 0.0)
                     },
                 )
                 .await;
-                assert!(held <= 12);
+                assert!(held <= 12.0);
                 restored = true;
                 app.sandbox
                     .set_faults(&FaultConfig::default())
@@ -436,11 +425,11 @@ async fn an_abort_on_error_batch_is_not_aborted_by_an_outage_and_the_metrics_sho
         text.contains("refund_bulk_jobs_held{provider=\"sandbox\"} 0"),
         "nothing held any more: {text}"
     );
-    let waited = text
-        .lines()
-        .find(|l| l.starts_with("refund_bulk_provider_wait_seconds_total{provider=\"sandbox\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .expect("time waited");
+    let waited = metric_value(
+        &text,
+        r#"refund_bulk_provider_wait_seconds_total{provider="sandbox"}"#,
+    )
+    .expect("time waited");
     assert!(waited > 0.0, "{waited}");
     assert_refunded_once(&app, &payments).await;
 }
@@ -477,22 +466,14 @@ async fn held_jobs_keep_their_leases_through_a_wait_longer_than_the_lease() {
         if matches!(event.event, Some(Event::ProviderWaiting(_))) && outage_over.is_none() {
             // Several lease periods of waiting, watching how many jobs are held.
             let sandbox = app.sandbox.clone();
-            let metrics_url = format!("http://{}/metrics", app.http_addr);
+            let http_addr = app.http_addr;
             outage_over = Some(tokio::spawn(async move {
                 let until = tokio::time::Instant::now() + Duration::from_secs(5);
-                let mut most_held = 0;
+                let mut most_held = 0.0_f64;
                 while tokio::time::Instant::now() < until {
-                    let text = reqwest::get(&metrics_url)
-                        .await
-                        .expect("GET /metrics")
-                        .text()
-                        .await
-                        .expect("body");
-                    let held = text
-                        .lines()
-                        .find(|l| l.starts_with("refund_bulk_jobs_held{provider=\"sandbox\"}"))
-                        .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
-                        .unwrap_or(0);
+                    let text = scrape_metrics(http_addr).await;
+                    let held = metric_value(&text, r#"refund_bulk_jobs_held{provider="sandbox"}"#)
+                        .unwrap_or(0.0);
                     most_held = most_held.max(held);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -509,7 +490,7 @@ async fn held_jobs_keep_their_leases_through_a_wait_longer_than_the_lease() {
         .expect("the batch waited")
         .await
         .expect("sampling task");
-    assert!(most_held <= 8, "{most_held} jobs held for a batch of 8");
+    assert!(most_held <= 8.0, "{most_held} jobs held for a batch of 8");
     let mut indices: Vec<i32> = events
         .iter()
         .filter_map(|e| match &e.event {
