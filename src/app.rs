@@ -20,7 +20,7 @@ use crate::providers::traffic::ControlledProvider;
 use crate::sandbox::{FaultConfig, Sandbox, WebhookTarget, client::SandboxClient};
 use crate::secret::Secret;
 use crate::service::{RefundService, run_bulk_runner, run_reconciler};
-use crate::store::Store;
+use crate::store::{Store, StoreOptions};
 use crate::{api, http};
 
 /// A built service with its listeners bound, ready to run.
@@ -43,7 +43,7 @@ impl Application {
     /// taken.
     pub async fn build(mut settings: ServeSettings) -> anyhow::Result<Self> {
         let (grpc, http) = bind(&settings).await?;
-        let store = open_store(&settings).await?;
+        let store = open_store(&settings.database_url, &settings.store).await?;
         let metrics = Arc::new(Metrics::new());
         let http_addr = http.local_addr().context("HTTP listener has no address")?;
         let (providers, sandbox) = providers(&mut settings, &metrics, http_addr)?;
@@ -194,16 +194,12 @@ async fn bind(settings: &ServeSettings) -> anyhow::Result<(TcpListener, TcpListe
     Ok((grpc, http))
 }
 
-/// The store, connected and migrated.
-async fn open_store(settings: &ServeSettings) -> anyhow::Result<Store> {
-    let store = Store::connect(settings.database_url.expose(), &settings.store)
+/// The store at `database_url`, connected and migrated; errors name the URL without its
+/// password. What `serve` and every command that writes to the database start with.
+pub async fn open_store(database_url: &Secret, options: &StoreOptions) -> anyhow::Result<Store> {
+    let store = Store::connect(database_url.expose(), options)
         .await
-        .with_context(|| {
-            format!(
-                "cannot connect to the database {}",
-                settings.database_url.redacted()
-            )
-        })?;
+        .with_context(|| format!("cannot connect to the database {}", database_url.redacted()))?;
     store
         .migrate()
         .await

@@ -675,21 +675,9 @@ fn invocation_from(cargo_package: Option<&str>, cargo: bool, argv0: Option<&str>
     }
 }
 
-/// An error and its causes, `outer: inner: …`, each said once: libraries that put their source
-/// into their own message as well as returning it as the source would otherwise repeat it.
+/// An error and its causes on one line, each said once.
 pub fn error_chain(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let part = cause.to_string();
-        if part.is_empty() || text.ends_with(&part) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&part);
-    }
-    text
+    crate::error_chain::causes(e.as_ref())
 }
 
 /// Runs a parsed command line.
@@ -703,12 +691,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let result = match cli.command {
         Command::Serve(args) => serve(args.into_settings()?).await,
         Command::Migrate(args) => {
-            let url = Secret::new(args.database_url);
-            let store = Store::connect(url.expose(), &store_options(args.db_max_connections)?)
-                .await
-                .with_context(|| format!("cannot connect to the database {}", url.redacted()))?;
-            store.migrate().await.context("migrations failed")?;
-            println!("migrations applied to {}", url.redacted());
+            open_store(&args).await?.close().await.ok();
+            println!(
+                "migrations applied to {}",
+                Secret::new(args.database_url).redacted()
+            );
             Ok(())
         }
         Command::Sandbox(SandboxCommand::Serve(args)) => sandbox_serve(args).await,
@@ -782,22 +769,11 @@ async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
 
 /// Connects to the database of `--database-url` and applies migrations.
 async fn open_store(database: &DatabaseArgs) -> anyhow::Result<Store> {
-    let store = Store::connect(
-        &database.database_url,
+    crate::app::open_store(
+        &Secret::new(database.database_url.clone()),
         &store_options(database.db_max_connections)?,
     )
     .await
-    .with_context(|| {
-        format!(
-            "cannot connect to the database {}",
-            Secret::new(database.database_url.clone()).redacted()
-        )
-    })?;
-    store
-        .migrate()
-        .await
-        .context("cannot apply database migrations")?;
-    Ok(store)
 }
 
 async fn keys(command: KeysCommand) -> anyhow::Result<()> {
@@ -1004,10 +980,6 @@ async fn sandbox_ledger(args: LedgerArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    #[derive(Debug, thiserror::Error)]
-    #[error("Connection Error: {0}")]
-    struct Repeats(#[source] std::io::Error);
-
     #[test]
     fn hints_name_the_program_as_it_was_run() {
         let cargo = if cfg!(debug_assertions) {
@@ -1035,16 +1007,6 @@ mod tests {
         assert_eq!(
             invocation_from(None, false, Some("./my dir/refund-service")),
             "'./my dir/refund-service'"
-        );
-    }
-
-    #[test]
-    fn an_error_chain_says_each_cause_once() {
-        let inner = std::io::Error::other("cannot be parsed");
-        let e = anyhow::Error::new(Repeats(inner)).context("cannot connect to the database");
-        assert_eq!(
-            error_chain(&e),
-            "cannot connect to the database: Connection Error: cannot be parsed"
         );
     }
 }

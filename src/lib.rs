@@ -20,6 +20,7 @@ pub mod bulk_cli;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod error_chain;
 pub mod http;
 pub mod metrics;
 pub mod providers;

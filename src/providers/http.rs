@@ -124,7 +124,12 @@ pub(super) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .timeout(timeout)
         .build()
-        .map_err(|e| format!("could not build the HTTP client: {}", chain(&e)))
+        .map_err(|e| {
+            format!(
+                "could not build the HTTP client: {}",
+                crate::error_chain::causes(&e)
+            )
+        })
 }
 
 /// What a transport failure says about the request: timed out (maybe processed), never sent
@@ -134,22 +139,10 @@ pub(super) fn from_reqwest(e: reqwest::Error) -> ProviderError {
         ProviderError::Timeout
     } else if e.is_connect() || e.is_builder() {
         // Nothing was sent: the connection was never made, or the request never built.
-        ProviderError::Unavailable(chain(&e))
+        ProviderError::Unavailable(crate::error_chain::causes(&e))
     } else {
-        ProviderError::Ambiguous(chain(&e))
+        ProviderError::Ambiguous(crate::error_chain::causes(&e))
     }
-}
-
-/// An error and its sources on one line; reqwest's own message alone rarely says what went wrong.
-pub(super) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@
 //! [`ClientError::Timeout`] and [`ClientError::Transport`] mean the request
 //! may have been processed (the reason refunds carry idempotency keys).
 
-use std::error::Error as _;
 use std::time::Duration;
 
 use reqwest::header::RETRY_AFTER;
@@ -68,7 +67,10 @@ impl SandboxClient {
             .timeout(timeout)
             .build()
             .map_err(|err| {
-                ClientError::Connect(format!("could not build the HTTP client: {}", chain(&err)))
+                ClientError::Connect(format!(
+                    "could not build the HTTP client: {}",
+                    crate::error_chain::causes(&err)
+                ))
             })?;
         Ok(Self { http, base })
     }
@@ -200,23 +202,10 @@ fn transport_error(err: reqwest::Error) -> ClientError {
     if err.is_timeout() {
         ClientError::Timeout
     } else if err.is_connect() {
-        ClientError::Connect(chain(&err))
+        ClientError::Connect(crate::error_chain::causes(&err))
     } else {
-        ClientError::Transport(chain(&err))
+        ClientError::Transport(crate::error_chain::causes(&err))
     }
-}
-
-/// An error and its sources on one line; reqwest's own message alone rarely
-/// says what went wrong.
-fn chain(err: &reqwest::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 /// Maps an error answer back to the [`SandboxError`] the server started from.

@@ -25,7 +25,7 @@ pub(super) fn sqlite(url: &str) -> Result<(), StoreError> {
     let options = SqliteConnectOptions::from_str(url).map_err(|e| {
         StoreError::Connect(format!(
             "not a SQLite URL (sqlite://PATH, e.g. sqlite://refund-service.db): {}",
-            cause(&e)
+            crate::error_chain::causes(&e)
         ))
     })?;
     let file = options.get_filename();
@@ -59,7 +59,7 @@ pub(super) async fn postgres(url: &str, timeout: Duration) -> Result<(), StoreEr
         .map_err(|e| {
             StoreError::Connect(format!(
                 "not a PostgreSQL URL ({POSTGRES_FORM}): {}",
-                cause(&e)
+                crate::error_chain::causes(&e)
             ))
         })?
         .disable_statement_logging();
@@ -118,7 +118,10 @@ fn postgres_cause(e: &sqlx::Error, options: &PgConnectOptions, server: &str) -> 
                 db.message()
             ),
         },
-        other => format!("cannot connect to PostgreSQL at {server}: {}", cause(other)),
+        other => format!(
+            "cannot connect to PostgreSQL at {server}: {}",
+            crate::error_chain::causes(other)
+        ),
     }
 }
 
@@ -141,19 +144,4 @@ pub(super) fn explain(url: &str, e: DbErr) -> StoreError {
         ));
     }
     StoreError::Db(e)
-}
-
-/// An error's message and its sources', each once (sqlx repeats a source in its message).
-fn cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.ends_with(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
 }
