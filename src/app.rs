@@ -15,11 +15,12 @@ use crate::config::ServeSettings;
 use crate::domain::ProviderName;
 use crate::metrics::Metrics;
 use crate::providers::Providers;
+use crate::providers::connections::{ConnectionAdapters, ProviderDefaults};
 use crate::providers::sandbox::SandboxProvider;
 use crate::providers::traffic::ControlledProvider;
 use crate::sandbox::{FaultConfig, Sandbox, WebhookTarget, client::SandboxClient};
 use crate::secret::Secret;
-use crate::service::{RefundService, run_bulk_runner, run_reconciler};
+use crate::service::{Connections, RefundService, run_bulk_runner, run_reconciler};
 use crate::store::{Store, StoreOptions};
 use crate::{api, http};
 
@@ -47,9 +48,15 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let http_addr = http.local_addr().context("HTTP listener has no address")?;
         let (providers, sandbox) = providers(&mut settings, &metrics, http_addr)?;
+        let connections = connections(&mut settings, &metrics, &store).await?;
         let bootstrap_key = bootstrap_key(&settings, &store).await?;
-        let service =
-            RefundService::new(store, providers, settings.refunds.clone(), metrics.clone());
+        let service = RefundService::new(
+            store,
+            providers,
+            connections,
+            settings.refunds.clone(),
+            metrics.clone(),
+        );
         Ok(Self {
             grpc,
             http,
@@ -278,6 +285,52 @@ fn providers(
         sandbox_secrets,
     );
     Ok((providers, sandbox))
+}
+
+/// Accounts' connections: the vault from the key files, adapters with the platform's provider
+/// settings; the provider budget grows to cover theirs. Connections stored without a key to open
+/// them are reported now rather than at their first refund.
+async fn connections(
+    settings: &mut ServeSettings,
+    metrics: &Arc<Metrics>,
+    store: &Store,
+) -> anyhow::Result<Connections> {
+    let vault = settings.connections.vault()?;
+    // A configured provider's API base and pace are its connections' too, unless said otherwise.
+    let mut defaults = settings.connections.provider_defaults.clone();
+    for configured in &settings.providers {
+        if !defaults.iter().any(|d| d.name == configured.name) {
+            defaults.push(ProviderDefaults {
+                name: configured.name.clone(),
+                api_base: configured.api_base.clone(),
+                traffic: configured.traffic.clone(),
+            });
+        }
+    }
+    let adapters = ConnectionAdapters::new(defaults, metrics.clone());
+    settings.refunds.provider_budget = settings
+        .refunds
+        .provider_budget
+        .max(adapters.longest_budget());
+    if vault.is_none() {
+        let stored = store
+            .list_connections(None)
+            .await
+            .context("cannot read connections")?
+            .len();
+        if stored > 0 {
+            tracing::error!(
+                connections = stored,
+                "connections are stored but no --secrets-key-file is set: refunds through them \
+                 are refused until it is"
+            );
+        }
+    }
+    Ok(Connections::new(
+        vault,
+        adapters,
+        settings.connections.platform_accounts.clone(),
+    ))
 }
 
 /// A fresh installation serving on loopback gets an admin key, shown once, so it works without

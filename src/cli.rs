@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod connections;
 mod providers;
 
 use crate::app::{Application, shutdown_signal};
@@ -61,6 +62,10 @@ pub enum Command {
     /// Per-account settings.
     #[command(subcommand)]
     Accounts(AccountsCommand),
+    /// Accounts' own provider credentials: create, list, rotate, delete, and rekey (reseal all
+    /// under a new master key). Credentials are read from files and never printed.
+    #[command(subcommand)]
+    Connections(connections::ConnectionsCommand),
     /// Refund every row of a CSV file through BulkRefund.
     ///
     /// Shows progress, writes the rows that did not succeed to a dead-letter file, and prints a
@@ -254,6 +259,9 @@ pub struct ServeArgs {
     /// Time in-flight calls get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "REFUND_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    #[command(flatten)]
+    pub connections: connections::ConnectionArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -511,6 +519,7 @@ impl ServeArgs {
             tls_key,
             tls_client_ca,
             shutdown_grace,
+            connections,
         } = self;
         let sandbox_traffic = TrafficConfig {
             rate_per_sec: sandbox_rate_limit,
@@ -522,8 +531,10 @@ impl ServeArgs {
             breaker_threshold: provider_breaker_threshold,
             breaker_open_for: provider_breaker_open_for,
         };
+        let provider_defaults = providers.defaults(&sandbox_traffic);
         let providers = providers.into_settings(&sandbox_traffic)?;
         Ok(ServeSettings {
+            connections: connections.into_settings(provider_defaults)?,
             providers,
             sandbox_webhook_secrets: secrets(sandbox_webhook_secret, "--sandbox-webhook-secret")?,
             webhook_tolerance,
@@ -703,6 +714,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sandbox(SandboxCommand::Ledger(args)) => sandbox_ledger(args).await,
         Command::Keys(command) => keys(command).await,
         Command::Accounts(command) => accounts(command).await,
+        Command::Connections(command) => connections::run(command).await,
         Command::Bulk(args) => crate::bulk_cli::run(args).await,
         Command::Verify(args) => verify(args).await,
     };

@@ -1,16 +1,21 @@
 //! Typed settings. Every setting has a command-line flag and an environment variable (see
 //! [`crate::cli`]); this module holds the validated result.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::domain::AccountId;
+use crate::providers::connections::ProviderDefaults;
 use crate::providers::registry::ProviderSettings;
 use crate::providers::traffic::TrafficConfig;
 use crate::secret::Secret;
 use crate::service::RefundsConfig;
 use crate::store::StoreOptions;
+use crate::vault::{MasterKey, Vault};
 
 /// The embedded default: a SQLite file in the working directory, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://refund-service.db?mode=rwc";
@@ -44,6 +49,46 @@ pub struct ServeSettings {
     /// The admin key of a fresh installation, when the operator supplies it (e.g. from a
     /// Kubernetes secret). Without it, a fresh installation on loopback makes one up and shows it.
     pub bootstrap_api_key: Option<Secret>,
+    /// Connections: the master key that seals their credentials, who may use the platform's, and
+    /// where each provider is for connections that do not say.
+    pub connections: ConnectionSettings,
+}
+
+/// Settings of accounts' provider connections.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionSettings {
+    /// The file holding the master key that seals connection credentials; without it, no
+    /// connection can be made or used.
+    pub secrets_key_file: Option<PathBuf>,
+    /// The master key before the current one, while rotating (see `connections rekey`).
+    pub previous_secrets_key_file: Option<PathBuf>,
+    /// The accounts that may refund through the platform's (configured) credentials; `None`
+    /// means every account.
+    pub platform_accounts: Option<BTreeSet<AccountId>>,
+    /// Per provider, the API base and traffic settings connections use (the platform's flags).
+    pub provider_defaults: Vec<ProviderDefaults>,
+}
+
+impl ConnectionSettings {
+    /// The vault from the key files, if a key is configured; errors name the file.
+    pub fn vault(&self) -> anyhow::Result<Option<Arc<Vault>>> {
+        let Some(current) = &self.secrets_key_file else {
+            anyhow::ensure!(
+                self.previous_secrets_key_file.is_none(),
+                "--previous-secrets-key-file needs --secrets-key-file (the new key)"
+            );
+            return Ok(None);
+        };
+        let current =
+            MasterKey::read(current).map_err(|e| anyhow::anyhow!("--secrets-key-file {e}"))?;
+        let previous = self
+            .previous_secrets_key_file
+            .as_deref()
+            .map(MasterKey::read)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--previous-secrets-key-file {e}"))?;
+        Ok(Some(Arc::new(Vault::new(current, previous))))
+    }
 }
 
 impl ServeSettings {
@@ -64,6 +109,7 @@ impl ServeSettings {
             api_key_rate_limit: 0,
             bootstrap_api_key: None,
             tls: None,
+            connections: ConnectionSettings::default(),
         }
     }
 }

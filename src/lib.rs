@@ -10,6 +10,7 @@
 //! - [`store`]: SeaORM persistence (SQLite or PostgreSQL) and migrations.
 //! - [`providers`]: outbound adapters to payment providers behind one trait.
 //! - [`sandbox`]: the built-in fake payment provider, in-process or standalone over HTTP.
+//! - [`vault`]: sealing of stored credentials (AES-256-GCM under a master key from a file).
 //! - [`verify`]: the invariant checker, our books against the provider's ledger (`verify`).
 
 #![forbid(unsafe_code)]
@@ -29,4 +30,5 @@ pub mod secret;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod vault;
 pub mod verify;

@@ -38,6 +38,10 @@ const METHOD_SCOPES: &[(&str, Scope)] = &[
     ("CancelBulkRefund", Scope::BulkWrite),
     ("ListBulkRefundItems", Scope::RefundsRead),
     ("ListAuditEvents", Scope::RefundsRead),
+    ("CreateConnection", Scope::Admin),
+    ("ListConnections", Scope::Admin),
+    ("RotateConnection", Scope::Admin),
+    ("DeleteConnection", Scope::Admin),
 ];
 
 /// `/refunds.v1.RefundService/Method` → scope, for every method of the descriptor. Fails when a

@@ -5,12 +5,13 @@ use prost_types::Timestamp as PbTimestamp;
 
 use super::pb;
 use crate::domain::{
-    Amount, AuditEvent, BulkId, FieldViolation, NewRefund, ProviderName, RawRefundRequest, Refund,
-    RefundError, RefundId, RefundReason, RefundStatus, Timestamp,
+    Amount, AuditEvent, BulkId, Connection, ConnectionId, FieldViolation, NewRefund, ProviderName,
+    RawRefundRequest, Refund, RefundError, RefundId, RefundReason, RefundStatus, Timestamp,
 };
 use crate::providers::ProviderSummary;
 use crate::providers::traffic::CircuitState;
-use crate::service::ListQuery;
+use crate::secret::Secret;
+use crate::service::{ListQuery, NewConnection};
 
 pub fn reason_from_pb(value: i32) -> Option<RefundReason> {
     Some(match pb::RefundReason::try_from(value).ok()? {
@@ -183,6 +184,67 @@ pub fn refund_id(field: &str, id: &str) -> Result<RefundId, RefundError> {
     })
 }
 
+/// A connection id from a request's `id`.
+pub fn connection_id(id: &str) -> Result<ConnectionId, RefundError> {
+    ConnectionId::parse(id).ok_or_else(|| {
+        RefundError::invalid(
+            "id",
+            if id.is_empty() {
+                "id is required".to_owned()
+            } else {
+                "id must look like conn_ followed by 32 hex digits".to_owned()
+            },
+        )
+    })
+}
+
+/// A connection to make, from `CreateConnection`. The API base stays the operator's to set.
+pub fn new_connection(r: pb::CreateConnectionRequest) -> Result<NewConnection, RefundError> {
+    let pb::CreateConnectionRequest {
+        provider,
+        credential,
+        webhook_secret,
+    } = r;
+    let provider =
+        ProviderName::parse(&provider).map_err(|e| RefundError::invalid("provider", e))?;
+    Ok(NewConnection {
+        provider,
+        credential: Secret::opaque(credential),
+        webhook_secret: optional_secret(webhook_secret),
+        api_base: None,
+    })
+}
+
+/// An empty string is "none".
+pub fn optional_secret(s: String) -> Option<Secret> {
+    (!s.is_empty()).then(|| Secret::opaque(s))
+}
+
+pub fn connection_to_pb(c: Connection) -> pb::Connection {
+    let Connection {
+        id,
+        account: _,
+        provider,
+        // The operator's setting: not the account's business.
+        api_base: _,
+        webhooks_enabled,
+        created_at,
+        rotated_at,
+    } = c;
+    pb::Connection {
+        webhook_path: if webhooks_enabled {
+            format!("/webhooks/{provider}/{id}")
+        } else {
+            String::new()
+        },
+        id: id.as_str().to_owned(),
+        provider: provider.as_str().to_owned(),
+        webhooks_enabled,
+        created_at: Some(timestamp_to_pb(created_at)),
+        rotated_at: Some(timestamp_to_pb(rotated_at)),
+    }
+}
+
 /// A batch id from a request's `bulk_id`.
 pub fn bulk_id(id: &str) -> Result<BulkId, RefundError> {
     BulkId::parse(id).ok_or_else(|| {
@@ -229,6 +291,7 @@ pub fn refund_to_pb(r: Refund) -> pb::Refund {
         account: _,
         payment,
         provider,
+        route,
         provider_refund_id,
         amount,
         currency,
@@ -250,6 +313,10 @@ pub fn refund_to_pb(r: Refund) -> pb::Refund {
         payment_id: payment.as_str().to_owned(),
         provider: provider.as_str().to_owned(),
         provider_refund_id: provider_refund_id.unwrap_or_default(),
+        connection_id: route
+            .connection()
+            .map(|c| c.as_str().to_owned())
+            .unwrap_or_default(),
         amount: amount.minor_units(),
         currency: currency.code().to_owned(),
         status: status_to_pb(status).into(),
@@ -272,7 +339,7 @@ pub fn refund_to_pb(r: Refund) -> pb::Refund {
     }
 }
 
-pub fn provider_to_pb(p: ProviderSummary) -> pb::ProviderInfo {
+pub fn provider_to_pb(p: ProviderSummary, connection: Option<ConnectionId>) -> pb::ProviderInfo {
     let circuit_state = match p.health.circuit {
         CircuitState::Closed => pb::CircuitState::Closed,
         CircuitState::Open => pb::CircuitState::Open,
@@ -289,6 +356,9 @@ pub fn provider_to_pb(p: ProviderSummary) -> pb::ProviderInfo {
             last_error: p.health.last_error.unwrap_or_default(),
         }),
         webhooks_enabled: p.webhooks_enabled,
+        connection_id: connection
+            .map(|c| c.as_str().to_owned())
+            .unwrap_or_default(),
     }
 }
 

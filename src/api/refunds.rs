@@ -11,7 +11,7 @@ use super::bulk;
 use super::convert;
 use super::pb;
 use super::status::to_status;
-use crate::domain::{AccountId, RefundError, Scope};
+use crate::domain::{AccountId, ConnectionActor, Principal, RefundError, Scope};
 use crate::service::RefundService;
 
 pub type RefundStream = Pin<Box<dyn Stream<Item = Result<pb::Refund, Status>> + Send>>;
@@ -190,13 +190,14 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         &self,
         request: Request<pb::ListProvidersRequest>,
     ) -> Result<Response<pb::ListProvidersResponse>, Status> {
-        account(&request)?;
+        let account = account(&request)?;
         let providers = self
             .service
-            .providers()
-            .summaries()
+            .providers_for(&account)
+            .await
+            .map_err(to_status)?
             .into_iter()
-            .map(convert::provider_to_pb)
+            .map(|(summary, connection)| convert::provider_to_pb(summary, connection))
             .collect();
         Ok(Response::new(pb::ListProvidersResponse { providers }))
     }
@@ -253,5 +254,94 @@ impl pb::refund_service_server::RefundService for RefundsApi {
             let account = account(&request)?;
             bulk::list_bulk_refund_items(&self.service, account, request).await
         }
+    }
+
+    async fn create_connection(
+        &self,
+        request: Request<pb::CreateConnectionRequest>,
+    ) -> Result<Response<pb::Connection>, Status> {
+        let principal = principal(&request)?;
+        let new = convert::new_connection(request.into_inner()).map_err(to_status)?;
+        let request_id = crate::service::context::request_id();
+        let connection = self
+            .service
+            .create_connection(
+                &principal.account,
+                new,
+                api_actor(&principal, request_id.as_deref()),
+            )
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(convert::connection_to_pb(connection)))
+    }
+
+    async fn list_connections(
+        &self,
+        request: Request<pb::ListConnectionsRequest>,
+    ) -> Result<Response<pb::ListConnectionsResponse>, Status> {
+        let account = account(&request)?;
+        let connections = self
+            .service
+            .list_connections(&account)
+            .await
+            .map_err(to_status)?
+            .into_iter()
+            .map(convert::connection_to_pb)
+            .collect();
+        Ok(Response::new(pb::ListConnectionsResponse { connections }))
+    }
+
+    async fn rotate_connection(
+        &self,
+        request: Request<pb::RotateConnectionRequest>,
+    ) -> Result<Response<pb::Connection>, Status> {
+        let principal = principal(&request)?;
+        let pb::RotateConnectionRequest {
+            id,
+            credential,
+            webhook_secret,
+        } = request.into_inner();
+        let id = convert::connection_id(&id).map_err(to_status)?;
+        let request_id = crate::service::context::request_id();
+        let connection = self
+            .service
+            .rotate_connection(
+                &principal.account,
+                &id,
+                crate::secret::Secret::opaque(credential),
+                convert::optional_secret(webhook_secret),
+                api_actor(&principal, request_id.as_deref()),
+            )
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(convert::connection_to_pb(connection)))
+    }
+
+    async fn delete_connection(
+        &self,
+        request: Request<pb::DeleteConnectionRequest>,
+    ) -> Result<Response<pb::DeleteConnectionResponse>, Status> {
+        let principal = principal(&request)?;
+        let pb::DeleteConnectionRequest { id } = request.into_inner();
+        let id = convert::connection_id(&id).map_err(to_status)?;
+        let request_id = crate::service::context::request_id();
+        self.service
+            .delete_connection(
+                &principal.account,
+                &id,
+                api_actor(&principal, request_id.as_deref()),
+            )
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::DeleteConnectionResponse {}))
+    }
+}
+
+/// A change made through the API, for the audit trail.
+fn api_actor<'a>(principal: &'a Principal, request_id: Option<&'a str>) -> ConnectionActor<'a> {
+    ConnectionActor {
+        source: "api",
+        key: Some(&principal.key_id),
+        request_id,
     }
 }

@@ -84,6 +84,17 @@ pub fn to_status(err: RefundError) -> Status {
             "NOT_AWAITING_APPROVAL",
             [("status", status.as_str().to_owned())],
         ),
+        e @ RefundError::ConnectionNotFound { .. } => Status::not_found(e.to_string()),
+        ref e @ RefundError::ConnectionExists { ref id, .. } => Status::with_error_details(
+            Code::AlreadyExists,
+            e.to_string(),
+            ErrorDetails::with_error_info(
+                "CONNECTION_EXISTS",
+                ERROR_DOMAIN,
+                HashMap::from([("connection_id".to_owned(), id.clone())]),
+            ),
+        ),
+        ref e @ RefundError::NotSetUp { reason, .. } => failed_precondition(e, reason, []),
         RefundError::Internal(cause) => {
             // The client gets a generic message; the log gets the whole cause chain.
             tracing::error!(error = ?cause, "internal error");

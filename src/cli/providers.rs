@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
+use crate::providers::connections::ProviderDefaults;
 use crate::providers::registry::{ProviderSettings, ProviderSpec, REGISTRY};
 use crate::providers::traffic::TrafficConfig;
 use crate::secret::Secret;
@@ -158,6 +159,22 @@ impl clap::FromArgMatches for ProvidersArgs {
 }
 
 impl ProvidersArgs {
+    /// Every provider's API base and traffic settings, configured or not: what accounts' own
+    /// connections to it use.
+    pub fn defaults(&self, traffic: &TrafficConfig) -> Vec<ProviderDefaults> {
+        self.given
+            .iter()
+            .map(|given| ProviderDefaults {
+                name: given.spec.name.to_owned(),
+                api_base: given.api_base.clone(),
+                traffic: TrafficConfig {
+                    rate_per_sec: given.rate_limit,
+                    ..traffic.clone()
+                },
+            })
+            .collect()
+    }
+
     /// The providers given a credential, with `traffic` (the sandbox's) at each one's own rate.
     pub fn into_settings(self, traffic: &TrafficConfig) -> anyhow::Result<Vec<ProviderSettings>> {
         let mut configured = Vec::new();

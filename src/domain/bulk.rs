@@ -168,7 +168,8 @@ impl JobError {
             RefundError::InvalidArgument(v) => return Self::invalid(v),
             RefundError::PaymentNotFound { .. }
             | RefundError::RefundNotFound { .. }
-            | RefundError::BulkNotFound { .. } => ("NOT_FOUND", false),
+            | RefundError::BulkNotFound { .. }
+            | RefundError::ConnectionNotFound { .. } => ("NOT_FOUND", false),
             RefundError::PaymentNotRefundable { .. } => ("PAYMENT_NOT_REFUNDABLE", false),
             RefundError::OverRefund { .. } => ("OVER_REFUND", false),
             RefundError::AlreadyRefunded { .. } => ("ALREADY_REFUNDED", false),
@@ -176,6 +177,8 @@ impl JobError {
             RefundError::ProviderUnavailable { .. } => ("UNAVAILABLE", true),
             RefundError::SelfApproval { .. } => ("SELF_APPROVAL", false),
             RefundError::NotAwaitingApproval { .. } => ("NOT_AWAITING_APPROVAL", false),
+            RefundError::ConnectionExists { .. } => ("ALREADY_EXISTS", false),
+            RefundError::NotSetUp { reason, .. } => (*reason, false),
             RefundError::Internal(_) => ("INTERNAL", true),
         };
         Self {
@@ -242,6 +245,9 @@ impl JobOutcome {
             | RefundError::BulkNotFound { .. }
             | RefundError::SelfApproval { .. }
             | RefundError::NotAwaitingApproval { .. }
+            | RefundError::ConnectionNotFound { .. }
+            | RefundError::ConnectionExists { .. }
+            | RefundError::NotSetUp { .. }
             | RefundError::Internal(_) => 0,
         };
         Self {

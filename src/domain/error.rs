@@ -60,6 +60,25 @@ pub enum RefundError {
         status: super::RefundStatus,
     },
 
+    #[error("connection {id} was not found")]
+    ConnectionNotFound { id: String },
+
+    #[error("account {account} already has a {provider} connection ({id}); rotate or delete it")]
+    ConnectionExists {
+        account: String,
+        provider: ProviderName,
+        id: String,
+    },
+
+    /// The request is sound but the service is not set up for it: no secrets key to seal
+    /// credentials with, no connection the account may use for a provider, a connection that
+    /// still has refunds to settle. `reason` is the machine-readable ErrorInfo reason.
+    #[error("{message}")]
+    NotSetUp {
+        reason: &'static str,
+        message: String,
+    },
+
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }

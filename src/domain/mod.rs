@@ -50,6 +50,7 @@ macro_rules! prefixed_id {
 mod audit;
 mod auth;
 mod bulk;
+mod connection;
 mod error;
 mod money;
 mod refund;
@@ -64,6 +65,7 @@ pub use bulk::{
     Bulk, BulkCounts, BulkEvent, BulkId, BulkJob, BulkState, ItemResult, ItemStatus, JobError,
     JobOutcome, NewBulk, ProviderWait, SequencedEvent, StopReason, derived_job_key,
 };
+pub use connection::{Connection, ConnectionActor, ConnectionId, Route};
 pub use error::RefundError;
 pub use money::{
     Amount, AmountError, Currency, CurrencyError, DecimalError, MAX_AMOUNT, decimal_to_minor,

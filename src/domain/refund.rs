@@ -148,6 +148,8 @@ pub struct Refund {
     pub account: AccountId,
     pub payment: super::PaymentRef,
     pub provider: super::ProviderName,
+    /// Whose credentials it goes through: the platform's or the account's own connection.
+    pub route: super::Route,
     pub provider_refund_id: Option<String>,
     pub amount: Amount,
     pub currency: Currency,

@@ -6,6 +6,8 @@ use super::{Failure, PaymentRef, ProviderName, RefundStatus};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboundEvent {
     pub provider: ProviderName,
+    /// Whose signing secret it came with; it applies only to refunds of the same route.
+    pub route: super::Route,
     /// The provider's event id; with `provider`, what makes a redelivery recognisable.
     pub event_id: String,
     /// The provider's event type, e.g. `refund.updated`.

@@ -1,4 +1,5 @@
-//! `POST /webhooks/{provider}`: signed provider notifications.
+//! `POST /webhooks/{provider}` (the platform's connection) and `POST /webhooks/{provider}/
+//! {connection id}` (an account's own): signed provider notifications.
 //!
 //! Every delivery is verified against the provider's signing secrets before anything is read
 //! from it: a bad or stale signature is 400 and changes nothing. A verified event is recorded and
@@ -17,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::json;
 
-use crate::domain::ProviderName;
+use crate::domain::{ConnectionId, ProviderName, Route};
 use crate::providers::{Provider as _, WebhookDelivery, WebhookEvent, WebhookRejection};
 use crate::service::RefundService;
 
@@ -34,38 +35,78 @@ struct WebhookState {
 /// provider, each verified and read by its own adapter.
 pub fn router(service: RefundService, tolerance: Duration) -> Router {
     Router::new()
-        .route("/{provider}", post(webhook))
+        .route("/{provider}", post(platform_webhook))
+        .route("/{provider}/{connection}", post(connection_webhook))
         // Provider events are a few kilobytes; anything near this is not one.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_WEBHOOK_BYTES))
         .with_state(WebhookState { service, tolerance })
 }
 
-async fn webhook(
+async fn platform_webhook(
     State(state): State<WebhookState>,
     Path(provider): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Ok(provider) = ProviderName::parse(&provider) else {
-        return not_enabled(&provider);
+    webhook(state, &provider, None, query, headers, body).await
+}
+
+async fn connection_webhook(
+    State(state): State<WebhookState>,
+    Path((provider, connection)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(id) = ConnectionId::parse(&connection) else {
+        return not_enabled(&format!("{provider}/{connection}"));
     };
-    let providers = state.service.providers();
-    let secrets = providers.webhook_secrets(&provider);
-    let Some(adapter) = providers.get(&provider).filter(|_| !secrets.is_empty()) else {
-        return not_enabled(provider.as_str());
+    webhook(state, &provider, Some(id), query, headers, body).await
+}
+
+async fn webhook(
+    state: WebhookState,
+    provider: &str,
+    connection: Option<ConnectionId>,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let target = match &connection {
+        Some(id) => format!("{provider}/{id}"),
+        None => provider.to_owned(),
+    };
+    let Ok(provider) = ProviderName::parse(provider) else {
+        return not_enabled(&target);
+    };
+    let (route, adapter, secrets) = match state
+        .service
+        .webhook_receiver(&provider, connection.as_ref())
+        .await
+    {
+        Ok(Some(receiver)) => receiver,
+        Ok(None) => return not_enabled(&target),
+        Err(e) => {
+            tracing::error!(webhook = %target, error = ?anyhow::Error::new(e), "webhook receiver unavailable");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": "webhooks to this connection cannot be verified now; deliver it again"})),
+            )
+                .into_response();
+        }
     };
     let delivery = WebhookDelivery {
         headers: &headers,
         query: &query,
         body: &body,
-        secrets,
+        secrets: &secrets,
         now_unix: unix_now(),
         tolerance: state.tolerance,
     };
     match adapter.read_webhook(&delivery) {
-        Ok(event) => receive(&state, &provider, event).await,
-        Err(WebhookRejection::NotEnabled) => not_enabled(provider.as_str()),
+        Ok(event) => receive(&state, &provider, &route, event).await,
+        Err(WebhookRejection::NotEnabled) => not_enabled(&target),
         Err(WebhookRejection::Signature(reason)) => {
             tracing::warn!(provider = %provider, %reason, "webhook refused");
             (StatusCode::BAD_REQUEST, Json(json!({"error": reason}))).into_response()
@@ -86,9 +127,14 @@ fn not_enabled(provider: &str) -> Response {
         .into_response()
 }
 
-async fn receive(state: &WebhookState, provider: &ProviderName, event: WebhookEvent) -> Response {
+async fn receive(
+    state: &WebhookState,
+    provider: &ProviderName,
+    route: &Route,
+    event: WebhookEvent,
+) -> Response {
     let (event_id, kind) = (event.id.clone(), event.kind.clone());
-    match state.service.receive_webhook(provider, event).await {
+    match state.service.receive_webhook(provider, route, event).await {
         Ok(receipts) => {
             let results: Vec<_> = receipts
                 .iter()

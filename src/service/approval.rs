@@ -22,9 +22,8 @@ impl RefundService {
             });
         }
         let provider = self
-            .providers()
-            .get(&refund.provider)
-            .cloned()
+            .adapter_of(&refund.provider, &refund.route)
+            .await?
             .ok_or_else(|| {
                 RefundError::invalid(
                     "id",

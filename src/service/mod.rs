@@ -13,6 +13,7 @@ mod audit;
 mod bulk;
 mod bulk_runner;
 mod clock;
+mod connections;
 pub mod context;
 mod keys;
 mod list;
@@ -39,6 +40,7 @@ pub use audit::{AuditPage, AuditQuery};
 pub use bulk::BulkConfig;
 pub use bulk_runner::run_bulk_runner;
 pub use clock::Clock;
+pub use connections::{Connections, NewConnection};
 pub use keys::{bootstrap_admin_key, create_api_key};
 pub use list::{ListPage, ListQuery, MAX_PAGE_SIZE};
 pub use reconciler::run_reconciler;
@@ -97,6 +99,7 @@ pub struct RefundService {
 struct Inner {
     store: Store,
     providers: Providers,
+    connections: Connections,
     config: RefundsConfig,
     metrics: Arc<Metrics>,
     /// Wakes this process's bulk runner when a batch is created or canceled here.
@@ -114,6 +117,7 @@ impl RefundService {
     pub fn new(
         store: Store,
         providers: Providers,
+        connections: Connections,
         config: RefundsConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -121,6 +125,7 @@ impl RefundService {
             inner: Arc::new(Inner {
                 store,
                 providers,
+                connections,
                 config,
                 metrics,
                 bulk_wakeup: tokio::sync::Notify::new(),
@@ -168,24 +173,8 @@ impl RefundService {
         request: NewRefund,
         origin: Origin,
     ) -> Result<Refund, RefundError> {
-        let Inner {
-            store,
-            providers,
-            config,
-            ..
-        } = &*self.inner;
-        let provider = providers.get(&request.provider).ok_or_else(|| {
-            let mut known: Vec<_> = providers.names().map(|n| n.as_str().to_owned()).collect();
-            known.sort();
-            RefundError::invalid(
-                "provider",
-                format!(
-                    "unknown provider {:?}; configured: {}",
-                    request.provider.as_str(),
-                    known.join(", ")
-                ),
-            )
-        })?;
+        let Inner { store, config, .. } = &*self.inner;
+        let (route, provider) = self.route_new(account, &request.provider).await?;
         let now = self.clock().now();
         let fingerprint = request.fingerprint();
 
@@ -298,6 +287,7 @@ impl RefundService {
                 source: origin.source,
                 created_by,
                 request_id: request_id.as_deref(),
+                route: &route,
             })
             .await
             .map_err(internal)?;

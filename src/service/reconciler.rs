@@ -70,7 +70,7 @@ impl RefundService {
             .unwrap_or(i32::MAX)
             .saturating_add(1);
         let refund = p.refund;
-        let Some(provider) = self.providers().get(&refund.provider).cloned() else {
+        let Some(provider) = self.adapter_of(&refund.provider, &refund.route).await? else {
             tracing::warn!(refund_id = %refund.id, provider = %refund.provider, "provider is not configured; refund stays PENDING");
             return self.later(&refund, attempts).await;
         };

@@ -7,7 +7,7 @@
 //! - Events never move a refund backwards: a terminal refund stays as it is, whatever arrives
 //!   later or out of order, because status changes are conditional on the refund being PENDING.
 
-use crate::domain::{Failure, PaymentRef, ProviderName};
+use crate::domain::{Failure, PaymentRef, ProviderName, Route};
 use tracing::Instrument as _;
 
 use crate::domain::{
@@ -34,9 +34,10 @@ impl RefundService {
     pub async fn receive_webhook(
         &self,
         provider: &ProviderName,
+        route: &Route,
         event: WebhookEvent,
     ) -> Result<Vec<WebhookReceipt>, RefundError> {
-        let inbound = inbound_events(provider, event);
+        let inbound = inbound_events(provider, route, event);
         // Signed, but still checked against what the store can hold: a refusal, not a 500 that
         // the provider would redeliver forever.
         for e in &inbound {
@@ -110,7 +111,7 @@ impl RefundService {
             (Some(report), _) => {
                 match self
                     .store()
-                    .refund_for_report(&event.provider, report)
+                    .refund_for_report(&event.provider, &event.route, report)
                     .await
                     .map_err(internal)?
                 {
@@ -127,7 +128,7 @@ impl RefundService {
             (None, Some(payment)) => {
                 let n = self
                     .store()
-                    .nudge_pending(&event.provider, payment, now)
+                    .nudge_pending(&event.provider, &event.route, payment, now)
                     .await
                     .map_err(internal)?;
                 tracing::info!(provider = %event.provider, event_id = %event.event_id, payment_id = payment.as_str(), scheduled = n, "webhook about a payment: its pending refunds are looked up now");
@@ -233,11 +234,21 @@ impl RefundService {
 }
 
 /// One inbound event per refund the provider's event reports (a Stripe `charge.refunded` can carry
-/// several: they are recorded as `<event id>#<n>`), or one about the payment.
-fn inbound_events(provider: &ProviderName, event: WebhookEvent) -> Vec<InboundEvent> {
+/// several: they are recorded as `<event id>#<n>`), or one about the payment. Events to an
+/// account's connection are recorded as `<connection id>/<event id>`: one account's deliveries
+/// can neither stand for nor shadow another's.
+fn inbound_events(
+    provider: &ProviderName,
+    route: &Route,
+    event: WebhookEvent,
+) -> Vec<InboundEvent> {
     let base = |event_id: String, payment: Option<PaymentRef>, report| InboundEvent {
         provider: provider.clone(),
-        event_id,
+        route: route.clone(),
+        event_id: match route {
+            Route::Platform => event_id,
+            Route::Connection(id) => format!("{id}/{event_id}"),
+        },
         kind: event.kind.clone(),
         payment,
         report,

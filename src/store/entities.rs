@@ -22,6 +22,9 @@ pub mod payment {
         pub reserved_amount: i64,
         pub created_at: i64,
         pub updated_at: i64,
+        /// The connection the payment is refunded through (NULL: the platform's); a refund
+        /// through any other is refused, as the payment is not that connection's to see.
+        pub connection_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -62,6 +65,8 @@ pub mod refund {
         /// The API key that asked for it (none for refunds made before keys existed).
         pub created_by_key: Option<String>,
         pub approved_by_key: Option<String>,
+        /// The connection it goes through (NULL: the platform's).
+        pub connection_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -218,6 +223,9 @@ pub mod webhook_event {
         pub failure_reason: Option<String>,
         pub received_at: i64,
         pub processed_at: Option<i64>,
+        /// The connection whose secret signed it (NULL: the platform's); it applies only to
+        /// that connection's refunds.
+        pub connection_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -289,6 +297,31 @@ pub mod audit_event {
         pub outcome: String,
         pub detail: String,
         pub created_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod connection {
+    use sea_orm::entity::prelude::*;
+
+    /// An account's credentials for a provider, sealed by `vault` (never stored in the clear).
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "connections")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub account_id: String,
+        pub provider: String,
+        pub api_base: Option<String>,
+        pub credential_sealed: String,
+        pub webhook_secret_sealed: Option<String>,
+        pub created_at: i64,
+        pub rotated_at: i64,
+        pub deleted_at: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

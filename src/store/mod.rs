@@ -7,6 +7,7 @@
 mod audit;
 mod bulks;
 mod connect_check;
+mod connections;
 mod entities;
 mod keys;
 mod migrations;
@@ -22,6 +23,7 @@ use sea_orm_migration::MigratorTrait;
 
 pub use audit::AuditFilter;
 pub use bulks::{ClaimedItem, CreateBulkOutcome};
+pub use connections::{CreateConnectionOutcome, DeleteConnectionOutcome, StoredConnection};
 pub use refunds::{BeginOutcome, BeginRefund, ListFilter, PendingRefund, Settlement};
 pub use verify::{Books, BulkItemRow, BulkRow, KeyRow, PaymentTotals, RefundRow};
 

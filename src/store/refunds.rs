@@ -12,8 +12,8 @@ use super::audit::{AuditEntry, insert_audit};
 use super::entities::{approval_threshold, idempotency_key, payment, refund};
 use super::{Store, StoreError};
 use crate::domain::{
-    AccountId, Amount, ApiKeyId, Currency, Failure, IdempotencyKey, NewRefund, PaymentRef,
-    ProviderName, Refund, RefundId, RefundReason, RefundStatus, Timestamp,
+    AccountId, Amount, ApiKeyId, ConnectionId, Currency, Failure, IdempotencyKey, NewRefund,
+    PaymentRef, ProviderName, Refund, RefundId, RefundReason, RefundStatus, Route, Timestamp,
 };
 
 /// Everything needed to store a new PENDING refund and reserve its amount.
@@ -39,6 +39,8 @@ pub struct BeginRefund<'a> {
     pub created_by: Option<&'a ApiKeyId>,
     /// The request it was asked for in, for the audit trail.
     pub request_id: Option<&'a str>,
+    /// Whose credentials it goes through; the payment's balance belongs to that route.
+    pub route: &'a Route,
 }
 
 #[derive(Debug)]
@@ -507,6 +509,7 @@ async fn begin_in(
         approved_by_key: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
+        connection_id: Set(connection_column(b.route)),
     };
     let row = refund::Entity::insert(model)
         .exec_with_returning(txn)
@@ -669,11 +672,16 @@ async fn reserve(
             reserved_amount: Set(reserved),
             created_at: Set(now),
             updated_at: Set(now),
+            connection_id: Set(connection_column(b.route)),
         })
         .on_conflict_do_nothing_on([payment::Column::Provider, payment::Column::PaymentId])
     };
-    let owned_by_other =
-        |row: Option<&payment::Model>| row.is_some_and(|p| p.account_id != account);
+    // A payment belongs to the account, and the connection, that refunded it first: through
+    // other credentials it is not there to see.
+    let route = connection_column(b.route);
+    let owned_by_other = |row: Option<&payment::Model>| {
+        row.is_some_and(|p| p.account_id != account || p.connection_id != route)
+    };
     // Ours and the provider's view; the provider's also counts refunds made elsewhere.
     let remaining_of = |row: Option<&payment::Model>| {
         let ours = row.map_or(b.captured, |p| p.captured_amount - p.reserved_amount);
@@ -685,6 +693,10 @@ async fn reserve(
             .filter(payment::Column::Provider.eq(r.provider.as_str()))
             .filter(payment::Column::PaymentId.eq(r.payment.as_str()))
             .filter(payment::Column::AccountId.eq(account))
+            .filter(match b.route.connection() {
+                Some(id) => payment::Column::ConnectionId.eq(id.as_str()),
+                None => payment::Column::ConnectionId.is_null(),
+            })
     };
 
     for _ in 0..16 {
@@ -782,6 +794,11 @@ where
     })
 }
 
+/// A route as the `connection_id` columns hold it: NULL for the platform's.
+pub(super) fn connection_column(route: &Route) -> Option<String> {
+    route.connection().map(|id| id.as_str().to_owned())
+}
+
 pub(super) fn to_domain(row: refund::Model) -> Result<Refund, StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt {
         table: "refunds",
@@ -807,6 +824,7 @@ pub(super) fn to_domain(row: refund::Model) -> Result<Refund, StoreError> {
         account: AccountId::from_trusted(row.account_id),
         payment: PaymentRef::from_trusted(row.payment_id),
         provider: ProviderName::from_trusted(row.provider),
+        route: Route::from_connection(row.connection_id.map(ConnectionId::from_trusted)),
         provider_refund_id: row.provider_refund_id,
         amount,
         currency,

@@ -9,11 +9,11 @@ use sea_orm::{
 };
 
 use super::entities::{refund, webhook_event};
-use super::refunds::to_domain;
+use super::refunds::{connection_column, to_domain};
 use super::{Store, StoreError};
 use crate::domain::{
-    Failure, InboundEvent, PaymentRef, ProviderName, Refund, RefundId, RefundReport, RefundStatus,
-    Timestamp, WebhookOutcome,
+    ConnectionId, Failure, InboundEvent, PaymentRef, ProviderName, Refund, RefundId, RefundReport,
+    RefundStatus, Route, Timestamp, WebhookOutcome,
 };
 
 /// An event left RECEIVED this long is taken to be abandoned (its process died) and is processed
@@ -44,6 +44,7 @@ impl Store {
             failure_reason: Set(report.and_then(|r| r.failure.as_ref().map(|f| f.reason.clone()))),
             received_at: Set(now.as_micros()),
             processed_at: Set(None),
+            connection_id: Set(connection_column(&e.route)),
         })
         .on_conflict_do_nothing_on([
             webhook_event::Column::Provider,
@@ -103,15 +104,19 @@ impl Store {
     }
 
     /// Our refund a provider's report is about: by our id when the provider carried it back (and
-    /// the refund is at that provider), else by the provider's refund id.
+    /// the refund is at that provider), else by the provider's refund id. Only refunds of the
+    /// event's route are candidates: a connection's signing secret vouches for its own refunds,
+    /// never for another account's.
     pub async fn refund_for_report(
         &self,
         provider: &ProviderName,
+        route: &Route,
         report: &RefundReport,
     ) -> Result<Option<Refund>, StoreError> {
         if let Some(id) = report.refund_id.as_deref().and_then(RefundId::parse) {
             let row = refund::Entity::find_by_id(id.as_str().to_owned())
                 .filter(refund::Column::Provider.eq(provider.as_str()))
+                .filter(on_route(route))
                 .one(&self.db)
                 .await?;
             if let Some(row) = row {
@@ -120,6 +125,7 @@ impl Store {
         }
         refund::Entity::find()
             .filter(refund::Column::Provider.eq(provider.as_str()))
+            .filter(on_route(route))
             .filter(refund::Column::ProviderRefundId.eq(report.provider_refund_id.as_str()))
             .one(&self.db)
             .await?
@@ -133,12 +139,14 @@ impl Store {
     pub async fn nudge_pending(
         &self,
         provider: &ProviderName,
+        route: &Route,
         payment: &PaymentRef,
         now: Timestamp,
     ) -> Result<u64, StoreError> {
         let result = refund::Entity::update_many()
             .col_expr(refund::Column::NextCheckAt, Expr::value(now.as_micros()))
             .filter(refund::Column::Provider.eq(provider.as_str()))
+            .filter(on_route(route))
             .filter(refund::Column::PaymentId.eq(payment.as_str()))
             .filter(refund::Column::Status.eq(RefundStatus::Pending.as_str()))
             .filter(refund::Column::ProviderRefundId.is_not_null())
@@ -161,6 +169,8 @@ impl Store {
     ) -> Result<Vec<InboundEvent>, StoreError> {
         let matchable = Expr::cust(
             "EXISTS (SELECT 1 FROM refunds r WHERE r.provider = webhook_events.provider \
+             AND (r.connection_id = webhook_events.connection_id \
+             OR (r.connection_id IS NULL AND webhook_events.connection_id IS NULL)) \
              AND (r.provider_refund_id = webhook_events.provider_refund_id \
              OR r.id = webhook_events.refund_id))",
         );
@@ -177,6 +187,14 @@ impl Store {
             .all(&self.db)
             .await?;
         rows.into_iter().map(to_event).collect()
+    }
+}
+
+/// Refunds that went through `route`.
+fn on_route(route: &Route) -> sea_orm::sea_query::SimpleExpr {
+    match route.connection() {
+        Some(id) => refund::Column::ConnectionId.eq(id.as_str()),
+        None => refund::Column::ConnectionId.is_null(),
     }
 }
 
@@ -208,6 +226,7 @@ fn to_event(row: webhook_event::Model) -> Result<InboundEvent, StoreError> {
     };
     Ok(InboundEvent {
         provider: ProviderName::from_trusted(row.provider),
+        route: Route::from_connection(row.connection_id.map(ConnectionId::from_trusted)),
         event_id: row.event_id,
         kind: row.event_type,
         payment: row.payment_id.map(PaymentRef::from_trusted),

@@ -355,6 +355,10 @@ const EXPECTED_SCOPES: &[(&str, &str)] = &[
     ("CancelBulkRefund", "bulk:write"),
     ("ListBulkRefundItems", "refunds:read"),
     ("ListAuditEvents", "refunds:read"),
+    ("CreateConnection", "admin"),
+    ("ListConnections", "admin"),
+    ("RotateConnection", "admin"),
+    ("DeleteConnection", "admin"),
 ];
 
 /// Every method of every service in the API's descriptor, as `/package.Service/Method`.

@@ -11,6 +11,7 @@ mod bulk;
 mod bulk_cli;
 mod cli;
 mod concurrency;
+mod connections;
 mod crash;
 mod create;
 mod fuzz;

@@ -10,7 +10,7 @@ use proptest::strategy::ValueTree as _;
 use proptest::test_runner::{Config, TestRunner};
 use refund_service::domain::{
     AccountId, Failure, NewRefund, ProviderName, RawRefundRequest, RefundId, RefundReason,
-    RefundStatus, Timestamp, parse_account,
+    RefundStatus, Route, Timestamp, parse_account,
 };
 use refund_service::store::{BeginOutcome, BeginRefund, Settlement, Store, StoreOptions};
 
@@ -121,6 +121,7 @@ async fn reservations_follow_the_model_and_never_exceed_the_captured_amount() {
                             source: "test",
                             created_by: None,
                             request_id: None,
+                            route: &Route::Platform,
                         })
                         .await
                         .expect("begin");

@@ -31,12 +31,12 @@ const WEBHOOK_SECRET: &str = "whsec_localstripe_test";
 
 /// The base URL of this run's localstripe, started on first use. Fails the test (never skips)
 /// when it cannot be started.
-fn localstripe() -> &'static str {
+pub(crate) fn localstripe() -> &'static str {
     static BASE: OnceLock<String> = OnceLock::new();
     BASE.get_or_init(|| start_localstripe().unwrap_or_else(|e| panic!("{e}")))
 }
 
-fn start_localstripe() -> Result<String, String> {
+pub(crate) fn start_localstripe() -> Result<String, String> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let python = root.join(".tools/venv/bin/python");
     let has_it = |py: &PathBuf| {
@@ -109,7 +109,7 @@ async fn stripe_api(method: reqwest::Method, path: &str, form: &str) -> serde_js
     body
 }
 
-async fn new_charge(amount: i64) -> String {
+pub(crate) async fn new_charge(amount: i64) -> String {
     let c = stripe_api(
         reqwest::Method::POST,
         "/v1/charges",
@@ -146,7 +146,7 @@ async fn stripe_refunds(payment: &str) -> Vec<serde_json::Value> {
     list["data"].as_array().cloned().unwrap_or_default()
 }
 
-fn stripe_settings(api_base: &str) -> ProviderSettings {
+pub(crate) fn stripe_settings(api_base: &str) -> ProviderSettings {
     ProviderSettings {
         name: "stripe".to_owned(),
         api_base: api_base.to_owned(),
@@ -173,7 +173,7 @@ async fn spawn_stripe_app(api_base: &str) -> (TestApp, TestDb) {
     (app, db)
 }
 
-fn stripe_request(payment: &str, amount: Option<i64>) -> pb::CreateRefundRequest {
+pub(crate) fn stripe_request(payment: &str, amount: Option<i64>) -> pb::CreateRefundRequest {
     pb::CreateRefundRequest {
         provider: "stripe".into(),
         // See the module comment: localstripe refuses any reason.

@@ -12,6 +12,7 @@ mod m20261123_000007_one_history;
 mod m20261202_000008_payment_balance_per_payment;
 mod m20261202_000009_refunds_by_key;
 mod m20261203_000010_provider_waits;
+mod m20261203_000011_connections;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000008_payment_balance_per_payment::Migration),
             Box::new(m20261202_000009_refunds_by_key::Migration),
             Box::new(m20261203_000010_provider_waits::Migration),
+            Box::new(m20261203_000011_connections::Migration),
         ]
     }
 }
