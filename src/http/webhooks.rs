@@ -64,7 +64,7 @@ async fn webhook(
         tolerance: state.tolerance,
     };
     match adapter.read_webhook(&delivery) {
-        Ok(event) => receive(&state, &provider, event).await,
+        Ok(event) => receive(&state, &provider, event, adapter.webhook_ack()).await,
         Err(WebhookRejection::NotEnabled) => not_enabled(provider.as_str()),
         Err(WebhookRejection::Signature(reason)) => {
             tracing::warn!(provider = %provider, %reason, "webhook refused");
@@ -86,7 +86,14 @@ fn not_enabled(provider: &str) -> Response {
         .into_response()
 }
 
-async fn receive(state: &WebhookState, provider: &ProviderName, event: WebhookEvent) -> Response {
+/// Stores and applies `event`; answers 200 with our JSON receipt, or with `ack` as text when the
+/// provider expects its own acknowledgement.
+async fn receive(
+    state: &WebhookState,
+    provider: &ProviderName,
+    event: WebhookEvent,
+    ack: Option<&'static str>,
+) -> Response {
     let (event_id, kind) = (event.id.clone(), event.kind.clone());
     match state.service.receive_webhook(provider, event).await {
         Ok(receipts) => {
@@ -95,6 +102,17 @@ async fn receive(state: &WebhookState, provider: &ProviderName, event: WebhookEv
                 .map(|r| json!({"outcome": r.outcome.as_str(), "duplicate": r.duplicate}))
                 .collect();
             tracing::info!(provider = %provider, event_id = %event_id, kind = %kind, ?receipts, "webhook received");
+            if let Some(ack) = ack {
+                return (
+                    StatusCode::OK,
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; charset=utf-8",
+                    )],
+                    ack,
+                )
+                    .into_response();
+            }
             (
                 StatusCode::OK,
                 Json(json!({"received": true, "event_id": event_id, "results": results})),

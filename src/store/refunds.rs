@@ -687,6 +687,16 @@ async fn reserve(
             .filter(payment::Column::AccountId.eq(account))
     };
 
+    // A balance row that a capture notification created has no owner yet: the first refund
+    // takes it over here, in its transaction (undone with it when nothing is reserved).
+    payment::Entity::update_many()
+        .col_expr(payment::Column::AccountId, Expr::value(account))
+        .filter(payment::Column::Provider.eq(r.provider.as_str()))
+        .filter(payment::Column::PaymentId.eq(r.payment.as_str()))
+        .filter(payment::Column::AccountId.eq(super::captures::UNOWNED))
+        .exec(txn)
+        .await?;
+
     for _ in 0..16 {
         match r.amount {
             Some(amount) => {

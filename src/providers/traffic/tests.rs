@@ -153,8 +153,8 @@ fn unscripted() -> ProviderError {
 impl Provider for Fake {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            full_refunds: true,
             partial_refunds: false,
+            ..Capabilities::LOOKUPS
         }
     }
 
