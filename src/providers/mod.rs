@@ -5,6 +5,7 @@
 //! service must do next: give up, try again, or — for ambiguous failures — look the refund up
 //! before anything else.
 
+pub mod adyen;
 mod http;
 pub mod mercadopago;
 pub mod registry;

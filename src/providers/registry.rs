@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::traffic::TrafficConfig;
-use super::{Provider, mercadopago, stripe};
+use super::{Provider, adyen, mercadopago, stripe};
 use crate::secret::Secret;
 
 /// What a provider brings to the configuration.
@@ -49,7 +49,7 @@ pub struct ExtraSetting {
 }
 
 /// Every provider that can be configured besides the sandbox. One line each.
-pub const REGISTRY: &[ProviderSpec] = &[stripe::SPEC, mercadopago::SPEC];
+pub const REGISTRY: &[ProviderSpec] = &[stripe::SPEC, mercadopago::SPEC, adyen::SPEC];
 
 /// The description of `name`, if this build has it.
 pub fn spec(name: &str) -> Option<&'static ProviderSpec> {
