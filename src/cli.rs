@@ -205,6 +205,11 @@ pub struct ServeArgs {
     #[arg(long, env = "REFUND_MAX_ATTEMPTS", default_value_t = 10)]
     pub max_attempts: i32,
 
+    /// Age past which a PENDING refund of a provider that settles only by webhook (Adyen) counts
+    /// in refund_webhook_only_pending_overdue and is logged: its notification may be lost.
+    #[arg(long, env = "REFUND_WEBHOOK_ONLY_PENDING_ALERT", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub webhook_only_pending_alert: Duration,
+
     /// Most jobs one BulkRefund request may carry (the gRPC message limit grows with it).
     #[arg(long, env = "REFUND_BULK_MAX_JOBS", default_value_t = 10_000)]
     pub bulk_max_jobs: u32,
@@ -507,6 +512,7 @@ impl ServeArgs {
             reconcile_max_delay,
             reconcile_interval,
             max_attempts,
+            webhook_only_pending_alert,
             bulk_max_jobs,
             bulk_default_concurrency,
             bulk_max_concurrency,
@@ -554,6 +560,7 @@ impl ServeArgs {
                 watch_poll_interval,
                 lease_margin,
                 max_attempts,
+                webhook_only_pending_alert,
                 bulk: BulkConfig {
                     max_jobs: bulk_max_jobs,
                     default_concurrency: bulk_default_concurrency,

@@ -105,6 +105,7 @@ pub struct Metrics {
     bulk_jobs_queued: Gauge,
     bulk_provider_wait: Family<ProviderLabels, Counter<f64, AtomicU64>>,
     bulk_jobs_held: Family<ProviderLabels, Gauge>,
+    webhook_only_overdue: Family<ProviderLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -190,7 +191,14 @@ impl Metrics {
             "Bulk jobs this process holds back, queued, until their provider answers again",
             bulk_jobs_held.clone(),
         );
+        let webhook_only_overdue = Family::<ProviderLabels, Gauge>::default();
+        registry.register(
+            "webhook_only_pending_overdue",
+            "Refunds of a provider that settles them only by webhook (no look-up) that have been PENDING longer than --webhook-only-pending-alert (all replicas; set by the reconciler pass)",
+            webhook_only_overdue.clone(),
+        );
         Self {
+            webhook_only_overdue,
             bulk_provider_wait,
             bulk_jobs_held,
             bulk_jobs_queued,
@@ -304,6 +312,13 @@ impl Metrics {
         self.bulk_jobs_held
             .get_or_create(&provider_labels(provider))
             .inc_by(delta);
+    }
+
+    /// Sets how many of `provider`'s webhook-only refunds are overdue; returns the value before.
+    pub fn set_webhook_only_overdue(&self, provider: &str, n: u64) -> i64 {
+        self.webhook_only_overdue
+            .get_or_create(&provider_labels(provider))
+            .set(i64::try_from(n).unwrap_or(i64::MAX))
     }
 
     pub fn bulk_jobs_finished(&self, n: usize) {

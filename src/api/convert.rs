@@ -204,6 +204,7 @@ pub fn new_connection(r: pb::CreateConnectionRequest) -> Result<NewConnection, R
         provider,
         credential,
         webhook_secret,
+        settings,
     } = r;
     let provider =
         ProviderName::parse(&provider).map_err(|e| RefundError::invalid("provider", e))?;
@@ -212,6 +213,7 @@ pub fn new_connection(r: pb::CreateConnectionRequest) -> Result<NewConnection, R
         credential: Secret::opaque(credential),
         webhook_secret: optional_secret(webhook_secret),
         api_base: None,
+        settings: settings.into_iter().collect(),
     })
 }
 
@@ -227,6 +229,7 @@ pub fn connection_to_pb(c: Connection) -> pb::Connection {
         provider,
         // The operator's setting: not the account's business.
         api_base: _,
+        settings,
         webhooks_enabled,
         created_at,
         rotated_at,
@@ -242,6 +245,7 @@ pub fn connection_to_pb(c: Connection) -> pb::Connection {
         webhooks_enabled,
         created_at: Some(timestamp_to_pb(created_at)),
         rotated_at: Some(timestamp_to_pb(rotated_at)),
+        settings: settings.into_iter().collect(),
     }
 }
 

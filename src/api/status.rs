@@ -36,6 +36,11 @@ pub fn to_status(err: RefundError) -> Status {
             "PAYMENT_NOT_REFUNDABLE",
             [("payment_status", status.clone())],
         ),
+        ref e @ RefundError::CaptureNotNotified { ref provider, .. } => failed_precondition(
+            e,
+            "CAPTURE_NOT_NOTIFIED",
+            [("provider", provider.as_str().to_owned())],
+        ),
         ref e @ RefundError::OverRefund {
             requested,
             remaining,

@@ -103,6 +103,9 @@ pub enum ConnectionsCommand {
         /// Where the provider's API is, when not where the server's --PROVIDER-api-base says.
         #[arg(long)]
         api_base: Option<String>,
+        /// A setting of the provider's own, e.g. `merchant-account=ShopEU` for Adyen; repeatable.
+        #[arg(long = "setting", value_name = "WORD=VALUE", value_parser = parse_setting)]
+        settings: Vec<(String, String)>,
     },
     /// List live connections (never their credentials).
     List {
@@ -181,6 +184,7 @@ pub async fn run(command: ConnectionsCommand) -> anyhow::Result<()> {
             credential_file,
             webhook_secret_file,
             api_base,
+            settings,
             ..
         } => {
             let account = parse_account(&account).map_err(anyhow::Error::msg)?;
@@ -193,6 +197,7 @@ pub async fn run(command: ConnectionsCommand) -> anyhow::Result<()> {
                     .map(|p| read_secret(&p, "--webhook-secret-file"))
                     .transpose()?,
                 api_base,
+                settings: settings.into_iter().collect(),
             };
             let c = connections
                 .create(&store, &account, new, CLI)
@@ -278,6 +283,12 @@ pub async fn run(command: ConnectionsCommand) -> anyhow::Result<()> {
 /// Adapters are built only to check a new connection's settings; the CLI calls no provider.
 fn adapters() -> ConnectionAdapters {
     ConnectionAdapters::new(Vec::new(), Arc::new(Metrics::new()))
+}
+
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(w, v)| (w.trim().to_owned(), v.trim().to_owned()))
+        .ok_or_else(|| format!("{s:?} is not WORD=VALUE"))
 }
 
 fn connection_id(id: &str) -> anyhow::Result<ConnectionId> {

@@ -1,6 +1,7 @@
 //! `serve`'s flags for the providers of the registry, derived from each one's description:
 //! `--NAME-api-base`, `--NAME-CREDENTIAL` (and `-file`), `--NAME-webhook-secret` and
-//! `--NAME-rate-limit`, each with its environment variable.
+//! `--NAME-rate-limit`, and one flag per extra setting of the provider (`--NAME-WORD`), each with
+//! its environment variable.
 
 use std::path::PathBuf;
 
@@ -26,6 +27,8 @@ struct Given {
     credential_file: Option<PathBuf>,
     webhook_secrets: Vec<String>,
     rate_limit: u32,
+    /// Extra settings given, by word.
+    extra: Vec<(&'static str, String)>,
 }
 
 /// The argument ids (and long flags) of one provider.
@@ -48,6 +51,11 @@ impl Ids {
             webhook_secret: format!("{name}-webhook-secret"),
             rate_limit: format!("{name}-rate-limit"),
         }
+    }
+
+    /// The argument id (and long flag) of an extra setting.
+    fn extra(spec: &ProviderSpec, word: &str) -> String {
+        format!("{}-{word}", spec.name)
     }
 }
 
@@ -115,6 +123,22 @@ impl clap::Args for ProvidersArgs {
                             spec.title
                         )),
                 );
+            for extra in spec.extra {
+                let id = Ids::extra(spec, extra.word);
+                let upper = extra.word.to_ascii_uppercase().replace('-', "_");
+                let needed = if extra.required {
+                    format!("; needed when the `{}` provider is enabled", spec.name)
+                } else {
+                    String::new()
+                };
+                cmd = cmd.arg(
+                    Arg::new(id.clone())
+                        .long(id)
+                        .value_name(upper.clone())
+                        .env(env(&upper))
+                        .help(format!("{} {}{needed}", spec.title, extra.help)),
+                );
+            }
         }
         cmd
     }
@@ -146,6 +170,15 @@ impl clap::FromArgMatches for ProvidersArgs {
                         .get_one::<u32>(&ids.rate_limit)
                         .copied()
                         .unwrap_or(spec.default_rate_limit),
+                    extra: spec
+                        .extra
+                        .iter()
+                        .filter_map(|x| {
+                            matches
+                                .get_one::<String>(&Ids::extra(spec, x.word))
+                                .map(|v| (x.word, v.trim().to_owned()))
+                        })
+                        .collect(),
                 }
             })
             .collect();
@@ -209,6 +242,15 @@ impl ProvidersArgs {
                 "the {} {credential_words} is empty",
                 spec.title
             );
+            for x in spec.extra {
+                let given_value = given.extra.iter().find(|(w, _)| *w == x.word);
+                anyhow::ensure!(
+                    !x.required || given_value.is_some_and(|(_, v)| !v.is_empty()),
+                    "the {} provider needs --{}",
+                    spec.title,
+                    Ids::extra(spec, x.word)
+                );
+            }
             configured.push(ProviderSettings {
                 name: spec.name.to_owned(),
                 api_base: given.api_base,
@@ -221,6 +263,11 @@ impl ProvidersArgs {
                     given.webhook_secrets,
                     &format!("--{}", ids.webhook_secret),
                 )?,
+                extra: given
+                    .extra
+                    .into_iter()
+                    .map(|(w, v)| (w.to_owned(), v))
+                    .collect(),
             });
         }
         Ok(configured)

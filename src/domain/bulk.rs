@@ -171,6 +171,8 @@ impl JobError {
             | RefundError::BulkNotFound { .. }
             | RefundError::ConnectionNotFound { .. } => ("NOT_FOUND", false),
             RefundError::PaymentNotRefundable { .. } => ("PAYMENT_NOT_REFUNDABLE", false),
+            // A capture notification may still come: trying later can help.
+            RefundError::CaptureNotNotified { .. } => ("CAPTURE_NOT_NOTIFIED", true),
             RefundError::OverRefund { .. } => ("OVER_REFUND", false),
             RefundError::AlreadyRefunded { .. } => ("ALREADY_REFUNDED", false),
             RefundError::IdempotencyKeyReused { .. } => ("IDEMPOTENCY_KEY_REUSED", false),
@@ -238,6 +240,7 @@ impl JobOutcome {
             RefundError::InvalidArgument(_)
             | RefundError::PaymentNotFound { .. }
             | RefundError::PaymentNotRefundable { .. }
+            | RefundError::CaptureNotNotified { .. }
             | RefundError::OverRefund { .. }
             | RefundError::AlreadyRefunded { .. }
             | RefundError::IdempotencyKeyReused { .. }

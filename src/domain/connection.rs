@@ -49,6 +49,8 @@ pub struct Connection {
     pub provider: ProviderName,
     /// Where its API is, when not the provider's default.
     pub api_base: Option<String>,
+    /// The provider's own settings by word (Adyen's `merchant-account`); not secret.
+    pub settings: std::collections::BTreeMap<String, String>,
     /// Whether it holds a secret that signs its webhooks (`/webhooks/{provider}/{id}`).
     pub webhooks_enabled: bool,
     pub created_at: Timestamp,

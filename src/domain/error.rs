@@ -17,6 +17,16 @@ pub enum RefundError {
     #[error("payment {payment} cannot be refunded: its status at the provider is {status}", payment = .payment.as_str())]
     PaymentNotRefundable { payment: PaymentRef, status: String },
 
+    /// The provider cannot be asked about payments and has not notified a capture of this one,
+    /// so nothing is known to be refundable yet.
+    #[error("{title} has not notified a capture for payment {payment} yet; it can be refunded once it has", payment = .payment.as_str())]
+    CaptureNotNotified {
+        payment: PaymentRef,
+        provider: ProviderName,
+        /// The provider's name for people, e.g. `Adyen`.
+        title: String,
+    },
+
     #[error("refund of {requested} exceeds the remaining refundable amount {remaining} {currency}")]
     OverRefund {
         requested: i64,

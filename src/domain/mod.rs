@@ -78,7 +78,7 @@ pub use request::{
     FieldViolation, IdempotencyKey, NewRefund, PaymentRef, ProviderName, RawRefundRequest,
     Violations, parse_metadata,
 };
-pub use webhook::{InboundEvent, RefundReport, WebhookOutcome};
+pub use webhook::{InboundEvent, NotifiedCapture, RefundReport, WebhookOutcome};
 
 /// A point in time, as whole microseconds since the Unix epoch (UTC). Stored as an integer so that
 /// both SQLite and PostgreSQL compare and index it the same way.

@@ -1,6 +1,6 @@
 //! Inbound provider events (webhooks) as the service records them.
 
-use super::{Failure, PaymentRef, ProviderName, RefundStatus};
+use super::{Currency, Failure, PaymentRef, ProviderName, RefundStatus};
 
 /// One provider event about at most one refund, ready to be recorded and applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +26,16 @@ pub struct RefundReport {
     pub status: RefundStatus,
     pub amount: i64,
     pub failure: Option<Failure>,
+}
+
+/// A payment's captured amount as a provider event reports it (for providers that cannot be
+/// asked): what the payments ledger holds as refundable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifiedCapture {
+    pub payment: PaymentRef,
+    /// Minor units of `currency`; never negative.
+    pub amount: i64,
+    pub currency: Currency,
 }
 
 /// What became of an inbound event.

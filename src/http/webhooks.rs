@@ -105,7 +105,7 @@ async fn webhook(
         tolerance: state.tolerance,
     };
     match adapter.read_webhook(&delivery) {
-        Ok(event) => receive(&state, &provider, &route, event).await,
+        Ok(event) => receive(&state, &provider, &route, event, adapter.webhook_ack()).await,
         Err(WebhookRejection::NotEnabled) => not_enabled(&target),
         Err(WebhookRejection::Signature(reason)) => {
             tracing::warn!(provider = %provider, %reason, "webhook refused");
@@ -127,11 +127,14 @@ fn not_enabled(provider: &str) -> Response {
         .into_response()
 }
 
+/// Stores and applies `event`; answers 200 with our JSON receipt, or with `ack` as text when the
+/// provider expects its own acknowledgement.
 async fn receive(
     state: &WebhookState,
     provider: &ProviderName,
     route: &Route,
     event: WebhookEvent,
+    ack: Option<&'static str>,
 ) -> Response {
     let (event_id, kind) = (event.id.clone(), event.kind.clone());
     match state.service.receive_webhook(provider, route, event).await {
@@ -141,6 +144,17 @@ async fn receive(
                 .map(|r| json!({"outcome": r.outcome.as_str(), "duplicate": r.duplicate}))
                 .collect();
             tracing::info!(provider = %provider, event_id = %event_id, kind = %kind, ?receipts, "webhook received");
+            if let Some(ack) = ack {
+                return (
+                    StatusCode::OK,
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; charset=utf-8",
+                    )],
+                    ack,
+                )
+                    .into_response();
+            }
             (
                 StatusCode::OK,
                 Json(json!({"received": true, "event_id": event_id, "results": results})),

@@ -2,7 +2,7 @@
 //! traffic control of its own (its own rate limit and circuit breaker: one account's outage or
 //! 429s do not hold back another's), and kept while the connection's credentials stay the same.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::registry::{self, ProviderSettings};
@@ -41,6 +41,8 @@ pub struct OpenedConnection {
     pub rotated_at: Timestamp,
     pub provider: String,
     pub api_base: Option<String>,
+    /// The provider's own settings (`ProviderSpec::extra`) by word.
+    pub settings: BTreeMap<String, String>,
     pub credential: Secret,
     pub webhook_secret: Option<Secret>,
 }
@@ -114,6 +116,7 @@ impl ConnectionAdapters {
             credential: c.credential,
             traffic: defaults.traffic.clone(),
             webhook_secrets: c.webhook_secret.into_iter().collect(),
+            extra: c.settings,
         };
         let client = (spec.build)(&settings)?;
         let adapter = ConnectionAdapter {

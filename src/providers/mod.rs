@@ -5,6 +5,7 @@
 //! service must do next: give up, try again, or — for ambiguous failures — look the refund up
 //! before anything else.
 
+pub mod adyen;
 pub mod connections;
 mod http;
 pub mod mercadopago;
@@ -88,6 +89,15 @@ pub struct WebhookEvent {
 pub enum EventSubject {
     /// Refunds as of the event (a Stripe `charge.refunded` can carry several).
     Refunds(Vec<RefundUpdate>),
+    /// The provider says a payment's money moved (an Adyen `CAPTURE`): how a provider that cannot
+    /// be asked for a payment ([`Capabilities::payment_lookup`] false) tells the service what
+    /// there is to refund. The service records it in its payments ledger.
+    Captured {
+        payment: PaymentRef,
+        /// What is captured, in minor units of `currency`.
+        amount: i64,
+        currency: Currency,
+    },
     /// Something happened to a payment without the refunds in the event (Mercado Pago's
     /// notifications, Stripe's `charge.refunded` in API versions that no longer expand refunds):
     /// its PENDING refunds are looked up at the provider now.
@@ -150,6 +160,25 @@ pub struct Capabilities {
     pub full_refunds: bool,
     /// Refunding part of a payment (several partial refunds may follow one another).
     pub partial_refunds: bool,
+    /// A refund can be looked up (`get_refund`, `find_refund`). Without it, an ambiguous creation
+    /// is never looked up nor sent again, and the reconciler leaves the refund PENDING.
+    pub refund_lookup: bool,
+    /// A payment can be looked up (`get_payment`) for the pre-flight. Without it, the pre-flight
+    /// reads the captured amount the provider's capture notifications left in our ledger.
+    pub payment_lookup: bool,
+    /// Refunds settle only by webhook: their age while PENDING is watched and reported.
+    pub settles_by_webhook_only: bool,
+}
+
+impl Capabilities {
+    /// A provider that can be asked about payments and refunds, full and partial.
+    pub const LOOKUPS: Self = Self {
+        full_refunds: true,
+        partial_refunds: true,
+        refund_lookup: true,
+        payment_lookup: true,
+        settles_by_webhook_only: false,
+    };
 }
 
 /// One delivery to `POST /webhooks/{provider}`, as the HTTP layer received it, with what its
@@ -217,6 +246,11 @@ pub trait Provider: Send + Sync + 'static {
     ) -> Result<WebhookEvent, WebhookRejection> {
         let _ = delivery;
         Err(WebhookRejection::NotEnabled)
+    }
+    /// The body of the HTTP answer to a webhook delivery once it is stored, when the provider
+    /// expects a particular one (Adyen: `[accepted]`, as text). `None`: our JSON receipt.
+    fn webhook_ack(&self) -> Option<&'static str> {
+        None
     }
 }
 

@@ -25,10 +25,7 @@ pub const SIGNATURE_HEADER: &str = "sandbox-signature";
 #[async_trait]
 impl Provider for SandboxProvider {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            full_refunds: true,
-            partial_refunds: true,
-        }
+        Capabilities::LOOKUPS
     }
 
     /// The sandbox signs like Stripe and sends Stripe-shaped `refund.updated` events.

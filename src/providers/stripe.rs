@@ -32,6 +32,7 @@ pub const SPEC: super::registry::ProviderSpec = super::registry::ProviderSpec {
     // Stripe allows 100 requests per second in live mode.
     default_rate_limit: 80,
     webhook_signing: "`whsec_…` secrets",
+    extra: &[],
     build: |s| {
         StripeProvider::new(&s.api_base, s.credential.clone(), s.traffic.call_timeout)
             .map(|p| std::sync::Arc::new(p) as std::sync::Arc<dyn Provider>)
@@ -111,10 +112,7 @@ pub(super) fn read_signed_event(
 #[async_trait]
 impl Provider for StripeProvider {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            full_refunds: true,
-            partial_refunds: true,
-        }
+        Capabilities::LOOKUPS
     }
 
     fn read_webhook(

@@ -6,7 +6,7 @@
 //! accounts. A refund keeps its route for life: its look-ups, re-sends and webhooks use the
 //! same credentials, even after the connection is rotated.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::{RefundService, internal};
@@ -42,6 +42,8 @@ pub struct NewConnection {
     /// Only operators (the CLI) set it: an API caller must not point the service, and the
     /// credentials it sends, at an address of its choosing.
     pub api_base: Option<String>,
+    /// The provider's own settings (`ProviderSpec::extra`) by word.
+    pub settings: BTreeMap<String, String>,
 }
 
 impl Connections {
@@ -103,6 +105,7 @@ impl Connections {
                 rotated_at: c.rotated_at,
                 provider: c.provider.as_str().to_owned(),
                 api_base: c.api_base.clone(),
+                settings: c.settings.clone(),
                 credential,
                 webhook_secret,
             })
@@ -135,6 +138,7 @@ impl Connections {
         if let Some(secret) = &new.webhook_secret {
             check_secret("webhook_secret", secret)?;
         }
+        check_settings(&new.provider, &new.settings)?;
         let vault = self.vault()?;
         let now = Timestamp::now();
         let id = ConnectionId::generate();
@@ -145,16 +149,25 @@ impl Connections {
                 rotated_at: now,
                 provider: new.provider.as_str().to_owned(),
                 api_base: new.api_base.clone(),
+                settings: new.settings.clone(),
                 credential: new.credential.clone(),
                 webhook_secret: new.webhook_secret.clone(),
             })
-            .map_err(|e| RefundError::invalid("api_base", e))?;
+            .map_err(|e| {
+                let field = if new.api_base.is_some() {
+                    "api_base"
+                } else {
+                    "settings"
+                };
+                RefundError::invalid(field, e)
+            })?;
         let stored = StoredConnection {
             connection: Connection {
                 id: id.clone(),
                 account: account.clone(),
                 provider: new.provider.clone(),
                 api_base: new.api_base,
+                settings: new.settings,
                 webhooks_enabled: new.webhook_secret.is_some(),
                 created_at: now,
                 rotated_at: now,
@@ -310,6 +323,51 @@ impl Connections {
 /// two sealed values cannot be swapped.
 fn webhook_record(id: &ConnectionId) -> String {
     format!("{id}#webhook")
+}
+
+/// The provider's own settings: only those it has, those it needs, none empty.
+fn check_settings(
+    provider: &ProviderName,
+    settings: &BTreeMap<String, String>,
+) -> Result<(), RefundError> {
+    let spec = crate::providers::registry::spec(provider.as_str());
+    let known: Vec<&str> = spec.map_or(Vec::new(), |s| s.extra.iter().map(|x| x.word).collect());
+    let mut violations = Vec::new();
+    for (word, value) in settings {
+        let field = format!("settings[{word}]");
+        if !known.contains(&word.as_str()) {
+            violations.push(crate::domain::FieldViolation::new(
+                field,
+                if known.is_empty() {
+                    format!("{provider} has no settings of its own")
+                } else {
+                    format!("{provider}'s settings are: {}", known.join(", "))
+                },
+            ));
+        } else if value.trim().is_empty() || value.len() > 255 {
+            violations.push(crate::domain::FieldViolation::new(
+                field,
+                "must be 1 to 255 characters",
+            ));
+        }
+    }
+    for required in spec
+        .into_iter()
+        .flat_map(|s| s.extra)
+        .filter(|x| x.required)
+    {
+        if !settings.contains_key(required.word) {
+            violations.push(crate::domain::FieldViolation::new(
+                format!("settings[{}]", required.word),
+                format!("{provider} needs its {} ({})", required.word, required.help),
+            ));
+        }
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(RefundError::InvalidArgument(violations))
+    }
 }
 
 fn check_secret(field: &str, secret: &Secret) -> Result<(), RefundError> {

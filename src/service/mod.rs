@@ -26,7 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::{
-    AccountId, ApiKeyId, Failure, NewRefund, Refund, RefundError, RefundId, RefundStatus, Timestamp,
+    AccountId, ApiKeyId, Failure, NewRefund, Refund, RefundError, RefundId, RefundStatus, Route,
+    Timestamp,
 };
 use crate::metrics::Metrics;
 use crate::providers::traffic::Availability;
@@ -72,6 +73,10 @@ pub struct RefundsConfig {
     /// Provider calls (creations and look-ups) after which a refund the provider has never seen
     /// is given up as FAILED and its amount released.
     pub max_attempts: i32,
+    /// A refund of a provider that settles only by webhook, PENDING for longer than this, is
+    /// counted in `refund_webhook_only_pending_overdue` and logged by the reconciler: its
+    /// notification may be lost, and nobody can ask the provider.
+    pub webhook_only_pending_alert: Duration,
     pub bulk: BulkConfig,
 }
 
@@ -86,6 +91,7 @@ impl Default for RefundsConfig {
             watch_poll_interval: Duration::from_secs(1),
             lease_margin: Duration::from_secs(5),
             max_attempts: 10,
+            webhook_only_pending_alert: Duration::from_secs(24 * 60 * 60),
             bulk: BulkConfig::default(),
         }
     }
@@ -153,6 +159,10 @@ impl RefundService {
         &self.inner.config
     }
 
+    fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
     /// A refund for `account`, asked for by the API key `created_by`.
     pub async fn create_refund(
         &self,
@@ -194,43 +204,46 @@ impl RefundService {
             };
         }
 
-        let payment = self
-            .call(provider.get_payment(&request.payment))
-            .await
-            .map_err(|e| match e {
-                ProviderError::NotFound(_) => RefundError::PaymentNotFound {
-                    payment: request.payment.clone(),
-                    provider: request.provider.clone(),
-                },
-                ProviderError::Rejected { code, message } => RefundError::invalid(
-                    "payment_id",
-                    format!("the provider refused to look the payment up: {code}: {message}"),
-                ),
-                ProviderError::RateLimited { .. }
-                | ProviderError::Unavailable(_)
-                | ProviderError::Timeout
-                | ProviderError::Ambiguous(_) => {
-                    // When to try again, from the provider's Retry-After or our circuit.
-                    let retry_after = match (&e, provider.availability()) {
-                        (
-                            ProviderError::RateLimited {
-                                retry_after: Some(d),
-                            },
-                            _,
-                        ) => Some(*d),
-                        (_, Availability::Waiting { retry_in, .. }) => {
-                            Some(retry_in.max(MIN_RETRY_AFTER))
-                        }
-                        (_, Availability::Ready) => None,
-                    };
-                    RefundError::ProviderUnavailable {
+        let payment = if !provider.capabilities().payment_lookup {
+            self.notified_payment(&request, &route).await?
+        } else {
+            self.call(provider.get_payment(&request.payment))
+                .await
+                .map_err(|e| match e {
+                    ProviderError::NotFound(_) => RefundError::PaymentNotFound {
+                        payment: request.payment.clone(),
                         provider: request.provider.clone(),
-                        message: e.to_string(),
-                        retry_after,
-                        transient: true,
+                    },
+                    ProviderError::Rejected { code, message } => RefundError::invalid(
+                        "payment_id",
+                        format!("the provider refused to look the payment up: {code}: {message}"),
+                    ),
+                    ProviderError::RateLimited { .. }
+                    | ProviderError::Unavailable(_)
+                    | ProviderError::Timeout
+                    | ProviderError::Ambiguous(_) => {
+                        // When to try again, from the provider's Retry-After or our circuit.
+                        let retry_after = match (&e, provider.availability()) {
+                            (
+                                ProviderError::RateLimited {
+                                    retry_after: Some(d),
+                                },
+                                _,
+                            ) => Some(*d),
+                            (_, Availability::Waiting { retry_in, .. }) => {
+                                Some(retry_in.max(MIN_RETRY_AFTER))
+                            }
+                            (_, Availability::Ready) => None,
+                        };
+                        RefundError::ProviderUnavailable {
+                            provider: request.provider.clone(),
+                            message: e.to_string(),
+                            retry_after,
+                            transient: true,
+                        }
                     }
-                }
-            })?;
+                })?
+        };
         match payment.status {
             PaymentStatus::Captured => {}
             PaymentStatus::NotRefundable(status) => {
@@ -324,6 +337,38 @@ impl RefundService {
                 provider: request.provider,
             }),
         }
+    }
+
+    /// The pre-flight of a provider that cannot be asked about payments: the capture its
+    /// notifications left in our ledger (refunds made elsewhere are its to refuse; our own
+    /// reservations are counted by the store).
+    async fn notified_payment(
+        &self,
+        request: &NewRefund,
+        route: &Route,
+    ) -> Result<crate::providers::ProviderPayment, RefundError> {
+        let Some((captured, currency)) = self
+            .inner
+            .store
+            .notified_capture(&request.provider, route, &request.payment)
+            .await
+            .map_err(internal)?
+        else {
+            let title = crate::providers::registry::spec(request.provider.as_str())
+                .map_or(request.provider.as_str(), |s| s.title);
+            return Err(RefundError::CaptureNotNotified {
+                payment: request.payment.clone(),
+                provider: request.provider.clone(),
+                title: title.to_owned(),
+            });
+        };
+        Ok(crate::providers::ProviderPayment {
+            id: request.payment.as_str().to_owned(),
+            captured,
+            refunded: 0,
+            currency,
+            status: PaymentStatus::Captured,
+        })
     }
 
     pub async fn get_refund(

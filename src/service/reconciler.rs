@@ -5,6 +5,10 @@
 //! found means we record the provider's answer; not found means the provider never processed
 //! it, and only then is it sent again, with the same idempotency key. Claims are conditional
 //! writes, so several replicas can run reconcilers over one database without doubling work.
+//!
+//! A provider that cannot be asked about refunds (`Capabilities::refund_lookup` false, Adyen) is
+//! neither asked nor sent anything again: its refunds stay PENDING until their notification, and
+//! the pass reports those pending too long (`watch_webhook_only`).
 
 use std::future::Future;
 
@@ -74,6 +78,12 @@ impl RefundService {
             tracing::warn!(refund_id = %refund.id, provider = %refund.provider, "provider is not configured; refund stays PENDING");
             return self.later(&refund, attempts).await;
         };
+        if !provider.capabilities().refund_lookup {
+            // Nothing can be asked and nothing may be sent again without knowing: its
+            // notification settles it (`watch_webhook_only` reports it when that is late).
+            tracing::debug!(refund_id = %refund.id, "provider cannot be asked about refunds; it stays PENDING until notified");
+            return self.later(&refund, attempts).await;
+        }
         let found = match &refund.provider_refund_id {
             Some(pid) => self
                 .call_within(lease_until, provider.get_refund(pid))
@@ -115,6 +125,72 @@ impl RefundService {
         Ok(())
     }
 
+    /// Counts, per provider that settles refunds only by webhook, the refunds PENDING for longer
+    /// than `webhook_only_pending_alert` (the gauge `refund_webhook_only_pending_overdue`), and
+    /// warns when that number changes and is not zero: their notification may be lost, and only
+    /// an operator can find out what became of them (in the provider's dashboard).
+    pub async fn watch_webhook_only(&self) -> Result<(), RefundError> {
+        let threshold = self.config().webhook_only_pending_alert;
+        let before = self.clock().now().saturating_sub(threshold);
+        for name in self.webhook_only_providers().await? {
+            let overdue = self
+                .store()
+                .pending_since_before(&name, before)
+                .await
+                .map_err(internal)?;
+            let previous = self
+                .metrics()
+                .set_webhook_only_overdue(name.as_str(), overdue);
+            if overdue > 0 && i64::try_from(overdue).ok() != Some(previous) {
+                tracing::warn!(provider = %name, overdue, threshold = %humantime::format_duration(threshold), "refunds of a provider that settles only by webhook have been PENDING too long: their notification may be lost; check them in the provider's dashboard");
+            }
+        }
+        Ok(())
+    }
+
+    /// The providers, configured or reached through accounts' connections, that settle only by
+    /// webhook.
+    async fn webhook_only_providers(
+        &self,
+    ) -> Result<Vec<crate::domain::ProviderName>, RefundError> {
+        let mut names: Vec<_> = self
+            .providers()
+            .names()
+            .filter(|n| {
+                self.providers()
+                    .get(n)
+                    .is_some_and(|p| p.capabilities().settles_by_webhook_only)
+            })
+            .cloned()
+            .collect();
+        for stored in self
+            .store()
+            .list_connections(None)
+            .await
+            .map_err(internal)?
+        {
+            let name = &stored.connection.provider;
+            if names.contains(name) {
+                continue;
+            }
+            let settles_by_webhook = self
+                .adapter_of(
+                    name,
+                    &crate::domain::Route::Connection(stored.connection.id),
+                )
+                .await
+                // A connection that cannot be opened is reported where refunds use it.
+                .ok()
+                .flatten()
+                .is_some_and(|p| p.capabilities().settles_by_webhook_only);
+            if settles_by_webhook {
+                names.push(name.clone());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     async fn later(
         &self,
         refund: &crate::domain::Refund,
@@ -149,6 +225,9 @@ pub async fn run_reconciler(service: RefundService, shutdown: impl Future<Output
                     break;
                 }
             }
+        }
+        if let Err(e) = service.watch_webhook_only().await {
+            tracing::error!(error = ?anyhow::Error::new(e), "counting overdue webhook-only refunds failed");
         }
         match service.retry_webhooks().await {
             Ok(0) => {}

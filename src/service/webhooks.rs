@@ -11,7 +11,8 @@ use crate::domain::{Failure, PaymentRef, ProviderName, Route};
 use tracing::Instrument as _;
 
 use crate::domain::{
-    InboundEvent, Refund, RefundError, RefundReport, RefundStatus, Timestamp, WebhookOutcome,
+    InboundEvent, NotifiedCapture, Refund, RefundError, RefundReport, RefundStatus, Timestamp,
+    WebhookOutcome,
 };
 use crate::providers::{EventSubject, ProviderRefundStatus, WebhookEvent};
 use crate::store::Settlement;
@@ -37,6 +38,26 @@ impl RefundService {
         route: &Route,
         event: WebhookEvent,
     ) -> Result<Vec<WebhookReceipt>, RefundError> {
+        let capture = match &event.subject {
+            EventSubject::Captured {
+                payment,
+                amount,
+                currency,
+            } => {
+                if *amount < 0 {
+                    return Err(RefundError::invalid(
+                        "amount",
+                        "the event's captured amount is negative",
+                    ));
+                }
+                Some(NotifiedCapture {
+                    payment: payment.clone(),
+                    amount: *amount,
+                    currency: *currency,
+                })
+            }
+            EventSubject::Refunds(_) | EventSubject::Payment(_) | EventSubject::Ignored => None,
+        };
         let inbound = inbound_events(provider, route, event);
         // Signed, but still checked against what the store can hold: a refusal, not a 500 that
         // the provider would redeliver forever.
@@ -74,7 +95,15 @@ impl RefundService {
                 event_id = %inbound.event_id,
                 event_type = %inbound.kind,
             );
-            receipts.push(self.receive_one(inbound).instrument(span).await?);
+            let receipt = match &capture {
+                Some(capture) => {
+                    self.receive_capture(inbound, capture)
+                        .instrument(span)
+                        .await?
+                }
+                None => self.receive_one(inbound).instrument(span).await?,
+            };
+            receipts.push(receipt);
         }
         Ok(receipts)
     }
@@ -102,6 +131,35 @@ impl RefundService {
             outcome,
             duplicate: false,
         })
+    }
+
+    /// Records a payment's notified capture in the payments ledger, once per event.
+    async fn receive_capture(
+        &self,
+        event: InboundEvent,
+        capture: &NotifiedCapture,
+    ) -> Result<WebhookReceipt, RefundError> {
+        let earlier = self
+            .store()
+            .record_capture(&event, capture, Timestamp::now())
+            .await
+            .map_err(internal)?;
+        match earlier {
+            Some(outcome) => {
+                tracing::info!(provider = %event.provider, event_id = %event.event_id, "duplicate capture event ignored");
+                Ok(WebhookReceipt {
+                    outcome,
+                    duplicate: true,
+                })
+            }
+            None => {
+                tracing::info!(provider = %event.provider, event_id = %event.event_id, payment_id = capture.payment.as_str(), captured = capture.amount, currency = %capture.currency, "capture recorded in the payments ledger");
+                Ok(WebhookReceipt {
+                    outcome: WebhookOutcome::Applied,
+                    duplicate: false,
+                })
+            }
+        }
     }
 
     /// Applies a recorded event and records its outcome.
@@ -255,7 +313,9 @@ fn inbound_events(
     };
     match event.subject {
         EventSubject::Ignored => Vec::new(),
-        EventSubject::Payment(payment) => vec![base(event.id.clone(), Some(payment), None)],
+        EventSubject::Payment(payment) | EventSubject::Captured { payment, .. } => {
+            vec![base(event.id.clone(), Some(payment), None)]
+        }
         EventSubject::Refunds(updates) => {
             let several = updates.len() > 1;
             updates

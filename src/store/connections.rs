@@ -53,6 +53,12 @@ impl Store {
             account_id: Set(c.account.as_str().to_owned()),
             provider: Set(c.provider.as_str().to_owned()),
             api_base: Set(c.api_base.clone()),
+            settings: Set(
+                serde_json::to_string(&c.settings).map_err(|e| StoreError::Corrupt {
+                    table: "connections",
+                    detail: format!("settings do not serialize: {e}"),
+                })?,
+            ),
             credential_sealed: Set(stored.credential_sealed.clone()),
             webhook_secret_sealed: Set(stored.webhook_secret_sealed.clone()),
             created_at: Set(c.created_at.as_micros()),
@@ -282,16 +288,20 @@ impl Store {
 }
 
 fn to_stored(row: connection::Model) -> Result<StoredConnection, StoreError> {
-    let provider = ProviderName::parse(&row.provider).map_err(|e| StoreError::Corrupt {
+    let corrupt = |e: String| StoreError::Corrupt {
         table: "connections",
         detail: format!("{}: {e}", row.id),
-    })?;
+    };
+    let provider = ProviderName::parse(&row.provider).map_err(corrupt)?;
+    let settings =
+        serde_json::from_str(&row.settings).map_err(|e| corrupt(format!("settings: {e}")))?;
     Ok(StoredConnection {
         connection: Connection {
             id: ConnectionId::from_trusted(row.id),
             account: AccountId::from_trusted(row.account_id),
             provider,
             api_base: row.api_base,
+            settings,
             webhooks_enabled: row.webhook_secret_sealed.is_some(),
             created_at: Timestamp::from_micros(row.created_at),
             rotated_at: Timestamp::from_micros(row.rotated_at),

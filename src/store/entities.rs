@@ -317,6 +317,8 @@ pub mod connection {
         pub account_id: String,
         pub provider: String,
         pub api_base: Option<String>,
+        /// JSON object: the provider's own settings (`ProviderSpec::extra`), not secret.
+        pub settings: String,
         pub credential_sealed: String,
         pub webhook_secret_sealed: Option<String>,
         pub created_at: i64,

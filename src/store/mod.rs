@@ -6,6 +6,7 @@
 
 mod audit;
 mod bulks;
+mod captures;
 mod connect_check;
 mod connections;
 mod entities;

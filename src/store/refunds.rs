@@ -699,6 +699,25 @@ async fn reserve(
             })
     };
 
+    // A balance row that a capture notification created (through this route) has no owner yet:
+    // the first refund takes it over, in its transaction (undone with it when nothing is
+    // reserved), and tries again. Only then: payments refunded so far pay nothing for it.
+    let take_over = || {
+        payment::Entity::update_many()
+            .col_expr(payment::Column::AccountId, Expr::value(account))
+            .filter(payment::Column::Provider.eq(r.provider.as_str()))
+            .filter(payment::Column::PaymentId.eq(r.payment.as_str()))
+            .filter(payment::Column::AccountId.eq(super::captures::UNOWNED))
+            .filter(match b.route.connection() {
+                Some(id) => payment::Column::ConnectionId.eq(id.as_str()),
+                None => payment::Column::ConnectionId.is_null(),
+            })
+            .exec(txn)
+    };
+    let unowned = |row: Option<&payment::Model>| {
+        row.is_some_and(|p| p.account_id == super::captures::UNOWNED && p.connection_id == route)
+    };
+
     for _ in 0..16 {
         match r.amount {
             Some(amount) => {
@@ -729,6 +748,10 @@ async fn reserve(
                     }
                 }
                 let row = payment::Entity::find_by_id(pk.clone()).one(txn).await?;
+                if unowned(row.as_ref()) {
+                    take_over().await?;
+                    continue;
+                }
                 if owned_by_other(row.as_ref()) {
                     return Ok(Reservation::NotOwned);
                 }
@@ -741,6 +764,10 @@ async fn reserve(
             }
             None => {
                 let row = payment::Entity::find_by_id(pk.clone()).one(txn).await?;
+                if unowned(row.as_ref()) {
+                    take_over().await?;
+                    continue;
+                }
                 if owned_by_other(row.as_ref()) {
                     return Ok(Reservation::NotOwned);
                 }

@@ -208,6 +208,7 @@ async fn two_accounts_refund_through_their_own_stripe_keys() {
             provider: "stripe".into(),
             credential: KEY_A.into(),
             webhook_secret: String::new(),
+            settings: Default::default(),
         })
         .await
         .expect("A's connection")
@@ -225,6 +226,7 @@ async fn two_accounts_refund_through_their_own_stripe_keys() {
                 credential: Secret::opaque(KEY_B.into()),
                 webhook_secret: None,
                 api_base: Some(second.base.clone()),
+                settings: Default::default(),
             },
             ConnectionActor {
                 source: "cli",
@@ -344,6 +346,7 @@ async fn connection_requests_are_checked() {
         provider: provider.into(),
         credential: credential.into(),
         webhook_secret: String::new(),
+        settings: Default::default(),
     };
 
     let e = admin
@@ -426,6 +429,7 @@ async fn without_a_secrets_key_no_connection_is_made() {
             provider: "stripe".into(),
             credential: KEY_A.into(),
             webhook_secret: String::new(),
+            settings: Default::default(),
         })
         .await
         .expect_err("nothing to seal with");
@@ -464,6 +468,7 @@ async fn the_platform_connection_can_be_kept_to_some_accounts() {
             provider: "stripe".into(),
             credential: KEY_A.into(),
             webhook_secret: String::new(),
+            settings: Default::default(),
         })
         .await
         .expect("connection");
@@ -491,6 +496,7 @@ async fn a_connections_webhooks_touch_only_its_own_refunds() {
             provider: "stripe".into(),
             credential: KEY_A.into(),
             webhook_secret: whsec.into(),
+            settings: Default::default(),
         })
         .await
         .expect("connection")

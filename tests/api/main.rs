@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod adyen;
 mod approval;
 mod audit;
 mod auth;

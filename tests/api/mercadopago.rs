@@ -31,6 +31,7 @@ async fn spawn(db: &TestDb, api: &MockServer) -> TestApp {
             ..TrafficConfig::default()
         },
         webhook_secrets: vec![Secret::opaque(SECRET.to_owned())],
+        extra: Default::default(),
     };
     spawn_app_with(db, move |s| {
         s.providers.push(settings);

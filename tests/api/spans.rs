@@ -93,6 +93,7 @@ async fn mercadopago_app(db: &TestDb, api: &MockServer) -> TestApp {
             ..TrafficConfig::default()
         },
         webhook_secrets: Vec::new(),
+        extra: Default::default(),
     };
     spawn_app_with(db, move |s| s.providers.push(settings)).await
 }

@@ -158,6 +158,7 @@ pub(crate) fn stripe_settings(api_base: &str) -> ProviderSettings {
             ..TrafficConfig::default()
         },
         webhook_secrets: vec![Secret::opaque(WEBHOOK_SECRET.to_owned())],
+        extra: Default::default(),
     }
 }
 

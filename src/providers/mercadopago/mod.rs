@@ -160,6 +160,7 @@ pub const SPEC: super::registry::ProviderSpec = super::registry::ProviderSpec {
     default_api_base: DEFAULT_API_BASE,
     default_rate_limit: 50,
     webhook_signing: "secrets (x-signature)",
+    extra: &[],
     build: |s| {
         MercadoPagoProvider::new(&s.api_base, s.credential.clone(), s.traffic.call_timeout)
             .map(|p| std::sync::Arc::new(p) as std::sync::Arc<dyn Provider>)
@@ -262,7 +263,7 @@ fn read_notification(delivery: &WebhookDelivery<'_>) -> Result<WebhookEvent, Web
     let event = parse_webhook(delivery.body, request_id).map_err(WebhookRejection::Unreadable)?;
     let names_signed_payment = match &event.subject {
         EventSubject::Payment(p) => data_id.is_some_and(|id| id.eq_ignore_ascii_case(p.as_str())),
-        EventSubject::Refunds(_) | EventSubject::Ignored => true,
+        EventSubject::Refunds(_) | EventSubject::Captured { .. } | EventSubject::Ignored => true,
     };
     if !names_signed_payment {
         return Err(WebhookRejection::Unreadable(
@@ -276,10 +277,7 @@ fn read_notification(delivery: &WebhookDelivery<'_>) -> Result<WebhookEvent, Web
 impl Provider for MercadoPagoProvider {
     fn capabilities(&self) -> Capabilities {
         // Partial refunds, except for the few payment methods that answer cause 3024.
-        Capabilities {
-            full_refunds: true,
-            partial_refunds: true,
-        }
+        Capabilities::LOOKUPS
     }
 
     fn read_webhook(

@@ -352,6 +352,14 @@ impl ControlledProvider {
                     };
                     tokio::time::sleep(delay).await;
                 }
+                ProviderError::Timeout | ProviderError::Ambiguous(_)
+                    if !self.inner.capabilities().refund_lookup =>
+                {
+                    // Nothing can tell whether it was made, so nothing is sent again: the
+                    // refund stays PENDING until the provider's notification settles it.
+                    tracing::warn!(provider = %self.name, attempt, error = %error, "the creation was ambiguous and this provider cannot be asked about refunds; not sending it again");
+                    return Err(maybe_processed.unwrap_or(error));
+                }
                 ProviderError::Timeout | ProviderError::Ambiguous(_) => {
                     maybe_processed.get_or_insert_with(|| error.clone());
                     let Some(delay) = self.retry_delay(OP, attempt, &error, &mut backoff) else {
@@ -594,6 +602,10 @@ impl Provider for ControlledProvider {
         delivery: &super::WebhookDelivery<'_>,
     ) -> Result<super::WebhookEvent, super::WebhookRejection> {
         self.inner.read_webhook(delivery)
+    }
+
+    fn webhook_ack(&self) -> Option<&'static str> {
+        self.inner.webhook_ack()
     }
 
     async fn get_payment(&self, payment: &PaymentRef) -> Result<ProviderPayment, ProviderError> {

@@ -71,6 +71,8 @@ struct Seen {
 #[derive(Default)]
 struct Fake {
     latency: Duration,
+    /// Says it cannot look refunds up (`Capabilities::refund_lookup` false), as Adyen does.
+    no_refund_lookup: bool,
     script: Mutex<Script>,
     seen: Mutex<Vec<Seen>>,
     in_flight: AtomicUsize,
@@ -153,8 +155,9 @@ fn unscripted() -> ProviderError {
 impl Provider for Fake {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            full_refunds: true,
             partial_refunds: false,
+            refund_lookup: !self.no_refund_lookup,
+            ..Capabilities::LOOKUPS
         }
     }
 
@@ -478,6 +481,25 @@ async fn a_refusal_after_an_ambiguous_attempt_stays_ambiguous() {
             ["create_refund", "find_refund", "create_refund"]
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ambiguous_creation_at_a_provider_that_cannot_be_asked_is_neither_looked_up_nor_resent()
+{
+    let lost = ProviderError::Ambiguous("503 after the request was sent".into());
+    let fake = Arc::new(Fake {
+        no_refund_lookup: true,
+        script: Mutex::new(Script {
+            creates: [err(lost.clone()), ok(refund("re_1"))].into(),
+            finds: [ok(None)].into(),
+            ..Script::default()
+        }),
+        ..Fake::default()
+    });
+    let provider = controlled(&fake, config());
+
+    assert_eq!(provider.create_refund(&call()).await, Err(lost));
+    assert_eq!(fake.ops(), ["create_refund"]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -20,6 +20,8 @@ impl MigrationTrait for Migration {
                     .col(string_len("account_id", 64))
                     .col(string_len("provider", 64))
                     .col(string_len_null("api_base", 2048))
+                    // The provider's own settings (Adyen's merchant account), a JSON object.
+                    .col(text("settings"))
                     .col(text("credential_sealed"))
                     .col(text_null("webhook_secret_sealed"))
                     .col(big_integer("created_at"))
