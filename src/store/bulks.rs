@@ -135,97 +135,10 @@ impl Store {
         .await?;
         if !matches!(inserted, TryInsertResult::Inserted(n) if n > 0) {
             txn.rollback().await?;
-            let key = new
-                .idempotency_key
-                .as_ref()
-                .map(|k| k.as_str())
-                .unwrap_or_default();
-            let existing = bulk::Entity::find()
-                .filter(bulk::Column::AccountId.eq(account.as_str()))
-                .filter(bulk::Column::IdempotencyKey.eq(key))
-                .one(&self.db)
-                .await?
-                .ok_or_else(|| corrupt("bulks", "key conflicted but the batch cannot be read"))?;
-            return Ok(if existing.fingerprint == fingerprint {
-                CreateBulkOutcome::Existing(bulk_to_domain(existing)?)
-            } else {
-                CreateBulkOutcome::KeyReused
-            });
+            return self.same_key_bulk(account, new, &fingerprint).await;
         }
 
-        let mut items = Vec::with_capacity(INSERT_CHUNK);
-        let mut events = vec![event_row(&id, account, 1, "accepted", None, t)];
-        let mut sequence = 1;
-        for (index, job) in new.jobs.iter().enumerate() {
-            let idx = index as i32;
-            let (status, job_json, payment_id, provider, error) = match job {
-                Ok(r) => {
-                    let key = match &r.idempotency_key {
-                        Some(k) => k.clone(),
-                        None => derived_job_key(new.idempotency_key.as_ref(), &id, index as u32),
-                    };
-                    let json = serde_json::to_string(&StoredJob::from_request(r, &key))
-                        .map_err(|e| corrupt("bulk_items", e))?;
-                    // Queued even when the batch already stopped: ending it marks the job
-                    // skipped, with its event.
-                    (
-                        ItemStatus::Queued,
-                        Some(json),
-                        r.payment.as_str().to_owned(),
-                        r.provider.as_str().to_owned(),
-                        None,
-                    )
-                }
-                Err(violations) => {
-                    sequence += 1;
-                    events.push(event_row(&id, account, sequence, "result", Some(idx), t));
-                    (
-                        ItemStatus::Failed,
-                        None,
-                        String::new(),
-                        default_provider.as_str().to_owned(),
-                        Some(JobError::invalid(violations)),
-                    )
-                }
-            };
-            items.push(bulk_item::ActiveModel {
-                bulk_id: Set(id.as_str().to_owned()),
-                idx: Set(idx),
-                account_id: Set(account.as_str().to_owned()),
-                status: Set(status.as_str().to_owned()),
-                job: Set(job_json),
-                payment_id: Set(payment_id),
-                provider: Set(provider),
-                refund_id: Set(None),
-                error_code: Set(error.as_ref().map(|e| e.code.clone())),
-                error_message: Set(error.as_ref().map(|e| e.message.clone())),
-                retryable: Set(error.as_ref().is_some_and(|e| e.retryable)),
-                attempts: Set(0),
-                lease_owner: Set(None),
-                lease_until: Set(None),
-                updated_at: Set(t),
-            });
-            if items.len() == INSERT_CHUNK {
-                bulk_item::Entity::insert_many(std::mem::take(&mut items))
-                    .exec_without_returning(&txn)
-                    .await?;
-            }
-            if events.len() == INSERT_CHUNK {
-                bulk_event::Entity::insert_many(std::mem::take(&mut events))
-                    .exec_without_returning(&txn)
-                    .await?;
-            }
-        }
-        if !items.is_empty() {
-            bulk_item::Entity::insert_many(items)
-                .exec_without_returning(&txn)
-                .await?;
-        }
-        if !events.is_empty() {
-            bulk_event::Entity::insert_many(events)
-                .exec_without_returning(&txn)
-                .await?;
-        }
+        insert_jobs(&txn, &id, account, new, default_provider, t).await?;
         let row = bulk::Entity::find_by_id(id.as_str().to_owned())
             .one(&txn)
             .await?
@@ -247,6 +160,31 @@ impl Store {
         .await?;
         txn.commit().await?;
         Ok(CreateBulkOutcome::Created(bulk_to_domain(row)?))
+    }
+
+    /// The batch that already holds `new`'s idempotency key: the same one again, or another.
+    async fn same_key_bulk(
+        &self,
+        account: &AccountId,
+        new: &NewBulk,
+        fingerprint: &str,
+    ) -> Result<CreateBulkOutcome, StoreError> {
+        let key = new
+            .idempotency_key
+            .as_ref()
+            .map(|k| k.as_str())
+            .unwrap_or_default();
+        let existing = bulk::Entity::find()
+            .filter(bulk::Column::AccountId.eq(account.as_str()))
+            .filter(bulk::Column::IdempotencyKey.eq(key))
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| corrupt("bulks", "key conflicted but the batch cannot be read"))?;
+        Ok(if existing.fingerprint == fingerprint {
+            CreateBulkOutcome::Existing(bulk_to_domain(existing)?)
+        } else {
+            CreateBulkOutcome::KeyReused
+        })
     }
 
     pub async fn get_bulk(
@@ -1025,6 +963,92 @@ fn counts(b: &bulk::Model) -> BulkCounts {
         skipped: n(b.skipped),
         canceled: n(b.canceled),
     }
+}
+
+/// A new batch's jobs, QUEUED with their fixed idempotency keys (or FAILED when they did not
+/// parse, each with its result event after the `accepted` one), inserted in chunks.
+async fn insert_jobs(
+    txn: &DatabaseTransaction,
+    id: &BulkId,
+    account: &AccountId,
+    new: &NewBulk,
+    default_provider: &ProviderName,
+    t: i64,
+) -> Result<(), StoreError> {
+    let mut items = Vec::with_capacity(INSERT_CHUNK);
+    let mut events = vec![event_row(id, account, 1, "accepted", None, t)];
+    let mut sequence = 1;
+    for (index, job) in new.jobs.iter().enumerate() {
+        let idx = index as i32;
+        let (status, job_json, payment_id, provider, error) = match job {
+            Ok(r) => {
+                let key = match &r.idempotency_key {
+                    Some(k) => k.clone(),
+                    None => derived_job_key(new.idempotency_key.as_ref(), id, index as u32),
+                };
+                let json = serde_json::to_string(&StoredJob::from_request(r, &key))
+                    .map_err(|e| corrupt("bulk_items", e))?;
+                // Queued even when the batch already stopped: ending it marks the job
+                // skipped, with its event.
+                (
+                    ItemStatus::Queued,
+                    Some(json),
+                    r.payment.as_str().to_owned(),
+                    r.provider.as_str().to_owned(),
+                    None,
+                )
+            }
+            Err(violations) => {
+                sequence += 1;
+                events.push(event_row(id, account, sequence, "result", Some(idx), t));
+                (
+                    ItemStatus::Failed,
+                    None,
+                    String::new(),
+                    default_provider.as_str().to_owned(),
+                    Some(JobError::invalid(violations)),
+                )
+            }
+        };
+        items.push(bulk_item::ActiveModel {
+            bulk_id: Set(id.as_str().to_owned()),
+            idx: Set(idx),
+            account_id: Set(account.as_str().to_owned()),
+            status: Set(status.as_str().to_owned()),
+            job: Set(job_json),
+            payment_id: Set(payment_id),
+            provider: Set(provider),
+            refund_id: Set(None),
+            error_code: Set(error.as_ref().map(|e| e.code.clone())),
+            error_message: Set(error.as_ref().map(|e| e.message.clone())),
+            retryable: Set(error.as_ref().is_some_and(|e| e.retryable)),
+            attempts: Set(0),
+            lease_owner: Set(None),
+            lease_until: Set(None),
+            updated_at: Set(t),
+        });
+        if items.len() == INSERT_CHUNK {
+            bulk_item::Entity::insert_many(std::mem::take(&mut items))
+                .exec_without_returning(txn)
+                .await?;
+        }
+        if events.len() == INSERT_CHUNK {
+            bulk_event::Entity::insert_many(std::mem::take(&mut events))
+                .exec_without_returning(txn)
+                .await?;
+        }
+    }
+    if !items.is_empty() {
+        bulk_item::Entity::insert_many(items)
+            .exec_without_returning(txn)
+            .await?;
+    }
+    if !events.is_empty() {
+        bulk_event::Entity::insert_many(events)
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(())
 }
 
 fn bulk_to_domain(b: bulk::Model) -> Result<Bulk, StoreError> {

@@ -636,7 +636,7 @@ enum Reservation {
         remaining: i64,
     },
     NothingLeft,
-    /// The payment's balance row belongs to another account.
+    /// The payment's balance row belongs to another account or route.
     NotOwned,
 }
 
@@ -655,16 +655,165 @@ async fn reserve(
     txn: &DatabaseTransaction,
     b: &BeginRefund<'_>,
 ) -> Result<Reservation, StoreError> {
-    let account = b.account.as_str();
-    let r = b.request;
-    let now = b.now.as_micros();
-    let pk = (
-        r.provider.as_str().to_owned(),
-        r.payment.as_str().to_owned(),
-    );
-    let first_row = |reserved: i64| {
+    let balance = Balance { txn, b };
+    for _ in 0..16 {
+        let step = match b.request.amount {
+            Some(amount) => balance.reserve_amount(amount.minor_units()).await?,
+            None => balance.reserve_rest().await?,
+        };
+        if let Step::Done(reservation) = step {
+            return Ok(reservation);
+        }
+    }
+    Err(StoreError::Corrupt {
+        table: "payments",
+        detail: "balance kept changing while reserving".into(),
+    })
+}
+
+/// What one try at a reservation came to.
+enum Step {
+    Done(Reservation),
+    /// The row changed under us (another refund, or a take-over): try again.
+    Again,
+}
+
+/// One payment's balance row, as a refund being begun sees it.
+struct Balance<'a> {
+    txn: &'a DatabaseTransaction,
+    b: &'a BeginRefund<'a>,
+}
+
+impl Balance<'_> {
+    /// `amount` when it fits: the payment's first refund creates the row with it reserved;
+    /// later ones reserve with one conditional UPDATE.
+    async fn reserve_amount(&self, amount: i64) -> Result<Step, StoreError> {
+        let b = self.b;
+        if amount <= Ord::min(b.captured, b.provider_remaining)
+            && insert_ignoring_conflict(self.txn, self.first_row(amount)).await?
+        {
+            return Ok(Step::Done(Reservation::Reserved(amount)));
+        }
+        if amount <= b.provider_remaining {
+            let reserved = self
+                .update()
+                .col_expr(
+                    payment::Column::ReservedAmount,
+                    Expr::col(payment::Column::ReservedAmount).add(amount),
+                )
+                .filter(
+                    Expr::col(payment::Column::ReservedAmount)
+                        .add(amount)
+                        .lte(Expr::col(payment::Column::CapturedAmount)),
+                )
+                .exec(self.txn)
+                .await?
+                .rows_affected;
+            if reserved == 1 {
+                return Ok(Step::Done(Reservation::Reserved(amount)));
+            }
+        }
+        let row = self.row().await?;
+        if let Some(step) = self.not_ours(row.as_ref()).await? {
+            return Ok(step);
+        }
+        let remaining = self.remaining_of(row.as_ref());
+        Ok(Step::Done(if remaining <= 0 {
+            Reservation::NothingLeft
+        } else {
+            Reservation::OverRefund { remaining }
+        }))
+    }
+
+    /// Whatever is left: a compare-and-set on the reserved amount read.
+    async fn reserve_rest(&self) -> Result<Step, StoreError> {
+        let row = self.row().await?;
+        if let Some(step) = self.not_ours(row.as_ref()).await? {
+            return Ok(step);
+        }
+        let remaining = self.remaining_of(row.as_ref());
+        if remaining <= 0 {
+            return Ok(Step::Done(Reservation::NothingLeft));
+        }
+        let taken = match row {
+            None => insert_ignoring_conflict(self.txn, self.first_row(remaining)).await?,
+            Some(row) => {
+                let Some(reserved) = row.reserved_amount.checked_add(remaining) else {
+                    return Err(StoreError::Corrupt {
+                        table: "payments",
+                        detail: format!(
+                            "reserved amount of {} overflows",
+                            self.b.request.payment.as_str()
+                        ),
+                    });
+                };
+                self.update()
+                    .col_expr(payment::Column::ReservedAmount, Expr::value(reserved))
+                    .filter(payment::Column::ReservedAmount.eq(row.reserved_amount))
+                    .exec(self.txn)
+                    .await?
+                    .rows_affected
+                    == 1
+            }
+        };
+        Ok(if taken {
+            Step::Done(Reservation::Reserved(remaining))
+        } else {
+            Step::Again
+        })
+    }
+
+    /// A payment belongs to the account, and the route, that refunded it first: through other
+    /// credentials it is not there to see. A row that a capture notification made (through
+    /// this route) has no owner yet: the first refund takes it over, in its transaction (undone
+    /// with it when nothing is reserved), and tries again. `None`: the row, if any, is ours.
+    async fn not_ours(&self, row: Option<&payment::Model>) -> Result<Option<Step>, StoreError> {
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let route = connection_column(self.b.route);
+        if row.connection_id != route {
+            return Ok(Some(Step::Done(Reservation::NotOwned)));
+        }
+        if row.account_id == super::captures::UNOWNED {
+            self.update_where_route()
+                .col_expr(
+                    payment::Column::AccountId,
+                    Expr::value(self.b.account.as_str()),
+                )
+                .filter(payment::Column::AccountId.eq(super::captures::UNOWNED))
+                .exec(self.txn)
+                .await?;
+            return Ok(Some(Step::Again));
+        }
+        if row.account_id != self.b.account.as_str() {
+            return Ok(Some(Step::Done(Reservation::NotOwned)));
+        }
+        Ok(None)
+    }
+
+    /// Ours and the provider's view; the provider's also counts refunds made elsewhere.
+    fn remaining_of(&self, row: Option<&payment::Model>) -> i64 {
+        let ours = row.map_or(self.b.captured, |p| p.captured_amount - p.reserved_amount);
+        Ord::min(ours, self.b.provider_remaining)
+    }
+
+    async fn row(&self) -> Result<Option<payment::Model>, StoreError> {
+        let r = self.b.request;
+        Ok(payment::Entity::find_by_id((
+            r.provider.as_str().to_owned(),
+            r.payment.as_str().to_owned(),
+        ))
+        .one(self.txn)
+        .await?)
+    }
+
+    /// The payment's first balance row, owned by this account and route.
+    fn first_row(&self, reserved: i64) -> sea_orm::TryInsert<payment::ActiveModel> {
+        let (b, r) = (self.b, self.b.request);
+        let now = b.now.as_micros();
         payment::Entity::insert(payment::ActiveModel {
-            account_id: Set(account.to_owned()),
+            account_id: Set(b.account.as_str().to_owned()),
             provider: Set(r.provider.as_str().to_owned()),
             payment_id: Set(r.payment.as_str().to_owned()),
             currency: Set(r.currency.code().to_owned()),
@@ -675,137 +824,26 @@ async fn reserve(
             connection_id: Set(connection_column(b.route)),
         })
         .on_conflict_do_nothing_on([payment::Column::Provider, payment::Column::PaymentId])
-    };
-    // A payment belongs to the account, and the connection, that refunded it first: through
-    // other credentials it is not there to see.
-    let route = connection_column(b.route);
-    let owned_by_other = |row: Option<&payment::Model>| {
-        row.is_some_and(|p| p.account_id != account || p.connection_id != route)
-    };
-    // Ours and the provider's view; the provider's also counts refunds made elsewhere.
-    let remaining_of = |row: Option<&payment::Model>| {
-        let ours = row.map_or(b.captured, |p| p.captured_amount - p.reserved_amount);
-        Ord::min(ours, b.provider_remaining)
-    };
-    let balance = || {
-        payment::Entity::update_many()
-            .col_expr(payment::Column::UpdatedAt, Expr::value(now))
-            .filter(payment::Column::Provider.eq(r.provider.as_str()))
-            .filter(payment::Column::PaymentId.eq(r.payment.as_str()))
-            .filter(payment::Column::AccountId.eq(account))
-            .filter(match b.route.connection() {
-                Some(id) => payment::Column::ConnectionId.eq(id.as_str()),
-                None => payment::Column::ConnectionId.is_null(),
-            })
-    };
-
-    // A balance row that a capture notification created (through this route) has no owner yet:
-    // the first refund takes it over, in its transaction (undone with it when nothing is
-    // reserved), and tries again. Only then: payments refunded so far pay nothing for it.
-    let take_over = || {
-        payment::Entity::update_many()
-            .col_expr(payment::Column::AccountId, Expr::value(account))
-            .filter(payment::Column::Provider.eq(r.provider.as_str()))
-            .filter(payment::Column::PaymentId.eq(r.payment.as_str()))
-            .filter(payment::Column::AccountId.eq(super::captures::UNOWNED))
-            .filter(match b.route.connection() {
-                Some(id) => payment::Column::ConnectionId.eq(id.as_str()),
-                None => payment::Column::ConnectionId.is_null(),
-            })
-            .exec(txn)
-    };
-    let unowned = |row: Option<&payment::Model>| {
-        row.is_some_and(|p| p.account_id == super::captures::UNOWNED && p.connection_id == route)
-    };
-
-    for _ in 0..16 {
-        match r.amount {
-            Some(amount) => {
-                let amount = amount.minor_units();
-                // A payment's first refund creates its balance row with the amount reserved;
-                // later ones reserve with the conditional UPDATE.
-                if amount <= Ord::min(b.captured, b.provider_remaining)
-                    && insert_ignoring_conflict(txn, first_row(amount)).await?
-                {
-                    return Ok(Reservation::Reserved(amount));
-                }
-                if amount <= b.provider_remaining {
-                    let reserved = balance()
-                        .col_expr(
-                            payment::Column::ReservedAmount,
-                            Expr::col(payment::Column::ReservedAmount).add(amount),
-                        )
-                        .filter(
-                            Expr::col(payment::Column::ReservedAmount)
-                                .add(amount)
-                                .lte(Expr::col(payment::Column::CapturedAmount)),
-                        )
-                        .exec(txn)
-                        .await?
-                        .rows_affected;
-                    if reserved == 1 {
-                        return Ok(Reservation::Reserved(amount));
-                    }
-                }
-                let row = payment::Entity::find_by_id(pk.clone()).one(txn).await?;
-                if unowned(row.as_ref()) {
-                    take_over().await?;
-                    continue;
-                }
-                if owned_by_other(row.as_ref()) {
-                    return Ok(Reservation::NotOwned);
-                }
-                let remaining = remaining_of(row.as_ref());
-                return Ok(if remaining <= 0 {
-                    Reservation::NothingLeft
-                } else {
-                    Reservation::OverRefund { remaining }
-                });
-            }
-            None => {
-                let row = payment::Entity::find_by_id(pk.clone()).one(txn).await?;
-                if unowned(row.as_ref()) {
-                    take_over().await?;
-                    continue;
-                }
-                if owned_by_other(row.as_ref()) {
-                    return Ok(Reservation::NotOwned);
-                }
-                let remaining = remaining_of(row.as_ref());
-                if remaining <= 0 {
-                    return Ok(Reservation::NothingLeft);
-                }
-                let taken = match row {
-                    None => insert_ignoring_conflict(txn, first_row(remaining)).await?,
-                    Some(row) => {
-                        let Some(reserved) = row.reserved_amount.checked_add(remaining) else {
-                            return Err(StoreError::Corrupt {
-                                table: "payments",
-                                detail: format!(
-                                    "reserved amount of {} overflows",
-                                    r.payment.as_str()
-                                ),
-                            });
-                        };
-                        balance()
-                            .col_expr(payment::Column::ReservedAmount, Expr::value(reserved))
-                            .filter(payment::Column::ReservedAmount.eq(row.reserved_amount))
-                            .exec(txn)
-                            .await?
-                            .rows_affected
-                            == 1
-                    }
-                };
-                if taken {
-                    return Ok(Reservation::Reserved(remaining));
-                }
-            }
-        }
     }
-    Err(StoreError::Corrupt {
-        table: "payments",
-        detail: "balance kept changing while reserving".into(),
-    })
+
+    /// An UPDATE of the row if it is this route's.
+    fn update_where_route(&self) -> sea_orm::UpdateMany<payment::Entity> {
+        let (b, r) = (self.b, self.b.request);
+        payment::Entity::update_many()
+            .col_expr(payment::Column::UpdatedAt, Expr::value(b.now.as_micros()))
+            .filter(payment::Column::Provider.eq(r.provider.as_str()))
+            .filter(payment::Column::PaymentId.eq(r.payment.as_str()))
+            .filter(match b.route.connection() {
+                Some(id) => payment::Column::ConnectionId.eq(id.as_str()),
+                None => payment::Column::ConnectionId.is_null(),
+            })
+    }
+
+    /// An UPDATE of the row if it is this account's and this route's: every write to a balance.
+    fn update(&self) -> sea_orm::UpdateMany<payment::Entity> {
+        self.update_where_route()
+            .filter(payment::Column::AccountId.eq(self.b.account.as_str()))
+    }
 }
 
 async fn insert_ignoring_conflict<A>(
