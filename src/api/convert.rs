@@ -363,6 +363,9 @@ pub fn provider_to_pb(p: ProviderSummary, connection: Option<ConnectionId>) -> p
         connection_id: connection
             .map(|c| c.as_str().to_owned())
             .unwrap_or_default(),
+        supports_refund_lookup: p.capabilities.refund_lookup,
+        supports_payment_lookup: p.capabilities.payment_lookup,
+        settles_by_webhook_only: p.capabilities.settles_by_webhook_only,
     }
 }
 

@@ -204,6 +204,19 @@ async fn a_refund_is_pending_until_adyens_refund_notification_settles_it() {
     let db = TestDb::new().await;
     let mut app = spawn(&db, &api, Config::default()).await;
 
+    let adyen = app
+        .client
+        .list_providers(pb::ListProvidersRequest {})
+        .await
+        .expect("providers")
+        .into_inner()
+        .providers
+        .into_iter()
+        .find(|p| p.name == "adyen")
+        .expect("adyen listed");
+    assert!(adyen.settles_by_webhook_only, "{adyen:?}");
+    assert!(!adyen.supports_refund_lookup && !adyen.supports_payment_lookup);
+
     let (status, answer) = notify(&app, capture(10_000)).await;
     assert_eq!((status, answer.as_str()), (200, "[accepted]"));
 

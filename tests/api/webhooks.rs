@@ -408,6 +408,8 @@ async fn list_providers_reports_the_default_sandbox_its_capabilities_and_health(
     assert_eq!(sandbox.name, "sandbox");
     assert!(sandbox.is_default);
     assert!(sandbox.supports_full_refunds && sandbox.supports_partial_refunds);
+    assert!(sandbox.supports_refund_lookup && sandbox.supports_payment_lookup);
+    assert!(!sandbox.settles_by_webhook_only);
     assert!(sandbox.webhooks_enabled);
     let health = sandbox.health.clone().expect("health");
     assert_eq!(health.circuit_state(), pb::CircuitState::Closed);
