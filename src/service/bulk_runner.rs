@@ -386,8 +386,9 @@ impl Driver {
                             finished.push((index, JobOutcome::of_error(&error)));
                             continue;
                         }
-                        let pause = self.pause(&provider, retry_after);
-                        let reason = self.reason(&provider, &error);
+                        let availability = self.availability(&provider).await;
+                        let pause = Self::pause(availability.as_ref(), retry_after);
+                        let reason = Self::reason(availability, &error);
                         match holds.get_mut(&provider) {
                             Some(hold) => {
                                 hold.jobs.push_front(item);
@@ -504,16 +505,21 @@ impl Driver {
         id
     }
 
+    /// The circuit of the batch's route to `provider` (its account's connection, or the
+    /// platform's), as the traffic layer sees it now.
+    async fn availability(&self, provider: &ProviderName) -> Option<Availability> {
+        self.service
+            .route_new(&self.bulk.account, provider)
+            .await
+            .ok()
+            .map(|(_, p)| p.availability())
+    }
+
     /// How long to hold a provider's jobs before the next try: as long as its circuit stays
     /// open or it asked us to pause, and never less than [`MIN_HOLD_RETRY`].
-    fn pause(&self, provider: &ProviderName, retry_after: Option<Duration>) -> Duration {
-        let circuit = match self
-            .service
-            .providers()
-            .get(provider)
-            .map(|p| p.availability())
-        {
-            Some(Availability::Waiting { retry_in, .. }) => retry_in,
+    fn pause(availability: Option<&Availability>, retry_after: Option<Duration>) -> Duration {
+        let circuit = match availability {
+            Some(Availability::Waiting { retry_in, .. }) => *retry_in,
             Some(Availability::Ready) | None => Duration::ZERO,
         };
         retry_after
@@ -523,13 +529,8 @@ impl Driver {
     }
 
     /// Why a provider's jobs are held: the traffic layer's account when it has one.
-    fn reason(&self, provider: &ProviderName, error: &RefundError) -> String {
-        match self
-            .service
-            .providers()
-            .get(provider)
-            .map(|p| p.availability())
-        {
+    fn reason(availability: Option<Availability>, error: &RefundError) -> String {
+        match availability {
             Some(Availability::Waiting { reason, .. }) => reason,
             Some(Availability::Ready) | None => match error {
                 RefundError::ProviderUnavailable { message, .. } => message.clone(),

@@ -226,6 +226,39 @@ impl Connections {
             check_secret("webhook_secret", secret)?;
         }
         let vault = self.vault()?;
+        // The new secrets must make a working adapter before they replace the old ones.
+        let current = store
+            .connection_by_id(id)
+            .await
+            .map_err(internal)?
+            .filter(|s| !s.deleted && s.connection.account == *account)
+            .ok_or_else(|| RefundError::ConnectionNotFound {
+                id: id.as_str().to_owned(),
+            })?;
+        let webhook_check = match &webhook_secret {
+            Some(secret) => Some(secret.clone()),
+            None => current
+                .webhook_secret_sealed
+                .as_deref()
+                .map(|sealed| vault.open(&webhook_record(id), sealed))
+                .transpose()
+                .map_err(|e| RefundError::NotSetUp {
+                    reason: "CONNECTION_UNREADABLE",
+                    message: format!("connection {id}: {e}"),
+                })?,
+        };
+        self.adapters
+            .build(OpenedConnection {
+                id: id.clone(),
+                rotated_at: Timestamp::now(),
+                provider: current.connection.provider.as_str().to_owned(),
+                api_base: current.connection.api_base.clone(),
+                settings: current.connection.settings.clone(),
+                credential: credential.clone(),
+                webhook_secret: webhook_check,
+            })
+            .map_err(|e| RefundError::invalid("credential", e))?;
+        self.adapters.forget(id);
         let rotated = store
             .rotate_connection(
                 account,
@@ -305,15 +338,18 @@ impl Connections {
                 .as_deref()
                 .map(|s| open(&webhook_record(id), s))
                 .transpose()?;
-            store
+            // A rotation meanwhile sealed it under the current key already, with new values.
+            if store
                 .reseal_connection(
-                    id,
+                    &stored,
                     vault.seal(id.as_str(), &credential),
                     webhook.as_ref().map(|s| vault.seal(&webhook_record(id), s)),
                 )
                 .await
-                .map_err(internal)?;
-            resealed += 1;
+                .map_err(internal)?
+            {
+                resealed += 1;
+            }
         }
         Ok(resealed)
     }

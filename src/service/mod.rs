@@ -332,6 +332,14 @@ impl RefundService {
                 payment: request.payment,
             }),
             // Another account refunds this payment here: to this one, it does not exist.
+            BeginOutcome::ConnectionDeleted => Err(RefundError::NotSetUp {
+                reason: "CONNECTION_DELETED",
+                message: format!(
+                    "the account's {} connection was deleted while the refund was being made; \
+                     nothing was sent, try again",
+                    request.provider
+                ),
+            }),
             BeginOutcome::PaymentNotOwned => Err(RefundError::PaymentNotFound {
                 payment: request.payment,
                 provider: request.provider,

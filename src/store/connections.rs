@@ -211,14 +211,16 @@ impl Store {
         to_stored(row).map(Some)
     }
 
-    /// Reseals a connection under another master key; the credentials stay the same.
+    /// Reseals a connection under another master key; the credentials stay the same. Only if
+    /// it is still sealed as `was` read it (a rotation meanwhile wins); returns whether it was.
     pub async fn reseal_connection(
         &self,
-        id: &ConnectionId,
+        was: &StoredConnection,
         credential_sealed: String,
         webhook_secret_sealed: Option<String>,
-    ) -> Result<(), StoreError> {
-        connection::Entity::update_many()
+    ) -> Result<bool, StoreError> {
+        let id = &was.connection.id;
+        let mut update = connection::Entity::update_many()
             .col_expr(
                 connection::Column::CredentialSealed,
                 Expr::value(credential_sealed),
@@ -228,9 +230,14 @@ impl Store {
                 Expr::value(webhook_secret_sealed),
             )
             .filter(connection::Column::Id.eq(id.as_str()))
-            .exec(&self.db)
-            .await?;
-        Ok(())
+            .filter(connection::Column::CredentialSealed.eq(was.credential_sealed.as_str()));
+        update = match &was.webhook_secret_sealed {
+            Some(sealed) => {
+                update.filter(connection::Column::WebhookSecretSealed.eq(sealed.as_str()))
+            }
+            None => update.filter(connection::Column::WebhookSecretSealed.is_null()),
+        };
+        Ok(update.exec(&self.db).await?.rows_affected == 1)
     }
 
     /// Deletes a live connection: no new refund goes through it. Refused while refunds made
@@ -243,18 +250,8 @@ impl Store {
         actor: ConnectionActor<'_>,
     ) -> Result<DeleteConnectionOutcome, StoreError> {
         let txn = self.db.begin().await?;
-        let unsettled = refund::Entity::find()
-            .filter(refund::Column::ConnectionId.eq(id.as_str()))
-            .filter(refund::Column::Status.is_in([
-                RefundStatus::Pending.as_str(),
-                RefundStatus::RequiresApproval.as_str(),
-            ]))
-            .count(&txn)
-            .await?;
-        if unsettled > 0 {
-            txn.rollback().await?;
-            return Ok(DeleteConnectionOutcome::Unsettled(unsettled));
-        }
+        // The account's own live connection first (another account's is not there to see); the
+        // write locks it, so a refund being stored through it meanwhile is counted below.
         let deleted = connection::Entity::update_many()
             .col_expr(connection::Column::DeletedAt, Expr::value(now.as_micros()))
             .filter(connection::Column::Id.eq(id.as_str()))
@@ -266,6 +263,18 @@ impl Store {
         if deleted == 0 {
             txn.rollback().await?;
             return Ok(DeleteConnectionOutcome::NotFound);
+        }
+        let unsettled = refund::Entity::find()
+            .filter(refund::Column::ConnectionId.eq(id.as_str()))
+            .filter(refund::Column::Status.is_in([
+                RefundStatus::Pending.as_str(),
+                RefundStatus::RequiresApproval.as_str(),
+            ]))
+            .count(&txn)
+            .await?;
+        if unsettled > 0 {
+            txn.rollback().await?;
+            return Ok(DeleteConnectionOutcome::Unsettled(unsettled));
         }
         insert_audit(
             &txn,

@@ -9,7 +9,7 @@ use sea_orm::{
 };
 
 use super::audit::{AuditEntry, insert_audit};
-use super::entities::{approval_threshold, idempotency_key, payment, refund};
+use super::entities::{approval_threshold, connection, idempotency_key, payment, refund};
 use super::{Store, StoreError};
 use crate::domain::{
     AccountId, Amount, ApiKeyId, ConnectionId, Currency, Failure, IdempotencyKey, NewRefund,
@@ -58,6 +58,8 @@ pub enum BeginOutcome {
     /// Another account owns the payment here (it refunded it first): to this account it does not
     /// exist.
     PaymentNotOwned,
+    /// The connection the refund would go through was deleted meanwhile.
+    ConnectionDeleted,
 }
 
 /// A status change to apply, conditional on the refund still being in `from`.
@@ -140,7 +142,8 @@ impl Store {
             | BeginOutcome::KeyReused
             | BeginOutcome::OverRefund { .. }
             | BeginOutcome::AlreadyRefunded
-            | BeginOutcome::PaymentNotOwned => txn.rollback().await?,
+            | BeginOutcome::PaymentNotOwned
+            | BeginOutcome::ConnectionDeleted => txn.rollback().await?,
         }
         Ok(outcome)
     }
@@ -468,6 +471,25 @@ async fn begin_in(
         Reservation::NothingLeft => return Ok(BeginOutcome::AlreadyRefunded),
         Reservation::NotOwned => return Ok(BeginOutcome::PaymentNotOwned),
     };
+
+    // The connection it goes through must still be live when the refund is stored: the write
+    //    locks its row (PostgreSQL), so a concurrent delete either happens first (and this
+    //    refund is refused) or waits and then counts this refund as unsettled.
+    if let Some(id) = b.route.connection() {
+        let live = connection::Entity::update_many()
+            .col_expr(
+                connection::Column::RotatedAt,
+                Expr::col(connection::Column::RotatedAt),
+            )
+            .filter(connection::Column::Id.eq(id.as_str()))
+            .filter(connection::Column::DeletedAt.is_null())
+            .exec(txn)
+            .await?
+            .rows_affected;
+        if live == 0 {
+            return Ok(BeginOutcome::ConnectionDeleted);
+        }
+    }
 
     // 4. The refund itself, PENDING (or REQUIRES_APPROVAL above the account's threshold), with
     //    the key it will be sent to the provider with (its id). The threshold is read here, in

@@ -590,3 +590,71 @@ fn stripe_signature(body: &str, secret: &str, t: i64) -> String {
     mac.update(format!("{t}.{body}").as_bytes());
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
+
+/// A connection that unsettled refunds still need cannot be deleted; to another account it is
+/// not there at all, whatever its refunds.
+#[tokio::test]
+async fn a_connection_in_use_is_not_deleted_and_is_not_anothers_to_ask_about() {
+    let db = TestDb::new().await;
+    let keys = tempfile::tempdir().expect("temp dir");
+    let app = spawn_connected(&db, localstripe(), &keys, None).await;
+    let mut admin = app.client.clone();
+    let conn = admin
+        .create_connection(pb::CreateConnectionRequest {
+            provider: "stripe".into(),
+            credential: KEY_A.into(),
+            webhook_secret: String::new(),
+            settings: Default::default(),
+        })
+        .await
+        .expect("connection")
+        .into_inner();
+    // Above the threshold, the refund waits for approval: unsettled, through the connection.
+    app.service
+        .store()
+        .set_approval_threshold(
+            &refund_service::domain::AccountId::default_account(),
+            refund_service::domain::Currency::parse("USD").expect("USD"),
+            Some(100),
+        )
+        .await
+        .expect("threshold");
+    let charge = charge_at(localstripe(), 5_000).await;
+    let waiting = refund(&mut admin, &charge).await.expect("refund");
+    assert_eq!(status_of(&waiting), pb::RefundStatus::RequiresApproval);
+    assert_eq!(waiting.connection_id, conn.id);
+
+    let delete = pb::DeleteConnectionRequest {
+        id: conn.id.clone(),
+    };
+    let e = admin
+        .delete_connection(delete.clone())
+        .await
+        .expect_err("in use");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(error_reason(&e), "CONNECTION_IN_USE");
+    let mut other = client_of(&app, "acct_other", "admin").await;
+    let e = other
+        .delete_connection(delete.clone())
+        .await
+        .expect_err("not its connection");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    let mut approver = client_of(
+        &app,
+        refund_service::domain::AccountId::DEFAULT,
+        "refunds:approve",
+    )
+    .await;
+    approver
+        .reject_refund(pb::RejectRefundRequest {
+            id: waiting.id.clone(),
+        })
+        .await
+        .expect("reject");
+    admin
+        .delete_connection(delete)
+        .await
+        .expect("settled: deletable");
+    app.stop().await;
+}
