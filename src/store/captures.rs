@@ -1,20 +1,20 @@
 //! Captured amounts that providers notify, for the providers that cannot be asked about a
-//! payment (`Capabilities::payment_lookup` false): the payments ledger is then where the
-//! pre-flight reads what there is to refund.
+//! payment (`Capabilities::payment_lookup` false): what the pre-flight reads instead.
 //!
-//! A notified capture creates the payment's balance row before any refund, without an owner
-//! ([`UNOWNED`]); the first refund's reservation takes it over in its own transaction
-//! (`refunds::reserve`). A later capture notification updates the captured amount, never below
-//! what is already reserved, so the CHECK `reserved_amount <= captured_amount` always holds and
-//! no notification can release money that refunds hold.
+//! Notified captures are kept per route (`notified_captures`): a connection's notifications are
+//! signed with its tenant's key, so they speak only for refunds through that connection and can
+//! neither enable nor block another route's. The payment's balance row is made by its first
+//! refund, as for any provider; a later capture notification through the same route updates its
+//! captured amount, never below what is already reserved, so the CHECK `reserved_amount <=
+//! captured_amount` always holds and no notification can release money that refunds hold.
 
-use sea_orm::sea_query::{Expr, ExprTrait as _};
+use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait as _, QueryFilter, TransactionTrait,
     TryInsertResult,
 };
 
-use super::entities::{payment, refund, webhook_event};
+use super::entities::{notified_capture, payment, refund, webhook_event};
 use super::refunds::connection_column;
 use super::{Store, StoreError};
 use crate::domain::{
@@ -22,9 +22,13 @@ use crate::domain::{
     Timestamp, WebhookOutcome,
 };
 
-/// The `account_id` of a balance row that a capture notification created and no refund has
-/// taken over yet. Not an account id: those are never empty.
-pub(super) const UNOWNED: &str = "";
+/// `notified_captures.route` of a route.
+fn route_key(route: &Route) -> String {
+    route
+        .connection()
+        .map(|id| id.as_str().to_owned())
+        .unwrap_or_default()
+}
 
 impl Store {
     /// Records a capture event once per (provider, event id) and, the first time, sets the
@@ -68,46 +72,52 @@ impl Store {
                 .record_webhook(event, Timestamp::from_micros(now))
                 .await;
         }
-        let route = connection_column(&event.route);
-        let created = payment::Entity::insert(payment::ActiveModel {
+        notified_capture::Entity::insert(notified_capture::ActiveModel {
             provider: Set(event.provider.as_str().to_owned()),
+            route: Set(route_key(&event.route)),
             payment_id: Set(capture.payment.as_str().to_owned()),
-            account_id: Set(UNOWNED.to_owned()),
             currency: Set(capture.currency.code().to_owned()),
             captured_amount: Set(capture.amount),
-            reserved_amount: Set(0),
-            created_at: Set(now),
             updated_at: Set(now),
-            connection_id: Set(route.clone()),
         })
-        .on_conflict_do_nothing_on([payment::Column::Provider, payment::Column::PaymentId])
+        .on_conflict(
+            OnConflict::columns([
+                notified_capture::Column::Provider,
+                notified_capture::Column::Route,
+                notified_capture::Column::PaymentId,
+            ])
+            .update_columns([
+                notified_capture::Column::Currency,
+                notified_capture::Column::CapturedAmount,
+                notified_capture::Column::UpdatedAt,
+            ])
+            .to_owned(),
+        )
         .exec_without_returning(&txn)
         .await?;
-        if !matches!(created, TryInsertResult::Inserted(n) if n > 0) {
-            // Captured never drops below reserved: refunds already hold that money. And only
-            // the route that owns the payment speaks for it: a connection's signing secret
-            // cannot raise the capture of a payment refunded through other credentials.
-            payment::Entity::update_many()
-                .col_expr(
-                    payment::Column::CapturedAmount,
-                    Expr::Case(Box::new(
-                        Expr::case(
-                            Expr::col(payment::Column::ReservedAmount).lt(capture.amount),
-                            capture.amount,
-                        )
-                        .finally(Expr::col(payment::Column::ReservedAmount)),
-                    )),
-                )
-                .col_expr(payment::Column::UpdatedAt, Expr::value(now))
-                .filter(payment::Column::Provider.eq(event.provider.as_str()))
-                .filter(payment::Column::PaymentId.eq(capture.payment.as_str()))
-                .filter(match &route {
-                    Some(id) => payment::Column::ConnectionId.eq(id.as_str()),
-                    None => payment::Column::ConnectionId.is_null(),
-                })
-                .exec(&txn)
-                .await?;
-        }
+        // A payment already refunded through this route: its balance follows the capture, never
+        // below what refunds hold.
+        let route = connection_column(&event.route);
+        payment::Entity::update_many()
+            .col_expr(
+                payment::Column::CapturedAmount,
+                Expr::Case(Box::new(
+                    Expr::case(
+                        Expr::col(payment::Column::ReservedAmount).lt(capture.amount),
+                        capture.amount,
+                    )
+                    .finally(Expr::col(payment::Column::ReservedAmount)),
+                )),
+            )
+            .col_expr(payment::Column::UpdatedAt, Expr::value(now))
+            .filter(payment::Column::Provider.eq(event.provider.as_str()))
+            .filter(payment::Column::PaymentId.eq(capture.payment.as_str()))
+            .filter(match &route {
+                Some(id) => payment::Column::ConnectionId.eq(id.as_str()),
+                None => payment::Column::ConnectionId.is_null(),
+            })
+            .exec(&txn)
+            .await?;
         txn.commit().await?;
         Ok(None)
     }
@@ -121,17 +131,18 @@ impl Store {
         route: &Route,
         payment: &PaymentRef,
     ) -> Result<Option<(i64, Currency)>, StoreError> {
-        let Some(row) = payment::Entity::find_by_id((
+        let Some(row) = notified_capture::Entity::find_by_id((
             provider.as_str().to_owned(),
+            route_key(route),
             payment.as_str().to_owned(),
         ))
         .one(&self.db)
         .await?
-        .filter(|row| row.connection_id == connection_column(route)) else {
+        else {
             return Ok(None);
         };
         let currency = Currency::parse(&row.currency).map_err(|e| StoreError::Corrupt {
-            table: "payments",
+            table: "notified_captures",
             detail: format!("{}: {e}", row.payment_id),
         })?;
         Ok(Some((row.captured_amount, currency)))

@@ -331,3 +331,28 @@ pub mod connection {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod notified_capture {
+    use sea_orm::entity::prelude::*;
+
+    /// A payment's capture as a provider's notification stated it, per route (`''`: the
+    /// platform's; else a connection id): the pre-flight of providers that cannot be asked.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "notified_captures")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub provider: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub route: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub payment_id: String,
+        pub currency: String,
+        pub captured_amount: i64,
+        pub updated_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

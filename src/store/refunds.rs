@@ -786,32 +786,41 @@ impl Balance<'_> {
     }
 
     /// A payment belongs to the account, and the route, that refunded it first: through other
-    /// credentials it is not there to see. A row that a capture notification made (through
-    /// this route) has no owner yet: the first refund takes it over, in its transaction (undone
-    /// with it when nothing is reserved), and tries again. `None`: the row, if any, is ours.
+    /// credentials it is not there to see. While none of its refunds holds money (all failed or
+    /// were canceled: nothing reserved), it belongs to nobody, and this refund takes it over —
+    /// the row as if new, its captured amount from this pre-flight — in its transaction, and
+    /// tries again; otherwise one refund refused at the provider (say, one a tenant sent with
+    /// its own credentials for a payment not its own) would keep the payment from its owner.
+    /// `None`: the row, if any, is ours.
     async fn not_ours(&self, row: Option<&payment::Model>) -> Result<Option<Step>, StoreError> {
         let Some(row) = row else {
             return Ok(None);
         };
-        let route = connection_column(self.b.route);
-        if row.connection_id != route {
+        let (b, r) = (self.b, self.b.request);
+        let route = connection_column(b.route);
+        if row.account_id == b.account.as_str() && row.connection_id == route {
+            return Ok(None);
+        }
+        if row.reserved_amount != 0 {
             return Ok(Some(Step::Done(Reservation::NotOwned)));
         }
-        if row.account_id == super::captures::UNOWNED {
-            self.update_where_route()
-                .col_expr(
-                    payment::Column::AccountId,
-                    Expr::value(self.b.account.as_str()),
-                )
-                .filter(payment::Column::AccountId.eq(super::captures::UNOWNED))
-                .exec(self.txn)
-                .await?;
-            return Ok(Some(Step::Again));
-        }
-        if row.account_id != self.b.account.as_str() {
-            return Ok(Some(Step::Done(Reservation::NotOwned)));
-        }
-        Ok(None)
+        payment::Entity::update_many()
+            .col_expr(payment::Column::AccountId, Expr::value(b.account.as_str()))
+            .col_expr(payment::Column::ConnectionId, Expr::value(route))
+            .col_expr(payment::Column::CapturedAmount, Expr::value(b.captured))
+            .col_expr(payment::Column::Currency, Expr::value(r.currency.code()))
+            .col_expr(payment::Column::UpdatedAt, Expr::value(b.now.as_micros()))
+            .filter(payment::Column::Provider.eq(r.provider.as_str()))
+            .filter(payment::Column::PaymentId.eq(r.payment.as_str()))
+            .filter(payment::Column::AccountId.eq(row.account_id.as_str()))
+            .filter(match &row.connection_id {
+                Some(id) => payment::Column::ConnectionId.eq(id.as_str()),
+                None => payment::Column::ConnectionId.is_null(),
+            })
+            .filter(payment::Column::ReservedAmount.eq(0))
+            .exec(self.txn)
+            .await?;
+        Ok(Some(Step::Again))
     }
 
     /// Ours and the provider's view; the provider's also counts refunds made elsewhere.

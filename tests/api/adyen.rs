@@ -635,4 +635,40 @@ async fn an_accounts_own_adyen_connection_refunds_with_its_key_and_its_notificat
     assert_eq!(post(settle).await, (200, "[accepted]".to_owned()));
     app.wait_for_status(&r.id, pb::RefundStatus::Succeeded)
         .await;
+
+    // The tenant signs a capture of a payment that is not its own (the platform's PAYMENT),
+    // before the real one arrives: it speaks only for the tenant's own route.
+    let forged = signed(
+        "CAPTURE",
+        "QFQTPCQ8HXSKGK77",
+        PAYMENT,
+        "x",
+        9_000,
+        CONN_HMAC,
+    );
+    assert_eq!(post(forged).await, (200, "[accepted]".to_owned()));
+    assert_eq!(notify(&app, crate::adyen::capture(10_000)).await.0, 200);
+    mount_refund(&api, 1).await;
+    let (_, token) = refund_service::service::create_api_key(
+        app.service.store(),
+        refund_service::domain::parse_account("acct_platform").expect("account"),
+        "platform user".into(),
+        refund_service::domain::Scope::parse_list("refunds:write").expect("scopes"),
+    )
+    .await
+    .expect("key");
+    let mut platform_user = crate::helpers::client_with_key(app.grpc_addr, Some(&token)).await;
+    let r = platform_user
+        .create_refund(pb::CreateRefundRequest {
+            payment_id: PAYMENT.into(),
+            provider: "adyen".into(),
+            amount: Some(2_500),
+            currency: "EUR".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("the platform's payment is refundable through the platform")
+        .into_inner();
+    assert!(r.connection_id.is_empty(), "{r:?}");
+    assert_eq!(status_of(&r), pb::RefundStatus::Pending, "{r:?}");
 }

@@ -150,3 +150,67 @@ async fn another_account_can_neither_refund_a_payment_nor_push_it_past_its_captu
         assert_eq!(reserved_amount(&db, &payment).await, 9_000);
     }
 }
+
+/// Defect: a payment's balance row belonged to whoever refunded it first, for ever: one refund
+/// that held nothing in the end (refused, or here rejected by an approver) kept the payment
+/// from everyone else — e.g. a tenant sending a refund with its own credentials for a payment
+/// not its own. While no refund holds money, the row is nobody's, and the next refund takes it.
+#[tokio::test]
+async fn a_payment_whose_refunds_hold_nothing_can_be_refunded_by_another_account() {
+    let (app, db) = spawn_app().await;
+    let mut other = other_account_client(&app, "acct_other").await;
+    let payment = app.seed(10_000, "USD").await;
+    app.service
+        .store()
+        .set_approval_threshold(
+            &refund_service::domain::AccountId::default_account(),
+            refund_service::domain::Currency::parse("USD").expect("USD"),
+            Some(100),
+        )
+        .await
+        .expect("threshold");
+    let waiting = app
+        .client
+        .clone()
+        .create_refund(refund_request(&payment, Some(4_000), "USD"))
+        .await
+        .expect("waits for approval")
+        .into_inner();
+    assert_eq!(status_of(&waiting), pb::RefundStatus::RequiresApproval);
+    let err = other
+        .create_refund(refund_request(&payment, Some(1_000), "USD"))
+        .await
+        .expect_err("held by the first account's refund");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    let (_, token) = refund_service::service::create_api_key(
+        app.service.store(),
+        refund_service::domain::AccountId::default_account(),
+        "approver".into(),
+        refund_service::domain::Scope::parse_list("refunds:approve").expect("scopes"),
+    )
+    .await
+    .expect("key");
+    client_with_key(app.grpc_addr, Some(&token))
+        .await
+        .reject_refund(pb::RejectRefundRequest { id: waiting.id })
+        .await
+        .expect("rejected");
+    assert_eq!(reserved_amount(&db, &payment).await, 0);
+
+    let r = other
+        .create_refund(refund_request(&payment, Some(10_000), "USD"))
+        .await
+        .expect("nothing held: the other account may refund it")
+        .into_inner();
+    assert_eq!(status_of(&r), pb::RefundStatus::Succeeded, "{r:?}");
+    assert_eq!(reserved_amount(&db, &payment).await, 10_000);
+    // And now it is that account's.
+    let err = app
+        .client
+        .clone()
+        .create_refund(refund_request(&payment, Some(1), "USD"))
+        .await
+        .expect_err("the other account's now");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+}

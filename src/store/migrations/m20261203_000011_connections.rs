@@ -1,7 +1,7 @@
 //! Provider connections: an account's own credentials for a provider, sealed (the store never
 //! sees them in the clear), and which connection each refund, payment balance and webhook went
 //! through. NULL is the platform's connection (the configured flags), so existing rows keep
-//! their meaning.
+//! their meaning. And the captures that providers without a payment look-up notify, per route.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::*;
@@ -37,6 +37,28 @@ impl MigrationTrait for Migration {
             .execute_unprepared(
                 "CREATE UNIQUE INDEX connections_live_per_account \
                  ON connections (account_id, provider) WHERE deleted_at IS NULL",
+            )
+            .await?;
+        // What providers that cannot be asked about a payment (Adyen) notified of its capture,
+        // per route: one route's notifications (signed with its tenant's key) never speak for
+        // another's payments. `route` is '' for the platform's, else the connection id.
+        manager
+            .create_table(
+                Table::create()
+                    .table("notified_captures")
+                    .col(string_len("provider", 64))
+                    .col(string_len("route", 64))
+                    .col(string_len("payment_id", 255))
+                    .col(string_len("currency", 3))
+                    .col(big_integer("captured_amount"))
+                    .col(big_integer("updated_at"))
+                    .primary_key(
+                        Index::create()
+                            .col("provider")
+                            .col("route")
+                            .col("payment_id"),
+                    )
+                    .to_owned(),
             )
             .await?;
         // One column per statement: SQLite adds one column per ALTER TABLE.
