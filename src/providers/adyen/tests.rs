@@ -314,3 +314,27 @@ async fn nothing_is_looked_up_and_bad_references_are_not_sent() {
         .is_err()
     );
 }
+
+/// Defect: a delivery of several items was recorded as "<first item>+<n>", so two different
+/// deliveries that began with the same item were one event, and the second one's refunds were
+/// dropped as a redelivery.
+#[test]
+fn deliveries_of_several_items_that_only_begin_alike_are_different_events() {
+    let first = item("REFUND", "true", KEY);
+    let mut other = item("REFUND", "true", KEY);
+    other["pspReference"] = "ZZZZ5N7G84BLNK43".into();
+    sign(&mut other, KEY);
+    let mut third = item("REFUND", "true", KEY);
+    third["pspReference"] = "YYYY5N7G84BLNK43".into();
+    sign(&mut third, KEY);
+    let a = read(&body(vec![first.clone(), other.clone()]), &[KEY]).expect("reads");
+    let b = read(&body(vec![first.clone(), third]), &[KEY]).expect("reads");
+    let again = read(&body(vec![first, other]), &[KEY]).expect("reads");
+    assert_ne!(a.id, b.id);
+    assert_eq!(a.id, again.id, "a redelivery is recognised");
+    assert!(
+        a.id.starts_with("REFUND:KHQC5N7G84BLNK43:true+1@"),
+        "{}",
+        a.id
+    );
+}

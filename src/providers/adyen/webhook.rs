@@ -165,9 +165,23 @@ pub(super) fn read(
         .first()
         .map(|(_, kind)| kind.clone())
         .unwrap_or_default();
+    // Several items: the first one's id, and a digest of all of theirs, so that two batches
+    // that only begin alike are two events (the service numbers the refunds within one).
     let id = match ids.as_slice() {
         [(id, _)] => id.clone(),
-        [(first, _), rest @ ..] => format!("{first}+{}", rest.len()),
+        [(first, _), rest @ ..] => {
+            use sha2::Digest as _;
+            let mut all = Sha256::new();
+            for (id, _) in &ids {
+                all.update(id.as_bytes());
+                all.update(b"\n");
+            }
+            format!(
+                "{first}+{}@{}",
+                rest.len(),
+                &hex::encode(all.finalize())[..16]
+            )
+        }
         [] => String::new(),
     };
     let subject = combine(subjects).map_err(WebhookRejection::Unreadable)?;
