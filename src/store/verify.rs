@@ -43,6 +43,8 @@ pub struct RefundRow {
     /// As stored, e.g. `succeeded`.
     pub status: String,
     pub idempotency_key: Option<String>,
+    /// Microseconds since the epoch.
+    pub created_at: i64,
 }
 
 /// A batch as stored.
@@ -68,6 +70,8 @@ pub struct BulkItemRow {
     pub error_code: Option<String>,
     /// The key the job is sent with (from the stored job); none for a job that failed validation.
     pub idempotency_key: Option<String>,
+    /// When its result was written (microseconds since the epoch).
+    pub updated_at: i64,
 }
 
 /// An idempotency key and the refund it names.
@@ -144,6 +148,7 @@ impl Store {
             String,
             String,
             Option<String>,
+            i64,
         );
         let refunds: Vec<RefundTuple> = refund::Entity::find()
             .select_only()
@@ -156,6 +161,7 @@ impl Store {
             .column(refund::Column::Currency)
             .column(refund::Column::Status)
             .column(refund::Column::IdempotencyKey)
+            .column(refund::Column::CreatedAt)
             .order_by_asc(refund::Column::Id)
             .into_tuple()
             .all(&txn)
@@ -181,6 +187,7 @@ impl Store {
             Option<String>,
             Option<String>,
             Option<String>,
+            i64,
         );
         let items: Vec<ItemTuple> = bulk_item::Entity::find()
             .select_only()
@@ -193,6 +200,7 @@ impl Store {
             .column(bulk_item::Column::RefundId)
             .column(bulk_item::Column::ErrorCode)
             .column(bulk_item::Column::Job)
+            .column(bulk_item::Column::UpdatedAt)
             .order_by_asc(bulk_item::Column::BulkId)
             .order_by_asc(bulk_item::Column::Idx)
             .into_tuple()
@@ -238,6 +246,7 @@ impl Store {
                         currency,
                         status,
                         idempotency_key,
+                        created_at,
                     )| RefundRow {
                         id,
                         account_id,
@@ -248,6 +257,7 @@ impl Store {
                         currency,
                         status,
                         idempotency_key,
+                        created_at,
                     },
                 )
                 .collect(),
@@ -272,6 +282,7 @@ impl Store {
                         refund_id,
                         error_code,
                         job,
+                        updated_at,
                     )| BulkItemRow {
                         bulk_id,
                         index,
@@ -286,6 +297,7 @@ impl Store {
                         idempotency_key: job
                             .and_then(|j| serde_json::from_str::<StoredJobKey>(&j).ok())
                             .map(|j| j.idempotency_key),
+                        updated_at,
                     },
                 )
                 .collect(),

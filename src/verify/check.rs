@@ -581,8 +581,13 @@ impl Checker {
                                 .cloned()
                                 .unwrap_or_default(),
                         };
+                        // Only a refund that existed when the job reported: one made later with
+                        // the same key (the batch sent again, a retry) is that request's, and
+                        // the job's failure was true when it was written.
                         if let Some(refund) = candidates.into_iter().find(|r| {
-                            r.payment_id == item.payment_id && r.provider == item.provider
+                            r.payment_id == item.payment_id
+                                && r.provider == item.provider
+                                && r.created_at <= item.updated_at
                         }) {
                             self.violation(
                                 at(Violation::new(

@@ -32,6 +32,7 @@ fn refund(id: &str, payment: &str, amount: i64, status: &str) -> RefundRow {
         currency: "USD".to_owned(),
         status: status.to_owned(),
         idempotency_key: None,
+        created_at: 1_000,
     }
 }
 
@@ -76,6 +77,7 @@ fn item(bulk: &str, index: i32, status: &str, payment: &str, refund: Option<&str
         refund_id: refund.map(str::to_owned),
         error_code: None,
         idempotency_key: Some(format!("{bulk}:{index}")),
+        updated_at: 2_000,
     }
 }
 
@@ -458,6 +460,20 @@ fn a_failed_job_whose_refund_exists_must_name_it() {
     // A key first used for another request is that request's refund, not the job's.
     books.items[0].error_code = Some("IDEMPOTENCY_KEY_REUSED".to_owned());
     assert!(run(&books, &ledger).ok);
+
+    // A refund made with the key after the job reported (the batch sent again, whose own job
+    // names it) does not make the job's failure false.
+    let (mut books, ledger) = clean();
+    books.items[0].status = "failed".to_owned();
+    books.items[0].refund_id = None;
+    books.items[0].error_code = Some("ALREADY_REFUNDED".to_owned());
+    books.items[0].updated_at = 500;
+    assert!(
+        !run(&books, &ledger)
+            .violations
+            .iter()
+            .any(|v| v.kind == ViolationKind::BulkItemFailedWithRefund)
+    );
 }
 
 #[test]
