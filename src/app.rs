@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -31,6 +32,7 @@ pub struct Application {
     service: RefundService,
     sandbox: Option<Arc<Sandbox>>,
     shutdown_grace: Duration,
+    drain_delay: Duration,
     webhook_tolerance: Duration,
     api_key_rate_limit: u32,
     tls: Option<crate::config::TlsSettings>,
@@ -44,7 +46,13 @@ impl Application {
     /// taken.
     pub async fn build(mut settings: ServeSettings) -> anyhow::Result<Self> {
         let (grpc, http) = bind(&settings).await?;
-        let store = open_store(&settings.database_url, &settings.store).await?;
+        // A service has its SQLite file to itself (SQLite is single-node).
+        settings.store.exclusive = true;
+        let store = if settings.skip_migrations {
+            connect_migrated(&settings.database_url, &settings.store).await?
+        } else {
+            open_store(&settings.database_url, &settings.store).await?
+        };
         let metrics = Arc::new(Metrics::new());
         let http_addr = http.local_addr().context("HTTP listener has no address")?;
         let (providers, sandbox) = providers(&mut settings, &metrics, http_addr)?;
@@ -63,6 +71,7 @@ impl Application {
             service,
             sandbox,
             shutdown_grace: settings.shutdown_grace,
+            drain_delay: settings.drain_delay,
             webhook_tolerance: settings.webhook_tolerance,
             api_key_rate_limit: settings.api_key_rate_limit,
             tls: settings.tls.clone(),
@@ -98,8 +107,10 @@ impl Application {
         &self.service
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, lets in-flight calls finish for
-    /// up to the grace period, and returns.
+    /// Serves until `shutdown` completes; then reports NOT_SERVING (grpc.health.v1 and
+    /// `/readyz`) while still serving for the drain delay, so that load balancers stop sending
+    /// calls here; then stops accepting, lets in-flight calls finish for up to the grace period,
+    /// and returns.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Self {
             grpc,
@@ -107,6 +118,7 @@ impl Application {
             service,
             sandbox,
             shutdown_grace,
+            drain_delay,
             webhook_tolerance,
             api_key_rate_limit,
             tls,
@@ -122,7 +134,7 @@ impl Application {
             }
         };
 
-        let grpc_router = api::router(
+        let (grpc_router, health) = api::router(
             service.clone(),
             metrics.clone(),
             api_key_rate_limit,
@@ -133,7 +145,14 @@ impl Application {
         let grpc_task = tokio::spawn(
             grpc_router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped()),
         );
-        let http_app = http::router(service.clone(), sandbox, metrics, webhook_tolerance);
+        let draining = Arc::new(AtomicBool::new(false));
+        let http_app = http::router(
+            service.clone(),
+            sandbox,
+            metrics,
+            webhook_tolerance,
+            draining.clone(),
+        );
         let http_stopped = stopped();
         let http_task = match &tls {
             Some(tls) => {
@@ -154,6 +173,12 @@ impl Application {
         let bulk_task = tokio::spawn(run_bulk_runner(service, stopped()));
 
         shutdown.await;
+        health.draining().await;
+        draining.store(true, Ordering::Relaxed);
+        if !drain_delay.is_zero() {
+            tracing::info!(delay = ?drain_delay, "shutting down: reporting NOT_SERVING while still serving");
+            tokio::time::sleep(drain_delay).await;
+        }
         tracing::info!(grace = ?shutdown_grace, "shutting down: draining in-flight calls");
         let _ = stop_tx.send(true);
 
@@ -211,6 +236,28 @@ pub async fn open_store(database_url: &Secret, options: &StoreOptions) -> anyhow
         .migrate()
         .await
         .context("cannot apply database migrations")?;
+    Ok(store)
+}
+
+/// The store at `database_url`, connected, when its schema is this build's: for a service
+/// whose deployment migrates first (`--skip-migrations`), so that it never runs against a
+/// schema it does not know.
+async fn connect_migrated(database_url: &Secret, options: &StoreOptions) -> anyhow::Result<Store> {
+    let store = Store::connect(database_url.expose(), options)
+        .await
+        .with_context(|| format!("cannot connect to the database {}", database_url.redacted()))?;
+    let pending = store
+        .pending_migrations()
+        .await
+        .context("cannot read which database migrations are applied")?;
+    if let Some(first) = pending.first() {
+        anyhow::bail!(
+            "the database schema is {} migration(s) behind this build (the first is {first}), \
+             and --skip-migrations leaves migrating to `refund-service migrate`: run it (the Helm \
+             chart's migration job does) before starting the service",
+            pending.len()
+        );
+    }
     Ok(store)
 }
 

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod connections;
+mod health;
 mod providers;
 
 use crate::app::{Application, shutdown_signal};
@@ -72,6 +73,9 @@ pub enum Command {
     /// summary. Exit status: 0 all succeeded, 1 some did not, 2 usage, file, connection or
     /// server error, 130 interrupted.
     Bulk(crate::bulk_cli::BulkArgs),
+    /// Ask a running service's grpc.health.v1 whether it is SERVING (exit 0) or not (exit 1):
+    /// for probes and `helm test`.
+    Health(health::HealthArgs),
     /// Check the invariants: our database against the sandbox provider's own ledger.
     ///
     /// Reads only (no migrations). Prints a summary, or a JSON report with --json. Exit status:
@@ -261,9 +265,20 @@ pub struct ServeArgs {
     #[arg(long, env = "REFUND_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<std::path::PathBuf>,
 
-    /// Time in-flight calls get to finish after SIGTERM/SIGINT.
+    /// Time in-flight calls get to finish after SIGTERM/SIGINT (after --drain-delay).
     #[arg(long, env = "REFUND_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// After SIGTERM/SIGINT, report NOT_SERVING (grpc.health.v1 and /readyz) but keep serving
+    /// this long before no longer accepting calls, so that Kubernetes (or another load
+    /// balancer) stops routing here first.
+    #[arg(long, env = "REFUND_DRAIN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
+
+    /// Do not apply database migrations (a deployment's migration job runs `refund-service
+    /// migrate` first); refuse to start while one is pending.
+    #[arg(long, env = "REFUND_SKIP_MIGRATIONS")]
+    pub skip_migrations: bool,
 
     #[command(flatten)]
     pub connections: connections::ConnectionArgs,
@@ -525,6 +540,8 @@ impl ServeArgs {
             tls_key,
             tls_client_ca,
             shutdown_grace,
+            drain_delay,
+            skip_migrations,
             connections,
         } = self;
         let sandbox_traffic = TrafficConfig {
@@ -571,6 +588,8 @@ impl ServeArgs {
                 },
             },
             shutdown_grace,
+            drain_delay,
+            skip_migrations,
             api_key_rate_limit,
             tls: tls_settings(tls_cert, tls_key, tls_client_ca)?,
             bootstrap_api_key: bootstrap_api_key.map(checked_bootstrap_key).transpose()?,
@@ -724,6 +743,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Connections(command) => connections::run(command).await,
         Command::Bulk(args) => crate::bulk_cli::run(args).await,
         Command::Verify(args) => verify(args).await,
+        Command::Health(args) => health::run(args).await,
     };
     // Spans still queued are sent now (a collector that does not answer is only logged).
     telemetry.shutdown();

@@ -42,6 +42,12 @@ pub struct ServeSettings {
     pub refunds: RefundsConfig,
     /// How long in-flight calls may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// How long, after SIGTERM and before it stops accepting calls, the process reports
+    /// NOT_SERVING while still serving (for load balancers to take it out of rotation).
+    pub drain_delay: Duration,
+    /// Leave the schema to `refund-service migrate` (a deployment's migration job): refuse to
+    /// start when a migration is pending instead of applying it.
+    pub skip_migrations: bool,
     /// Requests per second each API key may make; 0 = unlimited.
     pub api_key_rate_limit: u32,
     /// TLS on both ports (and mTLS when a client CA is given); `None` serves plaintext.
@@ -106,6 +112,8 @@ impl ServeSettings {
             store: StoreOptions::default(),
             refunds: RefundsConfig::default(),
             shutdown_grace: Duration::from_secs(5),
+            drain_delay: Duration::ZERO,
+            skip_migrations: false,
             api_key_rate_limit: 0,
             bootstrap_api_key: None,
             tls: None,

@@ -49,16 +49,41 @@ pub fn max_message_bytes(max_jobs: u32) -> usize {
         .max(MIN_MESSAGE_BYTES)
 }
 
-/// The tonic router with every service this process answers: refunds, health, reflection.
+/// What grpc.health.v1 reports for this process: SERVING for the whole server (`""`) and for
+/// `refunds.v1.RefundService`, until [`Health::draining`].
+#[derive(Clone)]
+pub struct Health(tonic_health::server::HealthReporter);
+
+impl Health {
+    /// Reports NOT_SERVING for both names, so that readiness probes take this process out of
+    /// rotation while it still answers the calls that reach it.
+    pub async fn draining(&self) {
+        self.0
+            .set_not_serving::<pb::refund_service_server::RefundServiceServer<RefundsApi>>()
+            .await;
+        self.0
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+}
+
+/// The gRPC server: every service this process answers (refunds, health, reflection).
+pub type GrpcRouter = Router<tower_layer::Stack<RpcTraceLayer, tower_layer::Identity>>;
+
+/// The tonic router with every service this process answers, and the switch of its health
+/// service.
 pub async fn router(
     service: RefundService,
     metrics: Arc<Metrics>,
     per_key_rate: u32,
     tls: Option<&crate::config::TlsSettings>,
-) -> anyhow::Result<Router<tower_layer::Stack<RpcTraceLayer, tower_layer::Identity>>> {
+) -> anyhow::Result<(GrpcRouter, Health)> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::refund_service_server::RefundServiceServer<RefundsApi>>()
+        .await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
 
     // grpcurl builds of the 1.8 line speak only reflection v1alpha; newer clients use v1.
@@ -97,7 +122,7 @@ pub async fn router(
             .tls_config(config)
             .map_err(|e| anyhow::anyhow!("bad TLS configuration: {e}"))?;
     }
-    Ok(builder
+    let router = builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // Metadata (headers) of one call: API key, idempotency key, trace context and request id
         // fit many times over; more is refused before any handler runs.
@@ -106,5 +131,6 @@ pub async fn router(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(refunds))
+        .add_service(refunds);
+    Ok((router, Health(health_reporter)))
 }

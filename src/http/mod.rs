@@ -5,6 +5,7 @@ pub mod tls;
 pub mod webhooks;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -16,11 +17,13 @@ use crate::metrics::Metrics;
 use crate::sandbox::{self, Sandbox};
 use crate::service::RefundService;
 
+/// `draining` turns `/readyz` to 503 while the process drains (see `app::Application::run_until`).
 pub fn router(
     service: RefundService,
     sandbox: Option<Arc<Sandbox>>,
     metrics: Arc<Metrics>,
     webhook_tolerance: Duration,
+    draining: Arc<AtomicBool>,
 ) -> Router {
     let mut router = Router::new()
         .route(
@@ -37,7 +40,10 @@ pub fn router(
             }),
         )
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
+        .route(
+            "/readyz",
+            get(move |state| ready(state, draining.load(Ordering::Relaxed))),
+        )
         .with_state(service.clone())
         .nest("/webhooks", webhooks::router(service, webhook_tolerance));
     if let Some(sandbox) = sandbox {
@@ -46,8 +52,11 @@ pub fn router(
     router
 }
 
-/// Ready when the database answers.
-async fn ready(State(service): State<RefundService>) -> (StatusCode, &'static str) {
+/// Ready when the database answers, until the process starts draining.
+async fn ready(State(service): State<RefundService>, draining: bool) -> (StatusCode, &'static str) {
+    if draining {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining");
+    }
     match service.store().ping().await {
         Ok(()) => (StatusCode::OK, "ready"),
         Err(e) => {

@@ -89,13 +89,41 @@ enum JobEnd {
     /// Its outcome could not be told (its refund may exist but could not be read): it is handed
     /// back rather than given a result that could be wrong.
     Undetermined,
-    /// Its provider is down or pacing us, and nothing was made: the job can wait and run again
-    /// (with the same idempotency key, in `item`).
-    ProviderDown {
-        item: ClaimedItem,
-        error: RefundError,
-        retry_after: Option<Duration>,
-    },
+    /// Its provider is down or pacing us, and nothing was made, or the refund a dead worker
+    /// made could not be looked up: the job can wait and run again (with the same idempotency
+    /// key, in `item`).
+    ProviderDown { item: ClaimedItem, waiting: Waiting },
+}
+
+/// Why a job waits for its provider.
+struct Waiting {
+    error: RefundError,
+    /// The result it has if the batch stops waiting: its refund's, when it has one (it then
+    /// stays PENDING for the reconciler), else `error`'s.
+    if_given_up: Option<JobOutcome>,
+}
+
+impl Waiting {
+    fn new(error: RefundError) -> Self {
+        Self {
+            error,
+            if_given_up: None,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match &self.error {
+            RefundError::ProviderUnavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The job's result now that it waits no more, with `error` as the reason when it has no
+    /// refund.
+    fn given_up(self, error: &RefundError) -> JobOutcome {
+        self.if_given_up
+            .unwrap_or_else(|| JobOutcome::of_error(error))
+    }
 }
 
 /// One provider whose jobs the driver holds back, queued, until it answers again.
@@ -168,7 +196,23 @@ impl Driver {
         // same rows).
         let mut heartbeat = tokio::time::interval(cfg.lease / 3);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The fence: when this driver's leases may lapse for want of a renewal (the database
+        // unreachable), its jobs in flight are stopped first, so that whoever takes them over is
+        // alone with their refunds (see `RefundService::resolve_taken_over`). A job's leases
+        // all end at or after the last renewal's, so the fence is that renewal's start plus the
+        // lease, less a margin for the other workers' clocks.
+        let fence_margin = cfg.lease / 6;
+        let mut fence = Instant::now() + cfg.lease - fence_margin;
         loop {
+            if !in_flight.is_empty() && Instant::now() >= fence {
+                in_flight.abort_all();
+                return Err(RefundError::Internal(anyhow::anyhow!(
+                    "the job leases of batch {} could not be renewed for {}; its jobs in flight \
+                     were stopped before their leases lapse, for other workers to take over",
+                    self.bulk.id,
+                    humantime::format_duration(cfg.lease - fence_margin)
+                )));
+            }
             if !holds.is_empty() {
                 self.end_overdue_holds(holds, gave_up, cfg.max_provider_wait)
                     .await?;
@@ -251,6 +295,7 @@ impl Driver {
                 && (room >= refill || (room > 0 && in_flight.is_empty()))
             {
                 let now = Timestamp::now();
+                let claim_started = Instant::now();
                 let claimed = self
                     .service
                     .store()
@@ -263,6 +308,14 @@ impl Driver {
                     )
                     .await
                     .map_err(internal)?;
+                if !claimed.is_empty()
+                    && in_flight.is_empty()
+                    && holds.is_empty()
+                    && ready.is_empty()
+                {
+                    // All this driver's leases are the ones just taken.
+                    fence = claim_started + cfg.lease - fence_margin;
+                }
                 for item in claimed {
                     self.route(item, holds, &mut in_flight, &mut jobs);
                 }
@@ -321,7 +374,12 @@ impl Driver {
                     () = nap => {}
                     () = sleep_until_or_never(wake) => {}
                     // Held jobs are leased like running ones: a wait must not let them lapse.
-                    _ = heartbeat.tick(), if holding => self.renew(cfg.lease).await,
+                    _ = heartbeat.tick(), if holding => {
+                        let started = Instant::now();
+                        if self.renew(cfg.lease).await {
+                            fence = started + cfg.lease - fence_margin;
+                        }
+                    }
                     _ = self.stop.changed() => stopping = true,
                 }
                 continue;
@@ -329,8 +387,12 @@ impl Driver {
             let first = tokio::select! {
                 joined = in_flight.join_next_with_id() => joined,
                 () = sleep_until_or_never(wake) => continue,
+                () = tokio::time::sleep_until(fence) => continue,
                 _ = heartbeat.tick() => {
-                    self.renew(cfg.lease).await;
+                    let started = Instant::now();
+                    if self.renew(cfg.lease).await {
+                        fence = started + cfg.lease - fence_margin;
+                    }
                     // A batch canceled (or aborted) while jobs are held: they will not run.
                     if (!holds.is_empty() || !ready.is_empty())
                         && let Ok(Some(Bulk { stop: Some(stop), .. })) = self
@@ -368,27 +430,27 @@ impl Driver {
                 };
                 let was_probe = holds.get(&provider).is_some_and(|h| h.probe == Some(id));
                 match end {
-                    JobEnd::ProviderDown {
-                        item,
-                        error,
-                        retry_after,
-                    } => {
+                    JobEnd::ProviderDown { item, waiting } => {
                         if let Some(waited) = gave_up.get(&provider) {
-                            let cause = match &error {
+                            let cause = match &waiting.error {
                                 RefundError::ProviderUnavailable { message, .. } => message.clone(),
                                 other => other.to_string(),
                             };
                             let error = gave_up_error(&provider, *waited, &cause);
-                            finished.push((index, JobOutcome::of_error(&error)));
+                            finished.push((index, waiting.given_up(&error)));
                             continue;
                         }
                         if cfg.max_provider_wait.is_zero() {
-                            finished.push((index, JobOutcome::of_error(&error)));
+                            let outcome = match waiting.if_given_up {
+                                Some(outcome) => outcome,
+                                None => JobOutcome::of_error(&waiting.error),
+                            };
+                            finished.push((index, outcome));
                             continue;
                         }
                         let availability = self.availability(&provider).await;
-                        let pause = Self::pause(availability.as_ref(), retry_after);
-                        let reason = Self::reason(availability, &error);
+                        let pause = Self::pause(availability.as_ref(), waiting.retry_after());
+                        let reason = Self::reason(availability, &waiting.error);
                         match holds.get_mut(&provider) {
                             Some(hold) => {
                                 hold.jobs.push_front(item);
@@ -447,8 +509,9 @@ impl Driver {
         }
     }
 
-    /// Renews the leases of this driver's jobs in the batch, running and held.
-    async fn renew(&self, lease: Duration) {
+    /// Renews the leases of this driver's jobs in the batch, running and held; whether it
+    /// did.
+    async fn renew(&self, lease: Duration) -> bool {
         let until = Timestamp::now().saturating_add(lease);
         if let Err(e) = self
             .service
@@ -457,7 +520,9 @@ impl Driver {
             .await
         {
             tracing::error!(bulk_id = %self.bulk.id, error = ?anyhow::Error::new(e), "renewing job leases failed");
+            return false;
         }
+        true
     }
 
     /// Runs `item` now, or holds it when its provider is being waited for. A job taken over
@@ -745,28 +810,19 @@ impl Driver {
 async fn run_job(service: RefundService, bulk: Bulk, item: ClaimedItem) -> JobEnd {
     match try_job(&service, &bulk, &item).await {
         Some(Ok(outcome)) => JobEnd::Done(outcome),
-        Some(Err(error)) => {
-            let retry_after = match &error {
-                RefundError::ProviderUnavailable { retry_after, .. } => *retry_after,
-                _ => None,
-            };
-            JobEnd::ProviderDown {
-                item,
-                error,
-                retry_after,
-            }
-        }
+        Some(Err(waiting)) => JobEnd::ProviderDown { item, waiting },
         None => JobEnd::Undetermined,
     }
 }
 
-/// The job's outcome; `Err` when its provider is down (or pacing us) and nothing was made, so
-/// that the job can wait; `None` when the outcome could not be told.
+/// The job's outcome; `Err` when its provider is down (or pacing us) and nothing was made, or
+/// a dead worker's refund could not be looked up, so that the job can wait; `None` when the
+/// outcome could not be told.
 async fn try_job(
     service: &RefundService,
     bulk: &Bulk,
     item: &ClaimedItem,
-) -> Option<Result<JobOutcome, RefundError>> {
+) -> Option<Result<JobOutcome, Waiting>> {
     // Debug events: not logged by default, but events of the job's span in traces.
     tracing::debug!(
         payment_id = item.request.payment.as_str(),
@@ -779,6 +835,25 @@ async fn try_job(
         None
     };
     let outcome = match made_before {
+        Some(refund) if refund.status == crate::domain::RefundStatus::Pending => {
+            // Its worker may have died before the provider had it: find out (and send it when
+            // the provider never saw it) now, not when the reconciler comes round.
+            tracing::info!(refund_id = %refund.id, "the job taken over had made its refund already; it is PENDING: resolving it");
+            let as_it_is = JobOutcome::of_refund(&refund);
+            match service.resolve_taken_over(refund).await {
+                Ok(refund) => JobOutcome::of_refund(&refund),
+                Err(error @ RefundError::ProviderUnavailable { .. }) => {
+                    return Some(Err(Waiting {
+                        error,
+                        if_given_up: Some(as_it_is),
+                    }));
+                }
+                Err(e) => {
+                    tracing::error!(bulk_id = %bulk.id, index = item.index, error = ?anyhow::Error::new(e), "cannot resolve the refund of a job taken over; handing the job back");
+                    return None;
+                }
+            }
+        }
         Some(refund) => {
             tracing::info!(refund_id = %refund.id, "the job taken over had made its refund already");
             JobOutcome::of_refund(&refund)
@@ -811,7 +886,7 @@ async fn try_job(
                     ) =>
                     {
                         tracing::debug!(error = %e, "provider unavailable; the job waits");
-                        return Some(Err(e));
+                        return Some(Err(Waiting::new(e)));
                     }
                     None => JobOutcome::of_error(&e),
                 }

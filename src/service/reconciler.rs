@@ -15,12 +15,26 @@ use std::future::Future;
 use tracing::Instrument as _;
 
 use super::{Origin, RefundService, internal};
-use crate::domain::{Failure, RefundError, Timestamp};
+use crate::domain::{Failure, Refund, RefundError, Timestamp};
 use crate::providers::{Provider as _, ProviderError};
 use crate::store::PendingRefund;
 
 /// How many due refunds one pass takes.
 const BATCH: u64 = 100;
+
+/// What one reconciliation of a claimed refund did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolution {
+    /// The provider was asked: the refund now has its answer (settled, or PENDING there), or
+    /// it was sent again because the provider had never seen it.
+    Asked,
+    /// The provider could not be asked now (unreachable, or pacing us); the refund waits for a
+    /// later pass.
+    Unreachable,
+    /// Nothing can be asked (the provider looks no refund up, or is not configured here): the
+    /// refund waits for its notification.
+    Unaskable,
+}
 
 impl RefundService {
     /// One pass over the refunds that are due now. Returns how many it looked at.
@@ -63,12 +77,60 @@ impl RefundService {
             .saturating_add(self.config().lease_margin)
     }
 
+    /// The PENDING refund of a bulk job taken over from a worker whose lease lapsed, resolved as
+    /// part of the job instead of when the reconciler comes round: looked up at its provider
+    /// and, when the provider never saw it, sent (with its own idempotency key). The refund's
+    /// lease is taken over too when it is still its creating attempt's (`attempts` 1, nobody
+    /// claimed it since): that attempt was the dead worker's, which stopped its jobs before
+    /// their leases lapsed (the bulk driver's fence). A refund a reconciler holds now is left
+    /// to it. Returns the refund as it is then, or `ProviderUnavailable` when the provider
+    /// could not be asked: the job waits for it rather than report a refund never sent.
+    pub(crate) async fn resolve_taken_over(&self, refund: Refund) -> Result<Refund, RefundError> {
+        let reread = || self.get_refund(&refund.account, &refund.id);
+        let Some(pending) = self
+            .store()
+            .pending_refund(&refund.id)
+            .await
+            .map_err(internal)?
+        else {
+            return reread().await; // settled meanwhile
+        };
+        let now = self.clock().now();
+        let due = pending.next_check_at.is_none_or(|at| at <= now.as_micros());
+        if pending.refund.attempts > 1 && !due {
+            return Ok(pending.refund); // a reconciler is on it
+        }
+        let lease = now.saturating_add(self.reconcile_lease());
+        if !self
+            .store()
+            .claim(&pending, lease)
+            .await
+            .map_err(internal)?
+        {
+            return reread().await; // someone else took it just now
+        }
+        let provider = pending.refund.provider.clone();
+        let span = tracing::info_span!("reconcile", refund_id = %refund.id, provider = %provider, taken_over = true);
+        match self.reconcile_one(pending, lease).instrument(span).await? {
+            Resolution::Asked | Resolution::Unaskable => reread().await,
+            Resolution::Unreachable => Err(RefundError::ProviderUnavailable {
+                provider,
+                message: format!(
+                    "refund {} of the job taken over could not be looked up at its provider",
+                    refund.id
+                ),
+                retry_after: None,
+                transient: true,
+            }),
+        }
+    }
+
     /// Settles one claimed refund; every provider call ends before `lease_until`.
     async fn reconcile_one(
         &self,
         p: PendingRefund,
         lease_until: Timestamp,
-    ) -> Result<(), RefundError> {
+    ) -> Result<Resolution, RefundError> {
         // Counting the claim just made.
         let attempts = i32::try_from(p.refund.attempts)
             .unwrap_or(i32::MAX)
@@ -76,13 +138,15 @@ impl RefundService {
         let refund = p.refund;
         let Some(provider) = self.adapter_of(&refund.provider, &refund.route).await? else {
             tracing::warn!(refund_id = %refund.id, provider = %refund.provider, "provider is not configured; refund stays PENDING");
-            return self.later(&refund, attempts).await;
+            self.later(&refund, attempts).await?;
+            return Ok(Resolution::Unaskable);
         };
         if !provider.capabilities().refund_lookup {
             // Nothing can be asked and nothing may be sent again without knowing: its
             // notification settles it (`watch_webhook_only` reports it when that is late).
             tracing::debug!(refund_id = %refund.id, "provider cannot be asked about refunds; it stays PENDING until notified");
-            return self.later(&refund, attempts).await;
+            self.later(&refund, attempts).await?;
+            return Ok(Resolution::Unaskable);
         }
         let found = match &refund.provider_refund_id {
             Some(pid) => self
@@ -120,9 +184,10 @@ impl RefundService {
             }
             Ok(None) | Err(_) => {
                 self.later(&refund, attempts).await?;
+                return Ok(Resolution::Unreachable);
             }
         }
-        Ok(())
+        Ok(Resolution::Asked)
     }
 
     /// Counts, per provider that settles refunds only by webhook, the refunds PENDING for longer

@@ -20,8 +20,9 @@ use super::StoreError;
 
 const POSTGRES_FORM: &str = "postgres://USER:PASSWORD@HOST:PORT/DATABASE";
 
-/// Checks a SQLite URL, and that the directory its file goes into exists.
-pub(super) fn sqlite(url: &str) -> Result<(), StoreError> {
+/// Checks a SQLite URL, and that the directory its file goes into exists. Returns the file,
+/// `None` for an in-memory database.
+pub(super) fn sqlite(url: &str) -> Result<Option<std::path::PathBuf>, StoreError> {
     let options = SqliteConnectOptions::from_str(url).map_err(|e| {
         StoreError::Connect(format!(
             "not a SQLite URL (sqlite://PATH, e.g. sqlite://refund-service.db): {}",
@@ -30,7 +31,7 @@ pub(super) fn sqlite(url: &str) -> Result<(), StoreError> {
     })?;
     let file = options.get_filename();
     if url.starts_with("sqlite::memory:") || file.as_os_str().is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let dir = match file.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -50,7 +51,64 @@ pub(super) fn sqlite(url: &str) -> Result<(), StoreError> {
             file.display()
         )));
     }
-    Ok(())
+    Ok(Some(file.to_path_buf()))
+}
+
+/// Takes the SQLite database at `file` for this process alone: an exclusive lock (`flock`) on
+/// `<file>.lock` beside it, held while the returned file is open, with our process id in it
+/// for the message another process gets. A lock file rather than the database file itself:
+/// closing any descriptor of the database would drop SQLite's own POSIX locks on it.
+pub(super) fn lock_sqlite(file: &Path) -> Result<std::fs::File, StoreError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // The same database reached by another path (a symlink, `./`) is the same lock.
+    let dir = match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let lock_path = dir.join(format!("{name}.lock"));
+    let cannot = |e: io::Error| {
+        StoreError::Connect(format!(
+            "cannot open the lock file {} of the SQLite database: {e}",
+            lock_path.display()
+        ))
+    };
+    let mut lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(cannot)?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = lock.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                pid if !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit()) => {
+                    format!("process {pid}")
+                }
+                _ => "another process".to_owned(),
+            };
+            return Err(StoreError::Connect(format!(
+                "the SQLite database {} is in use by another refund-service ({holder} holds                  {}): SQLite serves one process only. Stop that one, or use PostgreSQL                  (--database-url postgres://...) to run several replicas",
+                dir.join(&name).display(),
+                lock_path.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(cannot(e)),
+    }
+    // Ours now: say who holds it.
+    lock.set_len(0).map_err(cannot)?;
+    lock.rewind().map_err(cannot)?;
+    writeln!(lock, "{}", std::process::id()).map_err(cannot)?;
+    Ok(lock)
 }
 
 /// Parses a PostgreSQL URL and opens one connection with it, within `timeout`.

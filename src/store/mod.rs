@@ -16,6 +16,7 @@ mod refunds;
 mod verify;
 mod webhooks;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
@@ -60,6 +61,11 @@ pub struct StoreOptions {
     /// Longest wait for the first connection at start-up: past it, the database is reported
     /// unreachable instead of the pool retrying until `acquire_timeout`.
     pub connect_timeout: Duration,
+    /// Take a SQLite file for this process alone (what a service does: SQLite is single-node),
+    /// so that a second service on the same file refuses to start rather than share it. Short
+    /// commands (`keys`, `migrate`, `verify`) leave it off and share the file as SQLite allows.
+    /// PostgreSQL is always shared.
+    pub exclusive: bool,
 }
 
 impl Default for StoreOptions {
@@ -68,6 +74,7 @@ impl Default for StoreOptions {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
+            exclusive: false,
         }
     }
 }
@@ -75,6 +82,8 @@ impl Default for StoreOptions {
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
+    /// The lock on a SQLite file of an exclusive store, held as long as any clone lives.
+    _exclusive: Option<Arc<std::fs::File>>,
 }
 
 impl Store {
@@ -87,8 +96,12 @@ impl Store {
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let is_sqlite = url.starts_with("sqlite:");
         let create_file = is_sqlite && !url_has_param(url, "mode");
+        let mut exclusive = None;
         if is_sqlite {
-            connect_check::sqlite(url)?;
+            let file = connect_check::sqlite(url)?;
+            if let Some(file) = file.filter(|_| options.exclusive) {
+                exclusive = Some(Arc::new(connect_check::lock_sqlite(&file)?));
+            }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             connect_check::postgres(url, options.connect_timeout).await?;
         } else {
@@ -126,13 +139,26 @@ impl Store {
         let db = Database::connect(opts)
             .await
             .map_err(|e| connect_check::explain(url, e))?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            _exclusive: exclusive,
+        })
     }
 
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         migrations::Migrator::up(&self.db, None).await?;
         Ok(())
+    }
+
+    /// The names of the migrations this build has that the database has not applied, oldest
+    /// first.
+    pub async fn pending_migrations(&self) -> Result<Vec<String>, StoreError> {
+        Ok(migrations::Migrator::get_pending_migrations(&self.db)
+            .await?
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect())
     }
 
     pub fn backend_name(&self) -> &'static str {

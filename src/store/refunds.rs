@@ -338,6 +338,22 @@ impl Store {
         Ok(update.exec(&self.db).await?.rows_affected == 1)
     }
 
+    /// The refund `id` with its lease, if it is PENDING.
+    pub async fn pending_refund(&self, id: &RefundId) -> Result<Option<PendingRefund>, StoreError> {
+        refund::Entity::find_by_id(id.as_str().to_owned())
+            .filter(refund::Column::Status.eq(RefundStatus::Pending.as_str()))
+            .one(&self.db)
+            .await?
+            .map(|row| {
+                let next_check_at = row.next_check_at;
+                to_domain(row).map(|refund| PendingRefund {
+                    refund,
+                    next_check_at,
+                })
+            })
+            .transpose()
+    }
+
     pub async fn get_refund(
         &self,
         account: &AccountId,

@@ -661,6 +661,133 @@ async fn a_job_taken_over_after_its_key_expired_does_not_refund_twice() {
     );
 }
 
+/// Defect: a job taken over from a worker that died after storing its refund but before
+/// sending it reported the refund PENDING, and the refund reached the provider only when the
+/// reconciler came round, once the dead worker's lease on it ran out (over a minute). The
+/// worker taking the job over resolves the refund as part of the job: looked up, and sent
+/// because the provider never had it.
+#[tokio::test]
+async fn a_job_taken_over_sends_the_refund_its_dead_worker_never_sent() {
+    use refund_service::domain::{
+        AccountId, Amount, Currency, IdempotencyKey, NewBulk, NewRefund, PaymentRef, ProviderName,
+        RefundId, RefundReason, Route, Timestamp,
+    };
+    use refund_service::store::{BeginOutcome, BeginRefund, CreateBulkOutcome};
+    let db = TestDb::new().await;
+    let mut app = spawn_app_with(&db, |s| {
+        // Only a new batch (below) wakes the runner, and the reconciler stays away.
+        s.refunds.bulk.poll_interval = Duration::from_secs(3600);
+        s.refunds.reconcile_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let payment = app.seed(5_000, "USD").await;
+    let account = AccountId::default_account();
+    let request = NewRefund {
+        payment: PaymentRef::from_trusted(payment.clone()),
+        provider: ProviderName::from_trusted("sandbox".to_owned()),
+        amount: Some(Amount::new(1_000).expect("amount")),
+        currency: Currency::parse("USD").expect("USD"),
+        reason: RefundReason::RequestedByCustomer,
+        reason_detail: String::new(),
+        metadata: Default::default(),
+        idempotency_key: Some(IdempotencyKey::from_trusted("job-key-unsent".to_owned())),
+    };
+    let store = app.service.store();
+    let CreateBulkOutcome::Created(bulk) = store
+        .create_bulk(
+            &account,
+            &NewBulk {
+                jobs: vec![Ok(request.clone())],
+                abort_on_error: false,
+                max_concurrency: 1,
+                idempotency_key: None,
+                metadata: Default::default(),
+                created_by: None,
+            },
+            &ProviderName::from_trusted("sandbox".to_owned()),
+            Timestamp::now(),
+            None,
+        )
+        .await
+        .expect("batch")
+    else {
+        panic!("a new batch");
+    };
+    // A worker claims the job (its lease ends at once, as if it had died), stores the refund
+    // PENDING under its own hour-long lease, and dies before the provider hears of it.
+    let now = Timestamp::now();
+    let claimed = store
+        .claim_items(&bulk.id, "dead_worker", 1, now, now)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let BeginOutcome::Created(stored) = store
+        .begin_refund(BeginRefund {
+            id: RefundId::generate(),
+            account: &account,
+            request: &request,
+            fingerprint: &request.fingerprint(),
+            captured: 5_000,
+            provider_remaining: 5_000,
+            now,
+            lease_until: now.saturating_add(Duration::from_secs(3600)),
+            idempotency_expires_at: now.saturating_add(Duration::from_secs(86_400)),
+            source: "bulk",
+            created_by: None,
+            request_id: None,
+            route: &Route::Platform,
+        })
+        .await
+        .expect("the dead worker's refund")
+    else {
+        panic!("a new refund");
+    };
+    assert!(app.ledger(&payment).await.is_empty());
+
+    // Another batch wakes the runner, which takes the job over.
+    let other = app.seed(1_000, "USD").await;
+    let stream = app
+        .client
+        .bulk_refund(pb::BulkRefundRequest {
+            jobs: vec![job(&other, None)],
+            ..Default::default()
+        })
+        .await
+        .expect("a batch that wakes the runner")
+        .into_inner();
+    collect(stream).await;
+    let mut watch = app
+        .client
+        .watch_bulk_refund(pb::WatchBulkRefundRequest {
+            bulk_id: bulk.id.as_str().to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(20), watch.next())
+        .await
+        .expect("the taken-over batch finishes")
+    {
+        events.push(event.expect("event"));
+    }
+    let results = results(&events);
+    assert_eq!(results.len(), 1, "{events:?}");
+    assert_eq!(
+        results[0].refund.as_ref().map(|r| r.id.as_str()),
+        Some(stored.id.as_str()),
+        "{results:?}"
+    );
+    assert_eq!(
+        results[0].status,
+        i32::from(pb::BulkItemStatus::Succeeded),
+        "the job's refund was sent when the job was taken over: {results:?}"
+    );
+    let ledger = app.ledger(&payment).await;
+    assert_eq!(ledger.len(), 1, "sent once: {ledger:?}");
+}
+
 /// Defect (PostgreSQL): a claim that read the batch as running before a cancel committed could
 /// still hand out jobs after it, while a finisher that counted running jobs before the claim
 /// committed ended the batch — a summary written while claimed jobs were still to run. The
