@@ -18,10 +18,12 @@ use crate::metrics::Metrics;
 use crate::providers::Providers;
 use crate::providers::connections::{ConnectionAdapters, ProviderDefaults};
 use crate::providers::sandbox::SandboxProvider;
-use crate::providers::traffic::ControlledProvider;
+use crate::providers::traffic::{BudgetShare, ControlledProvider};
 use crate::sandbox::{FaultConfig, Sandbox, WebhookTarget, client::SandboxClient};
 use crate::secret::Secret;
-use crate::service::{Connections, RefundService, run_bulk_runner, run_reconciler};
+use crate::service::{
+    Connections, RefundService, ReplicaHeartbeat, run_bulk_runner, run_reconciler,
+};
 use crate::store::{Store, StoreOptions};
 use crate::{api, http};
 
@@ -38,6 +40,7 @@ pub struct Application {
     tls: Option<crate::config::TlsSettings>,
     metrics: Arc<Metrics>,
     bootstrap_key: Option<String>,
+    heartbeat: ReplicaHeartbeat,
 }
 
 impl Application {
@@ -55,8 +58,13 @@ impl Application {
         };
         let metrics = Arc::new(Metrics::new());
         let http_addr = http.local_addr().context("HTTP listener has no address")?;
-        let (providers, sandbox) = providers(&mut settings, &metrics, http_addr)?;
-        let connections = connections(&mut settings, &metrics, &store).await?;
+        // Counted among the replicas of the database before any provider is called.
+        let share = BudgetShare::alone();
+        let heartbeat = ReplicaHeartbeat::join(store.clone(), share.clone(), metrics.clone())
+            .await
+            .context("cannot join the replicas of the database")?;
+        let (providers, sandbox) = providers(&mut settings, &metrics, &share, http_addr)?;
+        let connections = connections(&mut settings, &metrics, &share, &store).await?;
         let bootstrap_key = bootstrap_key(&settings, &store).await?;
         let service = RefundService::new(
             store,
@@ -77,6 +85,7 @@ impl Application {
             tls: settings.tls.clone(),
             metrics,
             bootstrap_key,
+            heartbeat,
         })
     }
 
@@ -124,7 +133,14 @@ impl Application {
             tls,
             metrics,
             bootstrap_key: _,
+            heartbeat,
         } = self;
+        // The heartbeat outlives the drain: jobs still in flight call providers on this
+        // replica's share.
+        let (heartbeat_stop, heartbeat_stopped) = tokio::sync::oneshot::channel::<()>();
+        let heartbeat_task = tokio::spawn(heartbeat.run(async {
+            let _ = heartbeat_stopped.await;
+        }));
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = move || {
             let mut rx = stop_rx.clone();
@@ -201,6 +217,8 @@ impl Application {
             }
             Err(_) => tracing::warn!("grace period over; abandoning calls still in flight"),
         }
+        let _ = heartbeat_stop.send(());
+        let _ = heartbeat_task.await;
         Ok(())
     }
 }
@@ -269,6 +287,7 @@ async fn connect_migrated(database_url: &Secret, options: &StoreOptions) -> anyh
 fn providers(
     settings: &mut ServeSettings,
     metrics: &Arc<Metrics>,
+    share: &Arc<BudgetShare>,
     http_addr: SocketAddr,
 ) -> anyhow::Result<(Providers, Option<Arc<Sandbox>>)> {
     let (sandbox_provider, sandbox) = match &settings.sandbox_url {
@@ -285,13 +304,12 @@ fn providers(
     settings.refunds.provider_budget = settings.sandbox_traffic.budget();
     let mut providers = Providers::new(
         ProviderName::from_trusted("sandbox".to_owned()),
-        Arc::new(
-            ControlledProvider::new(
-                "sandbox",
-                Arc::new(sandbox_provider),
-                settings.sandbox_traffic.clone(),
-            )
-            .with_metrics(metrics.clone()),
+        controlled(
+            "sandbox",
+            Arc::new(sandbox_provider),
+            &settings.sandbox_traffic,
+            metrics,
+            share,
         ),
     );
     for configured in &settings.providers {
@@ -300,15 +318,18 @@ fn providers(
         })?;
         let client = (spec.build)(configured)
             .map_err(|e| anyhow::anyhow!("bad --{}-api-base: {e}", spec.name))?;
-        providers = register(
-            providers,
-            spec.name,
-            client,
-            &configured.traffic,
-            configured.webhook_secrets.clone(),
-            metrics,
-            &mut settings.refunds.provider_budget,
-        );
+        // The budget grows to cover this provider's retries.
+        settings.refunds.provider_budget = settings
+            .refunds
+            .provider_budget
+            .max(configured.traffic.budget());
+        let name = ProviderName::from_trusted(spec.name.to_owned());
+        providers = providers
+            .with(
+                name.clone(),
+                controlled(spec.name, client, &configured.traffic, metrics, share),
+            )
+            .with_webhook_secrets(&name, configured.webhook_secrets.clone());
     }
 
     let mut sandbox_secrets = settings.sandbox_webhook_secrets.clone();
@@ -340,6 +361,7 @@ fn providers(
 async fn connections(
     settings: &mut ServeSettings,
     metrics: &Arc<Metrics>,
+    share: &Arc<BudgetShare>,
     store: &Store,
 ) -> anyhow::Result<Connections> {
     let vault = settings.connections.vault()?;
@@ -354,7 +376,7 @@ async fn connections(
             });
         }
     }
-    let adapters = ConnectionAdapters::new(defaults, metrics.clone());
+    let adapters = ConnectionAdapters::new(defaults, metrics.clone(), share.clone());
     settings.refunds.provider_budget = settings
         .refunds
         .provider_budget
@@ -399,28 +421,19 @@ async fn bootstrap_key(settings: &ServeSettings, store: &Store) -> anyhow::Resul
     Ok(None)
 }
 
-/// Adds a provider under `name`, wrapped in traffic control, accepting webhooks signed with
-/// `webhook_secrets`; the provider budget grows to cover its retries.
-fn register(
-    providers: Providers,
+/// `client` wrapped in traffic control under `name`, its budget shared with the other replicas.
+fn controlled(
     name: &str,
     client: Arc<dyn crate::providers::Provider>,
     traffic: &crate::providers::traffic::TrafficConfig,
-    webhook_secrets: Vec<Secret>,
     metrics: &Arc<Metrics>,
-    provider_budget: &mut Duration,
-) -> Providers {
-    *provider_budget = (*provider_budget).max(traffic.budget());
-    let provider_name = ProviderName::from_trusted(name.to_owned());
-    providers
-        .with(
-            provider_name.clone(),
-            Arc::new(
-                ControlledProvider::new(name, client, traffic.clone())
-                    .with_metrics(metrics.clone()),
-            ),
-        )
-        .with_webhook_secrets(&provider_name, webhook_secrets)
+    share: &Arc<BudgetShare>,
+) -> Arc<ControlledProvider> {
+    Arc::new(
+        ControlledProvider::new(name, client, traffic.clone())
+            .with_metrics(metrics.clone())
+            .with_share(share.clone()),
+    )
 }
 
 /// 32 random alphanumerics.

@@ -103,6 +103,7 @@ pub struct Metrics {
     refunded_minor_units: Family<CurrencyLabels, Counter>,
     bulk_jobs_in_flight: Gauge,
     bulk_jobs_queued: Gauge,
+    replicas: Gauge,
     bulk_provider_wait: Family<ProviderLabels, Counter<f64, AtomicU64>>,
     bulk_jobs_held: Family<ProviderLabels, Gauge>,
     webhook_only_overdue: Family<ProviderLabels, Gauge>,
@@ -179,6 +180,13 @@ impl Metrics {
             "Jobs of running batches not yet handed to a worker (all replicas; read at scrape time)",
             bulk_jobs_queued.clone(),
         );
+        let replicas = Gauge::default();
+        registry.register(
+            "replicas",
+            "Live replicas of the database sharing each provider's rate budget (this one included; 1 on SQLite)",
+            replicas.clone(),
+        );
+        replicas.set(1);
         let bulk_provider_wait = Family::<ProviderLabels, Counter<f64, AtomicU64>>::default();
         registry.register(
             "bulk_provider_wait_seconds",
@@ -202,6 +210,7 @@ impl Metrics {
             bulk_provider_wait,
             bulk_jobs_held,
             bulk_jobs_queued,
+            replicas,
             registry,
             rpc_duration,
             provider_duration,
@@ -298,6 +307,11 @@ impl Metrics {
 
     pub fn set_bulk_jobs_queued(&self, n: i64) {
         self.bulk_jobs_queued.set(n);
+    }
+
+    /// The replicas sharing the provider budgets, as this one last counted them.
+    pub fn set_replicas(&self, n: u32) {
+        self.replicas.set(i64::from(n));
     }
 
     /// A batch waited `seconds` more for `provider`.

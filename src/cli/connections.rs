@@ -282,7 +282,11 @@ pub async fn run(command: ConnectionsCommand) -> anyhow::Result<()> {
 
 /// Adapters are built only to check a new connection's settings; the CLI calls no provider.
 fn adapters() -> ConnectionAdapters {
-    ConnectionAdapters::new(Vec::new(), Arc::new(Metrics::new()))
+    ConnectionAdapters::new(
+        Vec::new(),
+        Arc::new(Metrics::new()),
+        crate::providers::traffic::BudgetShare::alone(),
+    )
 }
 
 fn parse_setting(s: &str) -> Result<(String, String), String> {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::registry::{self, ProviderSettings};
-use super::traffic::{ControlledProvider, TrafficConfig};
+use super::traffic::{BudgetShare, ControlledProvider, TrafficConfig};
 use crate::domain::{ConnectionId, Timestamp};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -59,13 +59,19 @@ pub struct ConnectionAdapter {
 pub struct ConnectionAdapters {
     defaults: HashMap<String, ProviderDefaults>,
     metrics: Arc<Metrics>,
+    /// This replica's share of each connection's rate budget.
+    share: Arc<BudgetShare>,
     built: Mutex<HashMap<ConnectionId, (Timestamp, ConnectionAdapter)>>,
 }
 
 impl ConnectionAdapters {
     /// `defaults` override the registry's per provider (the platform's `--{provider}-api-base`
     /// and rate limit).
-    pub fn new(defaults: Vec<ProviderDefaults>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        defaults: Vec<ProviderDefaults>,
+        metrics: Arc<Metrics>,
+        share: Arc<BudgetShare>,
+    ) -> Self {
         let mut by_name: HashMap<String, ProviderDefaults> = registry::REGISTRY
             .iter()
             .map(|spec| (spec.name.to_owned(), ProviderDefaults::of(spec)))
@@ -74,6 +80,7 @@ impl ConnectionAdapters {
         Self {
             defaults: by_name,
             metrics,
+            share,
             built: Mutex::new(HashMap::new()),
         }
     }
@@ -122,7 +129,8 @@ impl ConnectionAdapters {
         let adapter = ConnectionAdapter {
             provider: Arc::new(
                 ControlledProvider::new(spec.name, client, settings.traffic)
-                    .with_metrics(self.metrics.clone()),
+                    .with_metrics(self.metrics.clone())
+                    .with_share(self.share.clone()),
             ),
             webhook_secrets: settings.webhook_secrets,
         };

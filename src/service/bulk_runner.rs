@@ -92,7 +92,10 @@ enum JobEnd {
     /// Its provider is down or pacing us, and nothing was made, or the refund a dead worker
     /// made could not be looked up: the job can wait and run again (with the same idempotency
     /// key, in `item`).
-    ProviderDown { item: ClaimedItem, waiting: Waiting },
+    ProviderDown {
+        item: ClaimedItem,
+        waiting: Box<Waiting>,
+    },
 }
 
 /// Why a job waits for its provider.
@@ -441,6 +444,7 @@ impl Driver {
                             continue;
                         }
                         if cfg.max_provider_wait.is_zero() {
+                            let waiting = *waiting;
                             let outcome = match waiting.if_given_up {
                                 Some(outcome) => outcome,
                                 None => JobOutcome::of_error(&waiting.error),
@@ -810,7 +814,10 @@ impl Driver {
 async fn run_job(service: RefundService, bulk: Bulk, item: ClaimedItem) -> JobEnd {
     match try_job(&service, &bulk, &item).await {
         Some(Ok(outcome)) => JobEnd::Done(outcome),
-        Some(Err(waiting)) => JobEnd::ProviderDown { item, waiting },
+        Some(Err(waiting)) => JobEnd::ProviderDown {
+            item,
+            waiting: Box::new(waiting),
+        },
         None => JobEnd::Undetermined,
     }
 }

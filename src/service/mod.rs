@@ -19,6 +19,7 @@ mod keys;
 mod list;
 mod page;
 mod reconciler;
+mod replicas;
 mod watch;
 mod webhooks;
 
@@ -45,6 +46,7 @@ pub use connections::{Connections, NewConnection};
 pub use keys::{bootstrap_admin_key, create_api_key};
 pub use list::{ListPage, ListQuery, MAX_PAGE_SIZE};
 pub use reconciler::run_reconciler;
+pub use replicas::ReplicaHeartbeat;
 pub use webhooks::WebhookReceipt;
 
 /// The shortest retry delay told to a client: "now" would only invite a busy loop.

@@ -13,6 +13,7 @@ mod entities;
 mod keys;
 mod migrations;
 mod refunds;
+mod replicas;
 mod verify;
 mod webhooks;
 

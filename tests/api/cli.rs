@@ -328,3 +328,52 @@ fn the_readme_configuration_table_matches_serve_flags() {
     rows.sort();
     assert_eq!(rows, expected);
 }
+
+#[tokio::test]
+async fn health_exits_zero_only_while_the_server_is_serving() {
+    let db = crate::helpers::TestDb::new().await;
+    let mut app = crate::helpers::spawn_app_with(&db, |s| {
+        s.drain_delay = std::time::Duration::from_secs(30);
+    })
+    .await;
+    let server = format!("http://{}", app.grpc_addr);
+    let ask = |server: String, service: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            run(&["health", "--server", &server, "--service", service])
+        })
+    };
+    let (ok, stdout, stderr) = ask(server.clone(), "refunds.v1.RefundService")
+        .await
+        .unwrap();
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "refunds.v1.RefundService: SERVING");
+    let (ok, _, stderr) = ask(server.clone(), "no.such.Service").await.unwrap();
+    assert!(!ok);
+    assert!(stderr.contains("NotFound"), "{stderr}");
+
+    app.begin_stop();
+    crate::helpers::eventually(
+        std::time::Duration::from_secs(10),
+        "health to exit non-zero while draining",
+        || {
+            let server = server.clone();
+            async move {
+                let (ok, stdout, _) = ask(server, "").await.unwrap();
+                (!ok && stdout.contains("NOT_SERVING")).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // Nobody there: a clear failure, not a hang.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    drop(listener);
+    let (ok, _, stderr) = tokio::task::spawn_blocking(move || {
+        run(&["health", "--server", &closed, "--timeout", "2s"])
+    })
+    .await
+    .unwrap();
+    assert!(!ok);
+    assert!(stderr.contains("cannot connect to"), "{stderr}");
+}

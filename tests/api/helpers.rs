@@ -149,6 +149,13 @@ pub async fn spawn_app_with(db: &TestDb, configure: impl FnOnce(&mut ServeSettin
 }
 
 impl TestApp {
+    /// Signals the server to shut down (as SIGTERM does), without waiting for it.
+    pub fn begin_stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     /// Stops the server and waits for it to drain.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {

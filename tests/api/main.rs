@@ -23,6 +23,7 @@ mod money;
 mod observability;
 mod outage;
 mod reconcile;
+mod replicas;
 mod server;
 mod spans;
 mod stripe;

@@ -145,3 +145,81 @@ async fn shutdown_lets_an_in_flight_refund_finish() {
         .into_inner();
     assert_eq!(status_of(&refund), pb::RefundStatus::Succeeded);
 }
+
+#[tokio::test]
+async fn a_draining_server_reports_not_serving_while_it_still_serves() {
+    let db = TestDb::new().await;
+    let mut app = spawn_app_with(&db, |s| s.drain_delay = Duration::from_secs(30)).await;
+    let mut health = HealthClient::new(channel(&app).await);
+    app.begin_stop();
+    // Both health names and the HTTP readiness probe turn away new traffic...
+    for service in ["", "refunds.v1.RefundService"] {
+        eventually(
+            Duration::from_secs(10),
+            "health to report NOT_SERVING",
+            || {
+                let mut health = health.clone();
+                async move {
+                    let status = health
+                        .check(HealthCheckRequest {
+                            service: service.into(),
+                        })
+                        .await
+                        .ok()?
+                        .into_inner()
+                        .status;
+                    (status == ServingStatus::NotServing as i32).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    let ready = reqwest::get(format!("http://{}/readyz", app.http_addr))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(ready.text().await.unwrap().trim(), "draining");
+    let live = reqwest::get(format!("http://{}/healthz", app.http_addr))
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200, "a draining server is still alive");
+    // ...while calls that still arrive (before the load balancer has noticed) are served.
+    let payment = app.seed(1_000, "USD").await;
+    let refund = app
+        .client
+        .clone()
+        .create_refund(refund_request(&payment, Some(100), "USD"))
+        .await
+        .expect("served while draining")
+        .into_inner();
+    assert_eq!(status_of(&refund), pb::RefundStatus::Succeeded);
+    let _ = health
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("health still answers");
+}
+
+#[tokio::test]
+async fn skip_migrations_refuses_a_database_whose_schema_is_behind() {
+    let db = TestDb::new().await;
+    let mut settings = refund_service::config::ServeSettings::local(db.url.clone());
+    settings.skip_migrations = true;
+    let Err(e) = refund_service::app::Application::build(settings).await else {
+        panic!("started on an empty database without migrating it");
+    };
+    let message = refund_service::cli::error_chain(&e);
+    assert!(
+        message.contains("refund-service migrate") && message.contains("behind this build"),
+        "{message}"
+    );
+    // Once migrated (as the Helm hook does), the same settings start.
+    spawn_app_with(&db, |_| {}).await.stop().await;
+    let app = spawn_app_with(&db, |s| s.skip_migrations = true).await;
+    let payment = app.seed(1_000, "USD").await;
+    app.client
+        .clone()
+        .create_refund(refund_request(&payment, Some(100), "USD"))
+        .await
+        .expect("serves");
+    app.stop().await;
+}

@@ -18,7 +18,8 @@
 
 use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -152,15 +153,96 @@ pub struct TrafficStats {
     pub short_circuited: u64,
 }
 
+/// This process's share of every provider's rate budget. A provider's limit belongs to the
+/// provider account, not to a process: replicas sharing a database each take the budget
+/// divided by the replicas alive (counted by their heartbeats, see
+/// `service::run_replica_heartbeat`), and only while the others count this one — a replica
+/// whose own heartbeat is stale may be counted out by the others, who then take its share, so it
+/// makes no call until it is counted again. Alone (SQLite, or no heartbeat at all) it has the
+/// whole budget.
+#[derive(Debug)]
+pub struct BudgetShare {
+    replicas: AtomicU32,
+    /// Until when the other replicas count this one; `None` when there are none to share with.
+    counted_until: Mutex<Option<Instant>>,
+}
+
+impl BudgetShare {
+    /// The whole budget, for a process that shares it with nobody.
+    pub fn alone() -> Arc<Self> {
+        Arc::new(Self {
+            replicas: AtomicU32::new(1),
+            counted_until: Mutex::new(None),
+        })
+    }
+
+    /// `replicas` (this one included) share the budgets, and the others count this one until
+    /// `counted_until`.
+    pub fn set(&self, replicas: u32, counted_until: Instant) {
+        self.replicas.store(replicas.max(1), Ordering::Relaxed);
+        *self
+            .counted_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(counted_until);
+    }
+
+    /// How many replicas share the budgets.
+    pub fn replicas(&self) -> u32 {
+        self.replicas.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Whether the other replicas count this one now.
+    fn counted(&self) -> bool {
+        self.counted_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none_or(|until| Instant::now() < until)
+    }
+}
+
+/// The token buckets of one provider for this replica's share of its budget.
+struct Buckets {
+    /// The replicas the budget was divided by.
+    replicas: u32,
+    /// `None` when the rate is unlimited.
+    read: Option<Limiter>,
+    write: Option<Limiter>,
+}
+
+impl Buckets {
+    /// Buckets of `rate / replicas` calls per second each, holding a tenth of a second's worth
+    /// (at least one call).
+    fn new(rate: u32, replicas: u32) -> Self {
+        let limiter = || {
+            if rate == 0 {
+                return None;
+            }
+            let replicas = replicas.max(1);
+            // One call every replicas/rate seconds: exact for any share, below one per second too.
+            let period = Duration::from_nanos(
+                (1_000_000_000u64 * u64::from(replicas)).div_ceil(u64::from(rate)),
+            );
+            let burst = NonZeroU32::new(rate / replicas / 10).unwrap_or(NonZeroU32::MIN);
+            let quota = Quota::with_period(period)?.allow_burst(burst);
+            Some(RateLimiter::direct_with_clock(quota, TokioClock::new()))
+        };
+        Self {
+            replicas,
+            read: limiter(),
+            write: limiter(),
+        }
+    }
+}
+
 /// A [`Provider`] with traffic control in front of another one. See the module documentation.
 pub struct ControlledProvider {
     /// For logs only.
     name: String,
     inner: Arc<dyn Provider>,
     config: TrafficConfig,
-    /// `None` when the rate is unlimited.
-    read_limiter: Option<Limiter>,
-    write_limiter: Option<Limiter>,
+    /// This replica's share of the budget, rebuilt when the number of replicas changes.
+    buckets: RwLock<Arc<Buckets>>,
+    share: Arc<BudgetShare>,
     permits: Semaphore,
     breaker: Mutex<Breaker>,
     /// Where its traffic is counted: the process's Prometheus metrics, or its own until
@@ -170,6 +252,9 @@ pub struct ControlledProvider {
 
 /// The one write operation; every other operation is a read.
 const CREATE_REFUND: &str = "create_refund";
+
+/// How often a replica the others do not count checks whether it is counted again.
+const NOT_COUNTED_POLL: Duration = Duration::from_millis(50);
 
 /// governor's token bucket, on tokio's clock.
 type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
@@ -181,19 +266,12 @@ impl ControlledProvider {
         config.max_attempts = config.max_attempts.max(1);
         config.max_concurrency = config.max_concurrency.clamp(1, Semaphore::MAX_PERMITS);
         config.base_backoff = config.base_backoff.min(config.max_backoff);
-        let limiter = || {
-            NonZeroU32::new(config.rate_per_sec).map(|rate| {
-                let burst = NonZeroU32::new(rate.get() / 10).unwrap_or(NonZeroU32::MIN);
-                let quota = Quota::per_second(rate).allow_burst(burst);
-                RateLimiter::direct_with_clock(quota, TokioClock::new())
-            })
-        };
         Self {
             name: name.to_owned(),
             inner,
             permits: Semaphore::new(config.max_concurrency),
-            read_limiter: limiter(),
-            write_limiter: limiter(),
+            buckets: RwLock::new(Arc::new(Buckets::new(config.rate_per_sec, 1))),
+            share: BudgetShare::alone(),
             breaker: Mutex::new(Breaker::new()),
             metrics: Arc::new(Metrics::new()),
             config,
@@ -204,6 +282,31 @@ impl ControlledProvider {
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// Takes only `share` of the rate budget: the replicas sharing it divide it.
+    pub fn with_share(mut self, share: Arc<BudgetShare>) -> Self {
+        self.share = share;
+        self
+    }
+
+    /// The buckets for the current number of replicas.
+    fn buckets(&self) -> Arc<Buckets> {
+        let replicas = self.share.replicas();
+        let current = self
+            .buckets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if current.replicas == replicas {
+            return current;
+        }
+        let mut buckets = self.buckets.write().unwrap_or_else(PoisonError::into_inner);
+        if buckets.replicas != replicas {
+            tracing::info!(provider = %self.name, replicas, rate = self.config.rate_per_sec, "replicas changed; taking an even share of the provider's rate budget");
+            *buckets = Arc::new(Buckets::new(self.config.rate_per_sec, replicas));
+        }
+        buckets.clone()
     }
 
     /// The circuit's state, for operators.
@@ -500,19 +603,33 @@ impl ControlledProvider {
     /// on a real-time timer, so we check and sleep with tokio instead: with `TokioClock` this
     /// follows `tokio::time::pause` in tests.
     async fn wait_for_rate_limit(&self, op: &'static str) {
-        let limiter = if op == CREATE_REFUND {
-            &self.write_limiter
-        } else {
-            &self.read_limiter
-        };
-        let Some(limiter) = limiter else {
+        if self.config.rate_per_sec == 0 {
             return;
-        };
+        }
         let mut waited = Duration::ZERO;
-        while let Err(not_until) = limiter.check() {
-            let wait = not_until.wait_time_from(limiter.clock().now());
-            waited += wait;
-            tokio::time::sleep(wait).await;
+        loop {
+            // Not counted by the other replicas, this one has no share.
+            while !self.share.counted() {
+                waited += NOT_COUNTED_POLL;
+                tokio::time::sleep(NOT_COUNTED_POLL).await;
+            }
+            let buckets = self.buckets();
+            let limiter = if op == CREATE_REFUND {
+                &buckets.write
+            } else {
+                &buckets.read
+            };
+            let Some(limiter) = limiter else {
+                return;
+            };
+            match limiter.check() {
+                Ok(()) => break,
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(limiter.clock().now());
+                    waited += wait;
+                    tokio::time::sleep(wait).await;
+                }
+            }
         }
         if !waited.is_zero() {
             self.count(TrafficEvent::RateLimitWait);

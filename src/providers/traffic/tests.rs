@@ -812,3 +812,69 @@ async fn clear_answers_do_not_count_towards_opening() {
     assert_eq!(health.consecutive_failures, 1);
     assert_eq!(provider.stats().breaker_opened, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_takes_its_share_of_the_rate_and_all_of_it_alone() {
+    let fake = Fake::new(Script::default());
+    let share = BudgetShare::alone();
+    share.set(2, Instant::now() + Duration::from_secs(3600));
+    let provider = Arc::new(
+        ControlledProvider::new(
+            "fake",
+            fake.clone(),
+            TrafficConfig {
+                rate_per_sec: 20,
+                ..config()
+            },
+        )
+        .with_share(share.clone()),
+    );
+    // Half of 20/s: one call in the bucket, then one every 100 ms.
+    let start = Instant::now();
+    concurrent_reads(&provider, 11).await;
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1000) && elapsed <= Duration::from_millis(1050),
+        "two replicas: {elapsed:?}"
+    );
+
+    // The other replica left: the whole 20/s (two calls in the bucket, then one per 50 ms).
+    share.set(1, Instant::now() + Duration::from_secs(3600));
+    let start = Instant::now();
+    concurrent_reads(&provider, 21).await;
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(950) && elapsed <= Duration::from_millis(1000),
+        "alone: {elapsed:?}"
+    );
+    assert_eq!(fake.count(), 32);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_the_others_do_not_count_calls_nothing_until_it_is_counted_again() {
+    let fake = Fake::new(Script::default());
+    let share = BudgetShare::alone();
+    share.set(3, Instant::now() + Duration::from_millis(100));
+    let provider = Arc::new(
+        ControlledProvider::new(
+            "fake",
+            fake.clone(),
+            TrafficConfig {
+                rate_per_sec: 30,
+                ..config()
+            },
+        )
+        .with_share(share.clone()),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Its heartbeat went stale: the others may have taken its share.
+    let call = tokio::spawn({
+        let provider = provider.clone();
+        async move { provider.get_payment(&payment_ref()).await }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(fake.count(), 0, "no call while not counted");
+    share.set(3, Instant::now() + Duration::from_secs(3600));
+    assert_eq!(call.await.unwrap(), Ok(payment()));
+    assert_eq!(fake.count(), 1);
+}

@@ -13,6 +13,7 @@ mod m20261202_000008_payment_balance_per_payment;
 mod m20261202_000009_refunds_by_key;
 mod m20261203_000010_provider_waits;
 mod m20261203_000011_connections;
+mod m20261204_000012_replicas;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000009_refunds_by_key::Migration),
             Box::new(m20261203_000010_provider_waits::Migration),
             Box::new(m20261203_000011_connections::Migration),
+            Box::new(m20261204_000012_replicas::Migration),
         ]
     }
 }

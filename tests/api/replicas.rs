@@ -1,0 +1,216 @@
+//! Several replicas of the service on one database: what they share (the over-refund guard,
+//! idempotency, each provider's rate budget) and what a single-node SQLite refuses to share.
+
+use std::time::Duration;
+
+use refund_service::api::pb;
+use refund_service::sandbox::FaultConfig;
+use tonic::Code;
+
+use crate::helpers::*;
+
+fn is_sqlite(db: &TestDb) -> bool {
+    db.url.starts_with("sqlite:")
+}
+
+/// Three replicas on `db`, refunding against one standalone sandbox.
+async fn three_replicas(db: &TestDb, sandbox_url: &str) -> Vec<TestApp> {
+    let mut apps = Vec::new();
+    for _ in 0..3 {
+        let url = sandbox_url.to_owned();
+        apps.push(spawn_app_with(db, move |s| s.sandbox_url = Some(url)).await);
+    }
+    apps
+}
+
+async fn replicas_seen_by(app: &TestApp) -> Option<f64> {
+    metric_value(&scrape_metrics(app.http_addr).await, "refund_replicas")
+}
+
+#[tokio::test]
+async fn a_second_service_on_the_same_sqlite_file_refuses_to_start() {
+    let db = TestDb::new().await;
+    if !is_sqlite(&db) {
+        eprintln!("skipped: PostgreSQL is meant to be shared");
+        return;
+    }
+    let first = spawn_app_with(&db, |_| {}).await;
+    let second = refund_service::app::Application::build(
+        refund_service::config::ServeSettings::local(db.url.clone()),
+    )
+    .await;
+    let Err(e) = second else {
+        panic!("a second service started on the same SQLite file");
+    };
+    let message = refund_service::cli::error_chain(&e);
+    assert!(
+        message.contains("is in use by another refund-service")
+            && message.contains(&format!("process {}", std::process::id()))
+            && message.contains("PostgreSQL"),
+        "{message}"
+    );
+    // Once the first one stops, the file is free again.
+    first.stop().await;
+    spawn_app_with(&db, |_| {}).await.stop().await;
+}
+
+#[tokio::test]
+async fn replicas_count_each_other_and_recount_when_one_stops() {
+    let db = TestDb::new().await;
+    if is_sqlite(&db) {
+        eprintln!("skipped: SQLite is single-node");
+        return;
+    }
+    let (sandbox_url, _sandbox) = spawn_sandbox(FaultConfig::default()).await;
+    let mut apps = three_replicas(&db, &sandbox_url).await;
+    for app in &apps {
+        eventually(
+            Duration::from_secs(5),
+            "every replica counts three",
+            || async { (replicas_seen_by(app).await == Some(3.0)).then_some(()) },
+        )
+        .await;
+    }
+    apps.pop().expect("a replica").stop().await;
+    for app in &apps {
+        eventually(
+            Duration::from_secs(2),
+            "the others count two once one has left",
+            || async { (replicas_seen_by(app).await == Some(2.0)).then_some(()) },
+        )
+        .await;
+    }
+}
+
+/// The 64-way race of `concurrency.rs`, split across three replicas on one database: the
+/// over-refund guard is the database's, whichever process asks.
+#[tokio::test]
+async fn sixty_four_partial_refunds_across_three_replicas_never_exceed_the_capture() {
+    let db = TestDb::new().await;
+    if is_sqlite(&db) {
+        eprintln!("skipped: SQLite is single-node");
+        return;
+    }
+    let (sandbox_url, _sandbox) = spawn_sandbox(FaultConfig::default()).await;
+    let apps = three_replicas(&db, &sandbox_url).await;
+    let captured = 10_000;
+    let amount = 300;
+    let payment = apps[0].seed(captured, "USD").await;
+    let calls: Vec<_> = (0..64)
+        .map(|i| {
+            let mut client = apps[i % 3].client.clone();
+            let req = refund_request(&payment, Some(amount), "USD");
+            tokio::spawn(async move { client.create_refund(req).await })
+        })
+        .collect();
+    let (mut succeeded, mut over) = (0, 0);
+    for call in calls {
+        match call.await.expect("task") {
+            Ok(r) => {
+                assert_eq!(status_of(r.get_ref()), pb::RefundStatus::Succeeded);
+                succeeded += 1;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                over += 1;
+            }
+        }
+    }
+    assert_eq!(
+        succeeded,
+        captured / amount,
+        "exactly floor(captured/amount)"
+    );
+    assert_eq!(over, 64 - captured / amount);
+    let ledger = apps[0].ledger(&payment).await;
+    assert_eq!(
+        ledger.len() as i64,
+        captured / amount,
+        "the provider agrees"
+    );
+    assert_eq!(
+        ledger.iter().map(|r| r.amount).sum::<i64>(),
+        succeeded * amount
+    );
+}
+
+/// One idempotency key sent to three replicas at once makes one refund.
+#[tokio::test]
+async fn one_idempotency_key_sent_to_three_replicas_makes_one_refund() {
+    let db = TestDb::new().await;
+    if is_sqlite(&db) {
+        eprintln!("skipped: SQLite is single-node");
+        return;
+    }
+    let (sandbox_url, _sandbox) = spawn_sandbox(FaultConfig::default()).await;
+    let apps = three_replicas(&db, &sandbox_url).await;
+    let payment = apps[0].seed(10_000, "USD").await;
+    let calls: Vec<_> = (0..24)
+        .map(|i| {
+            let mut client = apps[i % 3].client.clone();
+            let mut req = tonic::Request::new(refund_request(&payment, Some(700), "USD"));
+            req.metadata_mut()
+                .insert("idempotency-key", "same-key-everywhere".parse().unwrap());
+            tokio::spawn(async move { client.create_refund(req).await })
+        })
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for call in calls {
+        let refund = call.await.expect("task").expect("the key's refund");
+        ids.insert(refund.into_inner().id);
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(apps[0].ledger(&payment).await.len(), 1);
+}
+
+/// With three replicas sharing a 30/s budget, the sandbox sees 30 calls a second, not 90.
+#[tokio::test]
+async fn three_replicas_share_one_provider_budget() {
+    let db = TestDb::new().await;
+    if is_sqlite(&db) {
+        eprintln!("skipped: SQLite is single-node");
+        return;
+    }
+    let (sandbox_url, _sandbox) = spawn_sandbox(FaultConfig::default()).await;
+    let rate = 30;
+    let mut apps = Vec::new();
+    for _ in 0..3 {
+        let url = sandbox_url.clone();
+        apps.push(
+            spawn_app_with(&db, move |s| {
+                s.sandbox_url = Some(url);
+                s.sandbox_traffic.rate_per_sec = rate;
+            })
+            .await,
+        );
+    }
+    for app in &apps {
+        eventually(
+            Duration::from_secs(5),
+            "every replica counts three",
+            || async { (replicas_seen_by(app).await == Some(3.0)).then_some(()) },
+        )
+        .await;
+    }
+    let payments = seed_payments(&apps[0].sandbox, 90, 1_000).await;
+    // Each refund is one read (its pre-flight) and one write: 90 refunds need 3 s of the
+    // shared budget, 1 s of three separate ones.
+    let started = std::time::Instant::now();
+    let calls: Vec<_> = payments
+        .iter()
+        .enumerate()
+        .map(|(i, payment)| {
+            let mut client = apps[i % 3].client.clone();
+            let req = refund_request(payment, None, "USD");
+            tokio::spawn(async move { client.create_refund(req).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.expect("task").expect("refund");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2_500),
+        "90 refunds at a shared 30/s took {took:?}: the replicas did not share the budget"
+    );
+}
