@@ -141,6 +141,18 @@ impl Application {
         let heartbeat_task = tokio::spawn(heartbeat.run(async {
             let _ = heartbeat_stopped.await;
         }));
+        // So do the change notices: other replicas' watchers hear of this one's last results.
+        let (relay_stop, relay_stopped) = tokio::sync::oneshot::channel::<()>();
+        let relay_task = tokio::spawn({
+            let service = service.clone();
+            async move {
+                service
+                    .relay_changes(async {
+                        let _ = relay_stopped.await;
+                    })
+                    .await;
+            }
+        });
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = move || {
             let mut rx = stop_rx.clone();
@@ -217,6 +229,8 @@ impl Application {
             }
             Err(_) => tracing::warn!("grace period over; abandoning calls still in flight"),
         }
+        let _ = relay_stop.send(());
+        let _ = relay_task.await;
         let _ = heartbeat_stop.send(());
         let _ = heartbeat_task.await;
         Ok(())

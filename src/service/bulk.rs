@@ -101,7 +101,7 @@ impl RefundService {
         match outcome {
             CreateBulkOutcome::Created(bulk) => {
                 tracing::info!(bulk_id = %bulk.id, total = bulk.counts.total, "bulk refund accepted");
-                self.inner.bulk_wakeup.notify_one();
+                self.bulk_work_changed();
                 self.events_changed();
                 Ok((bulk, true))
             }
@@ -141,7 +141,7 @@ impl RefundService {
             .ok_or_else(|| RefundError::BulkNotFound {
                 id: id.as_str().to_owned(),
             })?;
-        self.inner.bulk_wakeup.notify_one();
+        self.bulk_work_changed();
         Ok(bulk)
     }
 
@@ -248,12 +248,5 @@ impl RefundService {
                 () = tokio::time::sleep(poll) => {}
             }
         }
-    }
-
-    /// Wakes the streams of every batch: some batch has new events.
-    pub(super) fn events_changed(&self) {
-        self.inner
-            .bulk_events
-            .send_modify(|v| *v = v.wrapping_add(1));
     }
 }

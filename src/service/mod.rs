@@ -12,6 +12,7 @@ mod approval;
 mod audit;
 mod bulk;
 mod bulk_runner;
+mod changes;
 mod clock;
 mod connections;
 pub mod context;
@@ -112,13 +113,15 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Wakes this process's bulk runner when a batch is created or canceled here.
     bulk_wakeup: tokio::sync::Notify,
-    /// Bumped whenever this process writes bulk events; streams wait on it (and poll, for
-    /// events written by other replicas).
+    /// Bumped whenever bulk events are written, here or (by notice) on another replica;
+    /// streams wait on it, and poll in case a notice was lost.
     bulk_events: tokio::sync::watch::Sender<u64>,
     clock: Clock,
-    /// Bumped whenever this process changes a refund's status or provider id; WatchRefund
-    /// streams wait on it (and poll, for changes made by other replicas).
+    /// Bumped whenever a refund's status or provider id changes, here or (by notice) on
+    /// another replica; WatchRefund streams wait on it, and poll in case a notice was lost.
     refund_changes: tokio::sync::watch::Sender<u64>,
+    /// This process's changes, for the other replicas.
+    changes: changes::ChangeFeed,
 }
 
 impl RefundService {
@@ -139,6 +142,7 @@ impl RefundService {
                 bulk_wakeup: tokio::sync::Notify::new(),
                 bulk_events: tokio::sync::watch::Sender::new(0),
                 refund_changes: tokio::sync::watch::Sender::new(0),
+                changes: changes::ChangeFeed::new(),
                 clock: Clock::default(),
             }),
         }
@@ -624,13 +628,6 @@ impl RefundService {
             }
             None => Ok(None),
         }
-    }
-
-    /// Wakes this process's WatchRefund streams.
-    fn refund_changed(&self) {
-        self.inner
-            .refund_changes
-            .send_modify(|n| *n = n.wrapping_add(1));
     }
 
     async fn reread(&self, refund: Refund) -> Result<Refund, RefundError> {

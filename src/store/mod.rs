@@ -7,6 +7,7 @@
 mod audit;
 mod bulks;
 mod captures;
+mod changes;
 mod connect_check;
 mod connections;
 mod entities;
@@ -26,6 +27,7 @@ use sea_orm_migration::MigratorTrait;
 
 pub use audit::AuditFilter;
 pub use bulks::{ClaimedItem, CreateBulkOutcome};
+pub use changes::{ChangeListener, Changed, Heard};
 pub use connections::{CreateConnectionOutcome, DeleteConnectionOutcome, StoredConnection};
 pub use refunds::{BeginOutcome, BeginRefund, ListFilter, PendingRefund, Settlement};
 pub use verify::{Books, BulkItemRow, BulkRow, KeyRow, PaymentTotals, RefundRow};

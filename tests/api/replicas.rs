@@ -214,3 +214,111 @@ async fn three_replicas_share_one_provider_budget() {
         "90 refunds at a shared 30/s took {took:?}: the replicas did not share the budget"
     );
 }
+
+/// A batch run on replica A, watched on replica B, reaches B's watcher as it happens: B hears
+/// of A's events by notice (LISTEN/NOTIFY), not at its next poll (here an hour away). Prints
+/// how far B's stream lags behind A's.
+#[tokio::test]
+async fn a_batch_watched_on_another_replica_streams_live() {
+    use refund_service::api::pb::bulk_refund_event::Event;
+    use tokio_stream::StreamExt as _;
+
+    let db = TestDb::new().await;
+    if is_sqlite(&db) {
+        eprintln!("skipped: SQLite is single-node");
+        return;
+    }
+    let (sandbox_url, _sandbox) = spawn_sandbox(FaultConfig {
+        latency_ms: 40,
+        ..FaultConfig::default()
+    })
+    .await;
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        let url = sandbox_url.clone();
+        apps.push(
+            spawn_app_with(&db, move |s| {
+                s.sandbox_url = Some(url);
+                s.refunds.bulk.poll_interval = Duration::from_secs(3600);
+            })
+            .await,
+        );
+    }
+    let payments = seed_payments(&apps[0].sandbox, 30, 1_000).await;
+    let jobs = payments
+        .iter()
+        .map(|p| refund_request(p, None, "USD"))
+        .collect();
+    let mut on_a = apps[0]
+        .client
+        .clone()
+        .bulk_refund(pb::BulkRefundRequest {
+            jobs,
+            max_concurrency: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("accepted")
+        .into_inner();
+    let first = on_a.next().await.expect("accepted").expect("ok");
+    let Some(Event::Accepted(accepted)) = first.event else {
+        panic!("first event {first:?}");
+    };
+    let mut on_b = apps[1]
+        .client
+        .clone()
+        .watch_bulk_refund(pb::WatchBulkRefundRequest {
+            bulk_id: accepted.bulk_id,
+            after_sequence: first.sequence,
+        })
+        .await
+        .expect("watch on B")
+        .into_inner();
+    let a_times = tokio::spawn(async move {
+        let mut times = std::collections::BTreeMap::new();
+        while let Some(Ok(event)) = on_a.next().await {
+            times.insert(event.sequence, std::time::Instant::now());
+        }
+        times
+    });
+    let mut b_times = std::collections::BTreeMap::new();
+    let watched = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(event) = on_b.next().await {
+            let event = event.expect("ok");
+            b_times.insert(event.sequence, std::time::Instant::now());
+            if matches!(event.event, Some(Event::Summary(_))) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        watched.is_ok(),
+        "B's watcher had {} events after 20 s: it waited for its poll",
+        b_times.len()
+    );
+    let a_times = a_times.await.expect("A's stream");
+    assert_eq!(b_times.len(), 31, "30 results and the summary");
+    assert_eq!(
+        a_times.keys().collect::<Vec<_>>(),
+        b_times.keys().collect::<Vec<_>>()
+    );
+    let mut lags: Vec<i128> = b_times
+        .iter()
+        .map(|(seq, b)| {
+            let a = a_times[seq];
+            if *b >= a {
+                b.duration_since(a).as_micros() as i128
+            } else {
+                -(a.duration_since(*b).as_micros() as i128)
+            }
+        })
+        .collect();
+    lags.sort_unstable();
+    eprintln!(
+        "B's stream behind A's: p50 {} ms, p95 {} ms, max {} ms",
+        lags[lags.len() / 2] / 1000,
+        lags[lags.len() * 95 / 100] / 1000,
+        lags[lags.len() - 1] / 1000
+    );
+}

@@ -457,6 +457,10 @@ async fn a_watcher_on_one_replica_sees_a_change_made_on_another() {
     })
     .await;
     let db = TestDb::new().await;
+    if db.url.starts_with("sqlite:") {
+        eprintln!("skipped: replicas share PostgreSQL (SQLite serves one process)");
+        return;
+    }
     let replica = |url: String| {
         let db = &db;
         async move {
@@ -465,7 +469,8 @@ async fn a_watcher_on_one_replica_sees_a_change_made_on_another() {
                 s.sandbox_webhook_secrets =
                     vec![refund_service::secret::Secret::opaque(SECRET.to_owned())];
                 s.refunds.reconcile_delay = Duration::from_secs(3600);
-                s.refunds.watch_poll_interval = Duration::from_millis(100);
+                // No polling to speak of: A hears of B's change by B's notice.
+                s.refunds.watch_poll_interval = Duration::from_secs(3600);
             })
             .await
         }
@@ -489,7 +494,7 @@ async fn a_watcher_on_one_replica_sees_a_change_made_on_another() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["results"][0]["outcome"], "APPLIED", "{answer}");
 
-    let next = tokio::time::timeout(Duration::from_secs(10), stream.next())
+    let next = tokio::time::timeout(Duration::from_secs(5), stream.next())
         .await
         .expect("A's watcher hears of it")
         .expect("a message")
