@@ -54,6 +54,25 @@ fn job(payment: &str, amount: Option<i64>) -> pb::CreateRefundRequest {
     refund_request(payment, amount, "USD")
 }
 
+/// Watches batch `bulk_id`, whose job a runner takes over, to its end.
+async fn watch_taken_over(
+    app: &mut TestApp,
+    bulk_id: &refund_service::domain::BulkId,
+) -> Vec<pb::BulkRefundEvent> {
+    let watch = app
+        .client
+        .watch_bulk_refund(pb::WatchBulkRefundRequest {
+            bulk_id: bulk_id.as_str().to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    tokio::time::timeout(Duration::from_secs(20), collect(watch))
+        .await
+        .expect("the taken-over batch finishes")
+}
+
 #[tokio::test]
 async fn streams_one_result_per_job_then_a_summary_and_partial_failures_do_not_abort() {
     let (mut app, _db) = spawn_app().await;
@@ -562,23 +581,34 @@ async fn a_job_whose_refund_exists_reports_it_even_when_the_provider_is_down() {
     );
 }
 
-/// Defect: a job taken over from a dead worker ran through the ordinary path, whose idempotency
-/// key expires after 24 h; taken over later than that, it made a second refund. A taken-over job
-/// first looks for the refund its key made in this batch, however old the key.
-#[tokio::test]
-async fn a_job_taken_over_after_its_key_expired_does_not_refund_twice() {
+/// A standalone sandbox, a payment of 5,000 there, and one job refunding 1,000 of it with
+/// `key`, in a batch stored in `db` — with no service running yet, so that no runner can claim
+/// the job before the test's dead worker does.
+async fn a_batch_before_any_service(
+    db: &TestDb,
+    key: &str,
+) -> (
+    String,
+    String,
+    refund_service::store::Store,
+    refund_service::domain::NewRefund,
+    refund_service::domain::Bulk,
+) {
     use refund_service::domain::{
         AccountId, Amount, Currency, IdempotencyKey, NewBulk, NewRefund, PaymentRef, ProviderName,
         RefundReason, Timestamp,
     };
-    let db = TestDb::new().await;
-    let mut app = spawn_app_with(&db, |s| {
-        // Only a new batch (below) wakes the runner.
-        s.refunds.bulk.poll_interval = Duration::from_secs(3600);
-    })
-    .await;
-    let payment = app.seed(5_000, "USD").await;
-    let account = AccountId::default_account();
+    let (sandbox_url, _sandbox) = spawn_sandbox(FaultConfig::default()).await;
+    let sandbox =
+        refund_service::sandbox::client::SandboxClient::new(&sandbox_url, Duration::from_secs(30))
+            .expect("sandbox client");
+    let payment = seed_payments(&sandbox, 1, 5_000).await.remove(0);
+    let store = refund_service::app::open_store(
+        &refund_service::secret::Secret::opaque(db.url.clone()),
+        &refund_service::store::StoreOptions::default(),
+    )
+    .await
+    .expect("store");
     let request = NewRefund {
         payment: PaymentRef::from_trusted(payment.clone()),
         provider: ProviderName::from_trusted("sandbox".to_owned()),
@@ -587,115 +617,11 @@ async fn a_job_taken_over_after_its_key_expired_does_not_refund_twice() {
         reason: RefundReason::RequestedByCustomer,
         reason_detail: String::new(),
         metadata: Default::default(),
-        idempotency_key: Some(IdempotencyKey::from_trusted("job-key-1".to_owned())),
+        idempotency_key: Some(IdempotencyKey::from_trusted(key.to_owned())),
     };
-    let store = app.service.store();
-    let bulk = match store
+    let refund_service::store::CreateBulkOutcome::Created(bulk) = store
         .create_bulk(
-            &account,
-            &NewBulk {
-                jobs: vec![Ok(request.clone())],
-                abort_on_error: false,
-                max_concurrency: 1,
-                idempotency_key: None,
-                metadata: Default::default(),
-                created_by: None,
-            },
-            &ProviderName::from_trusted("sandbox".to_owned()),
-            Timestamp::now(),
-            None,
-        )
-        .await
-        .expect("batch")
-    {
-        refund_service::store::CreateBulkOutcome::Created(b) => b,
-        _ => panic!("a new batch"),
-    };
-    // A worker claims the job, makes its refund and dies before recording the result.
-    let now = Timestamp::now();
-    let claimed = store
-        // Its lease ends at once, as if it had died long ago.
-        .claim_items(&bulk.id, "dead_worker", 1, now, now)
-        .await
-        .expect("claim");
-    assert_eq!(claimed.len(), 1);
-    app.service
-        .create_refund(&account, None, request)
-        .await
-        .expect("the dead worker's refund");
-    // A day and more later (on the service's clock), another worker takes the job over.
-    app.service.clock().advance(Duration::from_secs(25 * 3600));
-    let other = app.seed(1_000, "USD").await;
-    let stream = app
-        .client
-        .bulk_refund(pb::BulkRefundRequest {
-            jobs: vec![job(&other, None)],
-            ..Default::default()
-        })
-        .await
-        .expect("a batch that wakes the runner")
-        .into_inner();
-    collect(stream).await;
-    let mut watch = app
-        .client
-        .watch_bulk_refund(pb::WatchBulkRefundRequest {
-            bulk_id: bulk.id.as_str().to_owned(),
-            ..Default::default()
-        })
-        .await
-        .expect("watch")
-        .into_inner();
-    let mut events = Vec::new();
-    while let Some(event) = tokio::time::timeout(Duration::from_secs(20), watch.next())
-        .await
-        .expect("the taken-over batch finishes")
-    {
-        events.push(event.expect("event"));
-    }
-    let results = results(&events);
-    assert_eq!(results.len(), 1, "{events:?}");
-    assert_eq!(
-        app.ledger(&payment).await.len(),
-        1,
-        "the payment was refunded once: {results:?}"
-    );
-}
-
-/// Defect: a job taken over from a worker that died after storing its refund but before
-/// sending it reported the refund PENDING, and the refund reached the provider only when the
-/// reconciler came round, once the dead worker's lease on it ran out (over a minute). The
-/// worker taking the job over resolves the refund as part of the job: looked up, and sent
-/// because the provider never had it.
-#[tokio::test]
-async fn a_job_taken_over_sends_the_refund_its_dead_worker_never_sent() {
-    use refund_service::domain::{
-        AccountId, Amount, Currency, IdempotencyKey, NewBulk, NewRefund, PaymentRef, ProviderName,
-        RefundId, RefundReason, Route, Timestamp,
-    };
-    use refund_service::store::{BeginOutcome, BeginRefund, CreateBulkOutcome};
-    let db = TestDb::new().await;
-    let mut app = spawn_app_with(&db, |s| {
-        // Only a new batch (below) wakes the runner, and the reconciler stays away.
-        s.refunds.bulk.poll_interval = Duration::from_secs(3600);
-        s.refunds.reconcile_interval = Duration::from_secs(3600);
-    })
-    .await;
-    let payment = app.seed(5_000, "USD").await;
-    let account = AccountId::default_account();
-    let request = NewRefund {
-        payment: PaymentRef::from_trusted(payment.clone()),
-        provider: ProviderName::from_trusted("sandbox".to_owned()),
-        amount: Some(Amount::new(1_000).expect("amount")),
-        currency: Currency::parse("USD").expect("USD"),
-        reason: RefundReason::RequestedByCustomer,
-        reason_detail: String::new(),
-        metadata: Default::default(),
-        idempotency_key: Some(IdempotencyKey::from_trusted("job-key-unsent".to_owned())),
-    };
-    let store = app.service.store();
-    let CreateBulkOutcome::Created(bulk) = store
-        .create_bulk(
-            &account,
+            &AccountId::default_account(),
             &NewBulk {
                 jobs: vec![Ok(request.clone())],
                 abort_on_error: false,
@@ -713,6 +639,58 @@ async fn a_job_taken_over_sends_the_refund_its_dead_worker_never_sent() {
     else {
         panic!("a new batch");
     };
+    (sandbox_url, payment, store, request, bulk)
+}
+
+/// Defect: a job taken over from a dead worker ran through the ordinary path, whose idempotency
+/// key expires after 24 h; taken over later than that, it made a second refund. A taken-over job
+/// first looks for the refund its key made in this batch, however old the key.
+#[tokio::test]
+async fn a_job_taken_over_after_its_key_expired_does_not_refund_twice() {
+    use refund_service::domain::{AccountId, Timestamp};
+    let db = TestDb::new().await;
+    let (sandbox_url, payment, store, request, bulk) =
+        a_batch_before_any_service(&db, "job-key-1").await;
+    // A worker claims the job, for three seconds...
+    let now = Timestamp::now();
+    let lease = Duration::from_secs(3);
+    let claimed = store
+        .claim_items(&bulk.id, "dead_worker", 1, now, now.saturating_add(lease))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    drop(store);
+    let mut app = spawn_app_with(&db, |s| s.sandbox_url = Some(sandbox_url)).await;
+    // ...makes its refund and dies before recording the result.
+    app.service
+        .create_refund(&AccountId::default_account(), None, request)
+        .await
+        .expect("the dead worker's refund");
+    // A day and more later (on the service's clock), once the lease is over, another worker
+    // takes the job over.
+    app.service.clock().advance(Duration::from_secs(25 * 3600));
+    let events = watch_taken_over(&mut app, &bulk.id).await;
+    let results = results(&events);
+    assert_eq!(results.len(), 1, "{events:?}");
+    assert_eq!(
+        app.ledger(&payment).await.len(),
+        1,
+        "the payment was refunded once: {results:?}"
+    );
+}
+
+/// Defect: a job taken over from a worker that died after storing its refund but before
+/// sending it reported the refund PENDING, and the refund reached the provider only when the
+/// reconciler came round, once the dead worker's lease on it ran out (over a minute). The
+/// worker taking the job over resolves the refund as part of the job: looked up, and sent
+/// because the provider never had it.
+#[tokio::test]
+async fn a_job_taken_over_sends_the_refund_its_dead_worker_never_sent() {
+    use refund_service::domain::{AccountId, RefundId, Route, Timestamp};
+    use refund_service::store::{BeginOutcome, BeginRefund};
+    let db = TestDb::new().await;
+    let (sandbox_url, payment, store, request, bulk) =
+        a_batch_before_any_service(&db, "job-key-unsent").await;
     // A worker claims the job (its lease ends at once, as if it had died), stores the refund
     // PENDING under its own hour-long lease, and dies before the provider hears of it.
     let now = Timestamp::now();
@@ -721,6 +699,7 @@ async fn a_job_taken_over_sends_the_refund_its_dead_worker_never_sent() {
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 1);
+    let account = AccountId::default_account();
     let BeginOutcome::Created(stored) = store
         .begin_refund(BeginRefund {
             id: RefundId::generate(),
@@ -742,36 +721,15 @@ async fn a_job_taken_over_sends_the_refund_its_dead_worker_never_sent() {
     else {
         panic!("a new refund");
     };
+    drop(store);
+    let mut app = spawn_app_with(&db, |s| {
+        s.sandbox_url = Some(sandbox_url);
+        // The reconciler stays away: the runner that takes the job over sends the refund.
+        s.refunds.reconcile_interval = Duration::from_secs(3600);
+    })
+    .await;
     assert!(app.ledger(&payment).await.is_empty());
-
-    // Another batch wakes the runner, which takes the job over.
-    let other = app.seed(1_000, "USD").await;
-    let stream = app
-        .client
-        .bulk_refund(pb::BulkRefundRequest {
-            jobs: vec![job(&other, None)],
-            ..Default::default()
-        })
-        .await
-        .expect("a batch that wakes the runner")
-        .into_inner();
-    collect(stream).await;
-    let mut watch = app
-        .client
-        .watch_bulk_refund(pb::WatchBulkRefundRequest {
-            bulk_id: bulk.id.as_str().to_owned(),
-            ..Default::default()
-        })
-        .await
-        .expect("watch")
-        .into_inner();
-    let mut events = Vec::new();
-    while let Some(event) = tokio::time::timeout(Duration::from_secs(20), watch.next())
-        .await
-        .expect("the taken-over batch finishes")
-    {
-        events.push(event.expect("event"));
-    }
+    let events = watch_taken_over(&mut app, &bulk.id).await;
     let results = results(&events);
     assert_eq!(results.len(), 1, "{events:?}");
     assert_eq!(

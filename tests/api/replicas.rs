@@ -15,12 +15,41 @@ fn is_sqlite(db: &TestDb) -> bool {
 
 /// Three replicas on `db`, refunding against one standalone sandbox.
 async fn three_replicas(db: &TestDb, sandbox_url: &str) -> Vec<TestApp> {
+    replicas(db, sandbox_url, 3, |_| {}).await
+}
+
+/// `n` replicas on `db`, refunding against one standalone sandbox, each configured by
+/// `configure` too.
+async fn replicas(
+    db: &TestDb,
+    sandbox_url: &str,
+    n: usize,
+    configure: impl Fn(&mut refund_service::config::ServeSettings) + Clone,
+) -> Vec<TestApp> {
     let mut apps = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..n {
         let url = sandbox_url.to_owned();
-        apps.push(spawn_app_with(db, move |s| s.sandbox_url = Some(url)).await);
+        let configure = configure.clone();
+        apps.push(
+            spawn_app_with(db, move |s| {
+                s.sandbox_url = Some(url);
+                configure(s);
+            })
+            .await,
+        );
     }
     apps
+}
+
+/// A database replicas can share (PostgreSQL), or `None` — the test is skipped — on SQLite,
+/// which is single-node.
+async fn shared_db() -> Option<TestDb> {
+    let db = TestDb::new().await;
+    if is_sqlite(&db) {
+        eprintln!("skipped: SQLite is single-node");
+        return None;
+    }
+    Some(db)
 }
 
 async fn replicas_seen_by(app: &TestApp) -> Option<f64> {
@@ -56,11 +85,9 @@ async fn a_second_service_on_the_same_sqlite_file_refuses_to_start() {
 
 #[tokio::test]
 async fn replicas_count_each_other_and_recount_when_one_stops() {
-    let db = TestDb::new().await;
-    if is_sqlite(&db) {
-        eprintln!("skipped: SQLite is single-node");
+    let Some(db) = shared_db().await else {
         return;
-    }
+    };
     let (sandbox_url, _sandbox) = spawn_sandbox(FaultConfig::default()).await;
     let mut apps = three_replicas(&db, &sandbox_url).await;
     for app in &apps {
@@ -86,11 +113,9 @@ async fn replicas_count_each_other_and_recount_when_one_stops() {
 /// over-refund guard is the database's, whichever process asks.
 #[tokio::test]
 async fn sixty_four_partial_refunds_across_three_replicas_never_exceed_the_capture() {
-    let db = TestDb::new().await;
-    if is_sqlite(&db) {
-        eprintln!("skipped: SQLite is single-node");
+    let Some(db) = shared_db().await else {
         return;
-    }
+    };
     let (sandbox_url, _sandbox) = spawn_sandbox(FaultConfig::default()).await;
     let apps = three_replicas(&db, &sandbox_url).await;
     let captured = 10_000;
@@ -137,11 +162,9 @@ async fn sixty_four_partial_refunds_across_three_replicas_never_exceed_the_captu
 /// One idempotency key sent to three replicas at once makes one refund.
 #[tokio::test]
 async fn one_idempotency_key_sent_to_three_replicas_makes_one_refund() {
-    let db = TestDb::new().await;
-    if is_sqlite(&db) {
-        eprintln!("skipped: SQLite is single-node");
+    let Some(db) = shared_db().await else {
         return;
-    }
+    };
     let (sandbox_url, _sandbox) = spawn_sandbox(FaultConfig::default()).await;
     let apps = three_replicas(&db, &sandbox_url).await;
     let payment = apps[0].seed(10_000, "USD").await;
@@ -166,24 +189,15 @@ async fn one_idempotency_key_sent_to_three_replicas_makes_one_refund() {
 /// With three replicas sharing a 30/s budget, the sandbox sees 30 calls a second, not 90.
 #[tokio::test]
 async fn three_replicas_share_one_provider_budget() {
-    let db = TestDb::new().await;
-    if is_sqlite(&db) {
-        eprintln!("skipped: SQLite is single-node");
+    let Some(db) = shared_db().await else {
         return;
-    }
+    };
     let (sandbox_url, _sandbox) = spawn_sandbox(FaultConfig::default()).await;
     let rate = 30;
-    let mut apps = Vec::new();
-    for _ in 0..3 {
-        let url = sandbox_url.clone();
-        apps.push(
-            spawn_app_with(&db, move |s| {
-                s.sandbox_url = Some(url);
-                s.sandbox_traffic.rate_per_sec = rate;
-            })
-            .await,
-        );
-    }
+    let apps = replicas(&db, &sandbox_url, 3, |s| {
+        s.sandbox_traffic.rate_per_sec = rate
+    })
+    .await;
     for app in &apps {
         eventually(
             Duration::from_secs(5),
@@ -223,27 +237,18 @@ async fn a_batch_watched_on_another_replica_streams_live() {
     use refund_service::api::pb::bulk_refund_event::Event;
     use tokio_stream::StreamExt as _;
 
-    let db = TestDb::new().await;
-    if is_sqlite(&db) {
-        eprintln!("skipped: SQLite is single-node");
+    let Some(db) = shared_db().await else {
         return;
-    }
+    };
     let (sandbox_url, _sandbox) = spawn_sandbox(FaultConfig {
         latency_ms: 40,
         ..FaultConfig::default()
     })
     .await;
-    let mut apps = Vec::new();
-    for _ in 0..2 {
-        let url = sandbox_url.clone();
-        apps.push(
-            spawn_app_with(&db, move |s| {
-                s.sandbox_url = Some(url);
-                s.refunds.bulk.poll_interval = Duration::from_secs(3600);
-            })
-            .await,
-        );
-    }
+    let apps = replicas(&db, &sandbox_url, 2, |s| {
+        s.refunds.bulk.poll_interval = Duration::from_secs(3600);
+    })
+    .await;
     let payments = seed_payments(&apps[0].sandbox, 30, 1_000).await;
     let jobs = payments
         .iter()
