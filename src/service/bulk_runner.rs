@@ -19,6 +19,7 @@ use tokio::task::{self, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+use super::reconciler::TakenOverError;
 use super::{Origin, RefundService, internal};
 use crate::domain::{
     Bulk, BulkId, JobOutcome, ProviderName, ProviderWait, RefundError, StopReason, Timestamp,
@@ -32,7 +33,8 @@ const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(3600);
 /// Runs batches until `shutdown` completes; then stops dispatching, lets the jobs in flight
 /// finish and returns.
 pub async fn run_bulk_runner(service: RefundService, shutdown: impl Future<Output = ()>) {
-    let owner = format!("runner_{}", uuid::Uuid::new_v4().simple());
+    let runner = format!("runner_{}", uuid::Uuid::new_v4().simple());
+    let mut started = 0u64;
     let cfg = service.config().bulk.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut drivers: HashMap<BulkId, JoinHandle<()>> = HashMap::new();
@@ -53,11 +55,15 @@ pub async fn run_bulk_runner(service: RefundService, shutdown: impl Future<Outpu
                         continue;
                     }
                     let id = bulk.id.clone();
+                    started += 1;
                     let driver = Driver {
                         service: service.clone(),
-                        owner: owner.clone(),
+                        // Each driver its own owner: the jobs of one that failed are not
+                        // renewed by the next for the same batch, but lapse and are taken over.
+                        owner: format!("{runner}_{started}"),
                         bulk,
                         stop: stop_rx.clone(),
+                        fence: watch::Sender::new(Instant::now()),
                     };
                     let span = tracing::info_span!("bulk.driver", bulk_id = %id);
                     drivers.insert(id, tokio::spawn(driver.run().instrument(span)));
@@ -80,6 +86,10 @@ struct Driver {
     owner: String,
     bulk: Bulk,
     stop: watch::Receiver<bool>,
+    /// When this driver's job leases may lapse, for want of a renewal: the last renewal's start
+    /// plus the lease, less a margin for the other workers' clocks. Every job it runs stops
+    /// there on its own (see [`Driver::spawn`]), whatever the driver itself is busy with.
+    fence: watch::Sender<Instant>,
 }
 
 /// What became of one dispatched job.
@@ -104,6 +114,9 @@ struct Waiting {
     /// The result it has if the batch stops waiting: its refund's, when it has one (it then
     /// stays PENDING for the reconciler), else `error`'s.
     if_given_up: Option<JobOutcome>,
+    /// The attempts of the job's refund after the job claimed it, when it did: its next try
+    /// finds the lease its own (see `RefundService::resolve_taken_over`).
+    refund_attempts: Option<u32>,
 }
 
 impl Waiting {
@@ -111,6 +124,7 @@ impl Waiting {
         Self {
             error,
             if_given_up: None,
+            refund_attempts: None,
         }
     }
 
@@ -155,6 +169,11 @@ struct Held {
     /// Providers whose wait reached its bound (and how long it was): their jobs fail rather
     /// than wait again, until one of them gets through.
     gave_up: HashMap<ProviderName, Duration>,
+    /// The results held jobs have if they run no more, by index, for those that have one
+    /// other than their error: a job taken over whose refund exists reports that refund.
+    if_given_up: HashMap<u32, JobOutcome>,
+    /// Held jobs' `Waiting::refund_attempts`, by index.
+    refund_attempts: HashMap<u32, u32>,
 }
 
 impl Driver {
@@ -173,6 +192,8 @@ impl Driver {
     /// and ends their waits.
     async fn let_go(&self, held: &mut Held) -> Result<(), RefundError> {
         let indices = self.drain_holds(&mut held.holds, &mut held.ready).await;
+        held.if_given_up.clear();
+        held.refund_attempts.clear();
         self.release(&indices).await
     }
 
@@ -187,6 +208,8 @@ impl Driver {
             holds,
             ready,
             gave_up,
+            if_given_up,
+            refund_attempts,
         } = held;
         // Held jobs beyond which no more jobs are claimed: the rest stay queued in the database,
         // free for other replicas.
@@ -203,10 +226,17 @@ impl Driver {
         // unreachable), its jobs in flight are stopped first, so that whoever takes them over is
         // alone with their refunds (see `RefundService::resolve_taken_over`). A job's leases
         // all end at or after the last renewal's, so the fence is that renewal's start plus the
-        // lease, less a margin for the other workers' clocks.
+        // lease, less a margin for the other workers' clocks. Each job also stops at the fence
+        // by itself, should the driver be stuck in a write when it comes.
         let fence_margin = cfg.lease / 6;
-        let mut fence = Instant::now() + cfg.lease - fence_margin;
+        let fence_at = |renewed: Instant| {
+            renewed
+                .checked_add(cfg.lease - fence_margin)
+                .unwrap_or(renewed + Duration::from_secs(86_400 * 365))
+        };
+        self.fence.send_replace(fence_at(Instant::now()));
         loop {
+            let fence = *self.fence.borrow();
             if !in_flight.is_empty() && Instant::now() >= fence {
                 in_flight.abort_all();
                 return Err(RefundError::Internal(anyhow::anyhow!(
@@ -217,7 +247,7 @@ impl Driver {
                 )));
             }
             if !holds.is_empty() {
-                self.end_overdue_holds(holds, gave_up, cfg.max_provider_wait)
+                self.end_overdue_holds(holds, gave_up, if_given_up, cfg.max_provider_wait)
                     .await?;
                 // A hold left with nothing in it (its last job, the probe, was handed back)
                 // ends: there is nothing to wait for.
@@ -239,6 +269,8 @@ impl Driver {
                     holds: std::mem::take(holds),
                     ready: std::mem::take(ready),
                     gave_up: HashMap::new(),
+                    if_given_up: std::mem::take(if_given_up),
+                    refund_attempts: std::mem::take(refund_attempts),
                 };
                 self.let_go(&mut let_go).await?;
             }
@@ -262,13 +294,14 @@ impl Driver {
                     .get_bulk(&self.bulk.account, &self.bulk.id)
                     .await
             {
-                self.stop_holds(stop, holds, ready).await?;
+                self.stop_holds(stop, holds, ready, if_given_up).await?;
                 continue;
             }
             while room > 0
                 && let Some(item) = ready.pop_front()
             {
-                if self.route(item, holds, &mut in_flight, &mut jobs) {
+                let ours = refund_attempts.get(&item.index).copied();
+                if self.route(item, ours, holds, &mut in_flight, &mut jobs) {
                     room -= 1;
                 }
             }
@@ -285,7 +318,8 @@ impl Driver {
                         .metrics
                         .bulk_jobs_held(provider.as_str(), -1);
                     tracing::info!(bulk_id = %self.bulk.id, provider = %provider, index = item.index, "trying a held job: the provider's probe");
-                    hold.probe = Some(self.spawn(item, &mut in_flight, &mut jobs));
+                    let ours = refund_attempts.get(&item.index).copied();
+                    hold.probe = Some(self.spawn(item, ours, &mut in_flight, &mut jobs));
                     room -= 1;
                 }
             }
@@ -317,10 +351,10 @@ impl Driver {
                     && ready.is_empty()
                 {
                     // All this driver's leases are the ones just taken.
-                    fence = claim_started + cfg.lease - fence_margin;
+                    self.fence.send_replace(fence_at(claim_started));
                 }
                 for item in claimed {
-                    self.route(item, holds, &mut in_flight, &mut jobs);
+                    self.route(item, None, holds, &mut in_flight, &mut jobs);
                 }
             }
             // When the driver next has something to do for its holds: a probe (only when there
@@ -367,7 +401,7 @@ impl Driver {
                     Ok(Some(Bulk {
                         stop: Some(stop), ..
                     })) if holding => {
-                        self.stop_holds(stop, holds, ready).await?;
+                        self.stop_holds(stop, holds, ready, if_given_up).await?;
                         continue;
                     }
                     _ => {}
@@ -380,7 +414,7 @@ impl Driver {
                     _ = heartbeat.tick(), if holding => {
                         let started = Instant::now();
                         if self.renew(cfg.lease).await {
-                            fence = started + cfg.lease - fence_margin;
+                            self.fence.send_replace(fence_at(started));
                         }
                     }
                     _ = self.stop.changed() => stopping = true,
@@ -394,7 +428,7 @@ impl Driver {
                 _ = heartbeat.tick() => {
                     let started = Instant::now();
                     if self.renew(cfg.lease).await {
-                        fence = started + cfg.lease - fence_margin;
+                        self.fence.send_replace(fence_at(started));
                     }
                     // A batch canceled (or aborted) while jobs are held: they will not run.
                     if (!holds.is_empty() || !ready.is_empty())
@@ -404,7 +438,7 @@ impl Driver {
                             .get_bulk(&self.bulk.account, &self.bulk.id)
                             .await
                     {
-                        self.stop_holds(stop, holds, ready).await?;
+                        self.stop_holds(stop, holds, ready, if_given_up).await?;
                     }
                     continue;
                 }
@@ -455,6 +489,12 @@ impl Driver {
                         let availability = self.availability(&provider).await;
                         let pause = Self::pause(availability.as_ref(), waiting.retry_after());
                         let reason = Self::reason(availability, &waiting.error);
+                        if let Some(outcome) = waiting.if_given_up {
+                            if_given_up.insert(index, outcome);
+                        }
+                        if let Some(attempts) = waiting.refund_attempts {
+                            refund_attempts.insert(index, attempts);
+                        }
                         match holds.get_mut(&provider) {
                             Some(hold) => {
                                 hold.jobs.push_front(item);
@@ -491,6 +531,8 @@ impl Driver {
                     }
                     JobEnd::Done(outcome) => {
                         gave_up.remove(&provider);
+                        if_given_up.remove(&index);
+                        refund_attempts.remove(&index);
                         if was_probe {
                             self.resume(&provider, holds, ready).await;
                         }
@@ -535,6 +577,7 @@ impl Driver {
     fn route(
         &self,
         item: ClaimedItem,
+        ours: Option<u32>,
         holds: &mut HashMap<ProviderName, Hold>,
         in_flight: &mut JoinSet<JobEnd>,
         jobs: &mut HashMap<task::Id, (u32, ProviderName)>,
@@ -552,7 +595,7 @@ impl Driver {
                 false
             }
             None => {
-                self.spawn(item, in_flight, jobs);
+                self.spawn(item, ours, in_flight, jobs);
                 true
             }
         }
@@ -561,6 +604,7 @@ impl Driver {
     fn spawn(
         &self,
         item: ClaimedItem,
+        ours: Option<u32>,
         in_flight: &mut JoinSet<JobEnd>,
         jobs: &mut HashMap<task::Id, (u32, ProviderName)>,
     ) -> task::Id {
@@ -568,7 +612,20 @@ impl Driver {
         let provider = item.request.provider.clone();
         let span = tracing::info_span!("bulk.job", bulk_id = %self.bulk.id, index);
         self.service.inner.metrics.bulk_jobs_started(1);
-        let job = run_job(self.service.clone(), self.bulk.clone(), item).instrument(span);
+        let job = run_job(self.service.clone(), self.bulk.clone(), item, ours);
+        let fence = self.fence.subscribe();
+        let job = async move {
+            tokio::select! {
+                end = job => end,
+                () = fence_passed(fence) => {
+                    // Its lease may lapse now, and another worker take the job over: stopped
+                    // here, the job is that worker's alone. Whatever it did is found by its key.
+                    tracing::warn!("job stopped at its driver's fence: its lease could not be renewed");
+                    JobEnd::Undetermined
+                }
+            }
+        }
+        .instrument(span);
         let id = in_flight.spawn(job).id();
         jobs.insert(id, (index, provider));
         id
@@ -663,6 +720,7 @@ impl Driver {
         &self,
         holds: &mut HashMap<ProviderName, Hold>,
         gave_up: &mut HashMap<ProviderName, Duration>,
+        if_given_up: &mut HashMap<u32, JobOutcome>,
         max_wait: Duration,
     ) -> Result<(), RefundError> {
         let overdue: Vec<ProviderName> = holds
@@ -679,7 +737,12 @@ impl Driver {
             let failed: Vec<(u32, JobOutcome)> = hold
                 .jobs
                 .drain(..)
-                .map(|item| (item.index, JobOutcome::of_error(&error)))
+                .map(|item| {
+                    let outcome = if_given_up
+                        .remove(&item.index)
+                        .unwrap_or_else(|| JobOutcome::of_error(&error));
+                    (item.index, outcome)
+                })
                 .collect();
             tracing::warn!(bulk_id = %self.bulk.id, provider = %provider, waited = ?waited, failed = failed.len(), "gave up waiting for the provider; its held jobs fail");
             self.service
@@ -700,6 +763,7 @@ impl Driver {
         stop: StopReason,
         holds: &mut HashMap<ProviderName, Hold>,
         ready: &mut VecDeque<ClaimedItem>,
+        if_given_up: &mut HashMap<u32, JobOutcome>,
     ) -> Result<(), RefundError> {
         let undispatched = JobOutcome {
             status: stop.undispatched_status(),
@@ -711,7 +775,13 @@ impl Driver {
             .drain_holds(holds, ready)
             .await
             .into_iter()
-            .map(|index| (index, undispatched.clone()))
+            .map(|index| {
+                // A job whose refund exists reports it, stopped or not.
+                let outcome = if_given_up
+                    .remove(&index)
+                    .unwrap_or_else(|| undispatched.clone());
+                (index, outcome)
+            })
             .collect();
         self.record(&stopped).await
     }
@@ -811,8 +881,13 @@ impl Driver {
 /// worker may have made it, and the key's ordinary expiry does not apply within a batch), and
 /// any job that fails looks for it before reporting the failure. `None` when that look-up
 /// itself fails: the job is then handed back, never reported failed with a refund out there.
-async fn run_job(service: RefundService, bulk: Bulk, item: ClaimedItem) -> JobEnd {
-    match try_job(&service, &bulk, &item).await {
+async fn run_job(
+    service: RefundService,
+    bulk: Bulk,
+    item: ClaimedItem,
+    ours: Option<u32>,
+) -> JobEnd {
+    match try_job(&service, &bulk, &item, ours).await {
         Some(Ok(outcome)) => JobEnd::Done(outcome),
         Some(Err(waiting)) => JobEnd::ProviderDown {
             item,
@@ -829,6 +904,7 @@ async fn try_job(
     service: &RefundService,
     bulk: &Bulk,
     item: &ClaimedItem,
+    ours: Option<u32>,
 ) -> Option<Result<JobOutcome, Waiting>> {
     // Debug events: not logged by default, but events of the job's span in traces.
     tracing::debug!(
@@ -847,15 +923,23 @@ async fn try_job(
             // the provider never saw it) now, not when the reconciler comes round.
             tracing::info!(refund_id = %refund.id, "the job taken over had made its refund already; it is PENDING: resolving it");
             let as_it_is = JobOutcome::of_refund(&refund);
-            match service.resolve_taken_over(refund).await {
+            match service.resolve_taken_over(refund, ours).await {
                 Ok(refund) => JobOutcome::of_refund(&refund),
-                Err(error @ RefundError::ProviderUnavailable { .. }) => {
+                Err(TakenOverError::Unreachable { error, attempts }) => {
                     return Some(Err(Waiting {
                         error,
                         if_given_up: Some(as_it_is),
+                        refund_attempts: Some(attempts),
                     }));
                 }
-                Err(e) => {
+                Err(TakenOverError::Failed(error @ RefundError::ProviderUnavailable { .. })) => {
+                    return Some(Err(Waiting {
+                        error,
+                        if_given_up: Some(as_it_is),
+                        refund_attempts: None,
+                    }));
+                }
+                Err(TakenOverError::Failed(e)) => {
                     tracing::error!(bulk_id = %bulk.id, index = item.index, error = ?anyhow::Error::new(e), "cannot resolve the refund of a job taken over; handing the job back");
                     return None;
                 }
@@ -920,6 +1004,27 @@ fn gave_up_error(provider: &ProviderName, waited: Duration, cause: &str) -> Refu
         ),
         retry_after: None,
         transient: true,
+    }
+}
+
+/// Completes once the fence has passed: at the instant it holds, unless it was moved on by then.
+/// A driver that is gone moves it no more.
+async fn fence_passed(mut fence: watch::Receiver<Instant>) {
+    loop {
+        let at = *fence.borrow_and_update();
+        tokio::select! {
+            () = tokio::time::sleep_until(at) => {
+                if *fence.borrow() <= at {
+                    return;
+                }
+            }
+            changed = fence.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep_until(at).await;
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 //! the pass reports those pending too long (`watch_webhook_only`).
 
 use std::future::Future;
+use std::time::Duration;
 
 use tracing::Instrument as _;
 
@@ -21,6 +22,22 @@ use crate::store::PendingRefund;
 
 /// How many due refunds one pass takes.
 const BATCH: u64 = 100;
+
+/// Why the refund of a job taken over was not resolved.
+pub(crate) enum TakenOverError {
+    /// Its provider could not be asked; `attempts` is the refund's count after the job's claim.
+    Unreachable {
+        error: RefundError,
+        attempts: u32,
+    },
+    Failed(RefundError),
+}
+
+impl From<RefundError> for TakenOverError {
+    fn from(e: RefundError) -> Self {
+        Self::Failed(e)
+    }
+}
 
 /// What one reconciliation of a claimed refund did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,28 +96,59 @@ impl RefundService {
 
     /// The PENDING refund of a bulk job taken over from a worker whose lease lapsed, resolved as
     /// part of the job instead of when the reconciler comes round: looked up at its provider
-    /// and, when the provider never saw it, sent (with its own idempotency key). The refund's
-    /// lease is taken over too when it is still its creating attempt's (`attempts` 1, nobody
-    /// claimed it since): that attempt was the dead worker's, which stopped its jobs before
-    /// their leases lapsed (the bulk driver's fence). A refund a reconciler holds now is left
-    /// to it. Returns the refund as it is then, or `ProviderUnavailable` when the provider
-    /// could not be asked: the job waits for it rather than report a refund never sent.
-    pub(crate) async fn resolve_taken_over(&self, refund: Refund) -> Result<Refund, RefundError> {
-        let reread = || self.get_refund(&refund.account, &refund.id);
-        let Some(pending) = self
-            .store()
-            .pending_refund(&refund.id)
-            .await
-            .map_err(internal)?
-        else {
-            return reread().await; // settled meanwhile
+    /// and, when the provider never saw it, sent (with its own idempotency key).
+    ///
+    /// Whose attempt holds the refund decides when. Still its creating attempt's (`attempts` 1,
+    /// never approved, nobody claimed it since), the lease is taken over at once: that attempt
+    /// was the dead worker's job, and a job stops at its driver's fence, before the job's
+    /// lease can lapse (see `bulk_runner`), so it is over. Any other holder — a reconciler's
+    /// claim, an approval sending it — may be calling the provider now: the job waits until
+    /// that lease ends, at most [`Self::reconcile_lease`] (no lease is longer; a check further
+    /// off is a scheduled one, after an attempt that asked, and the refund is left as it is).
+    /// `ours` is the refund's attempts as this job's previous try left them, when that try
+    /// claimed it and could not reach the provider: unchanged, nobody else has claimed it
+    /// since, and that lease is the job's own. Returns the refund as it is then, or
+    /// [`TakenOverError::Unreachable`] when the provider could not be asked: the job waits for
+    /// it rather than report a refund never sent.
+    pub(crate) async fn resolve_taken_over(
+        &self,
+        refund: Refund,
+        ours: Option<u32>,
+    ) -> Result<Refund, TakenOverError> {
+        let reread = || async { Ok(self.get_refund(&refund.account, &refund.id).await?) };
+        let mut waited = false;
+        let pending = loop {
+            let Some(pending) = self
+                .store()
+                .pending_refund(&refund.id)
+                .await
+                .map_err(internal)?
+            else {
+                return reread().await; // settled meanwhile
+            };
+            let now = self.clock().now();
+            let due_in = pending
+                .next_check_at
+                .map(|at| {
+                    Duration::from_micros(
+                        u64::try_from(at.saturating_sub(now.as_micros())).unwrap_or(0),
+                    )
+                })
+                .unwrap_or_default();
+            let creating_attempt =
+                pending.refund.attempts == 1 && pending.refund.approved_by.is_none();
+            let our_own = ours == Some(pending.refund.attempts);
+            if due_in.is_zero() || (!waited && (creating_attempt || our_own)) {
+                break pending;
+            }
+            if waited || due_in > self.reconcile_lease() {
+                return Ok(pending.refund); // scheduled, or still held: as it is
+            }
+            tracing::info!(refund_id = %refund.id, attempts = pending.refund.attempts, wait = ?due_in, "the refund of the job taken over is held by another attempt; waiting for its lease to end");
+            tokio::time::sleep(due_in).await;
+            waited = true;
         };
-        let now = self.clock().now();
-        let due = pending.next_check_at.is_none_or(|at| at <= now.as_micros());
-        if pending.refund.attempts > 1 && !due {
-            return Ok(pending.refund); // a reconciler is on it
-        }
-        let lease = now.saturating_add(self.reconcile_lease());
+        let lease = self.clock().now().saturating_add(self.reconcile_lease());
         if !self
             .store()
             .claim(&pending, lease)
@@ -110,17 +158,21 @@ impl RefundService {
             return reread().await; // someone else took it just now
         }
         let provider = pending.refund.provider.clone();
+        let attempts = pending.refund.attempts.saturating_add(1);
         let span = tracing::info_span!("reconcile", refund_id = %refund.id, provider = %provider, taken_over = true);
         match self.reconcile_one(pending, lease).instrument(span).await? {
             Resolution::Asked | Resolution::Unaskable => reread().await,
-            Resolution::Unreachable => Err(RefundError::ProviderUnavailable {
-                provider,
-                message: format!(
-                    "refund {} of the job taken over could not be looked up at its provider",
-                    refund.id
-                ),
-                retry_after: None,
-                transient: true,
+            Resolution::Unreachable => Err(TakenOverError::Unreachable {
+                error: RefundError::ProviderUnavailable {
+                    provider,
+                    message: format!(
+                        "refund {} of the job taken over could not be looked up at its provider",
+                        refund.id
+                    ),
+                    retry_after: None,
+                    transient: true,
+                },
+                attempts,
             }),
         }
     }

@@ -594,6 +594,24 @@ async fn a_batch_before_any_service(
     refund_service::domain::NewRefund,
     refund_service::domain::Bulk,
 ) {
+    let (url, mut payments, store, mut requests, bulk) =
+        jobs_before_any_service(db, &[key], 1).await;
+    (url, payments.remove(0), store, requests.remove(0), bulk)
+}
+
+/// [`a_batch_before_any_service`] with a job per key (and a payment per job), run `concurrency`
+/// at a time.
+async fn jobs_before_any_service(
+    db: &TestDb,
+    keys: &[&str],
+    concurrency: u32,
+) -> (
+    String,
+    Vec<String>,
+    refund_service::store::Store,
+    Vec<refund_service::domain::NewRefund>,
+    refund_service::domain::Bulk,
+) {
     use refund_service::domain::{
         AccountId, Amount, Currency, IdempotencyKey, NewBulk, NewRefund, PaymentRef, ProviderName,
         RefundReason, Timestamp,
@@ -602,30 +620,34 @@ async fn a_batch_before_any_service(
     let sandbox =
         refund_service::sandbox::client::SandboxClient::new(&sandbox_url, Duration::from_secs(30))
             .expect("sandbox client");
-    let payment = seed_payments(&sandbox, 1, 5_000).await.remove(0);
+    let payments = seed_payments(&sandbox, keys.len() as u32, 5_000).await;
     let store = refund_service::app::open_store(
         &refund_service::secret::Secret::opaque(db.url.clone()),
         &refund_service::store::StoreOptions::default(),
     )
     .await
     .expect("store");
-    let request = NewRefund {
-        payment: PaymentRef::from_trusted(payment.clone()),
-        provider: ProviderName::from_trusted("sandbox".to_owned()),
-        amount: Some(Amount::new(1_000).expect("amount")),
-        currency: Currency::parse("USD").expect("USD"),
-        reason: RefundReason::RequestedByCustomer,
-        reason_detail: String::new(),
-        metadata: Default::default(),
-        idempotency_key: Some(IdempotencyKey::from_trusted(key.to_owned())),
-    };
+    let requests: Vec<NewRefund> = keys
+        .iter()
+        .zip(&payments)
+        .map(|(key, payment)| NewRefund {
+            payment: PaymentRef::from_trusted(payment.clone()),
+            provider: ProviderName::from_trusted("sandbox".to_owned()),
+            amount: Some(Amount::new(1_000).expect("amount")),
+            currency: Currency::parse("USD").expect("USD"),
+            reason: RefundReason::RequestedByCustomer,
+            reason_detail: String::new(),
+            metadata: Default::default(),
+            idempotency_key: Some(IdempotencyKey::from_trusted((*key).to_owned())),
+        })
+        .collect();
     let refund_service::store::CreateBulkOutcome::Created(bulk) = store
         .create_bulk(
             &AccountId::default_account(),
             &NewBulk {
-                jobs: vec![Ok(request.clone())],
+                jobs: requests.iter().cloned().map(Ok).collect(),
                 abort_on_error: false,
-                max_concurrency: 1,
+                max_concurrency: concurrency,
                 idempotency_key: None,
                 metadata: Default::default(),
                 created_by: None,
@@ -639,7 +661,40 @@ async fn a_batch_before_any_service(
     else {
         panic!("a new batch");
     };
-    (sandbox_url, payment, store, request, bulk)
+    (sandbox_url, payments, store, requests, bulk)
+}
+
+/// The refund a dead worker stored PENDING for `request`, under an hour-long lease, before it
+/// died without sending it.
+async fn an_unsent_refund(
+    store: &refund_service::store::Store,
+    request: &refund_service::domain::NewRefund,
+) -> refund_service::domain::Refund {
+    use refund_service::domain::{AccountId, RefundId, Route, Timestamp};
+    use refund_service::store::{BeginOutcome, BeginRefund};
+    let now = Timestamp::now();
+    let BeginOutcome::Created(stored) = store
+        .begin_refund(BeginRefund {
+            id: RefundId::generate(),
+            account: &AccountId::default_account(),
+            request,
+            fingerprint: &request.fingerprint(),
+            captured: 5_000,
+            provider_remaining: 5_000,
+            now,
+            lease_until: now.saturating_add(Duration::from_secs(3600)),
+            idempotency_expires_at: now.saturating_add(Duration::from_secs(86_400)),
+            source: "bulk",
+            created_by: None,
+            request_id: None,
+            route: &Route::Platform,
+        })
+        .await
+        .expect("the dead worker's refund")
+    else {
+        panic!("a new refund");
+    };
+    stored
 }
 
 /// Defect: a job taken over from a dead worker ran through the ordinary path, whose idempotency
@@ -686,8 +741,7 @@ async fn a_job_taken_over_after_its_key_expired_does_not_refund_twice() {
 /// because the provider never had it.
 #[tokio::test]
 async fn a_job_taken_over_sends_the_refund_its_dead_worker_never_sent() {
-    use refund_service::domain::{AccountId, RefundId, Route, Timestamp};
-    use refund_service::store::{BeginOutcome, BeginRefund};
+    use refund_service::domain::Timestamp;
     let db = TestDb::new().await;
     let (sandbox_url, payment, store, request, bulk) =
         a_batch_before_any_service(&db, "job-key-unsent").await;
@@ -699,28 +753,7 @@ async fn a_job_taken_over_sends_the_refund_its_dead_worker_never_sent() {
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 1);
-    let account = AccountId::default_account();
-    let BeginOutcome::Created(stored) = store
-        .begin_refund(BeginRefund {
-            id: RefundId::generate(),
-            account: &account,
-            request: &request,
-            fingerprint: &request.fingerprint(),
-            captured: 5_000,
-            provider_remaining: 5_000,
-            now,
-            lease_until: now.saturating_add(Duration::from_secs(3600)),
-            idempotency_expires_at: now.saturating_add(Duration::from_secs(86_400)),
-            source: "bulk",
-            created_by: None,
-            request_id: None,
-            route: &Route::Platform,
-        })
-        .await
-        .expect("the dead worker's refund")
-    else {
-        panic!("a new refund");
-    };
+    let stored = an_unsent_refund(&store, &request).await;
     drop(store);
     let mut app = spawn_app_with(&db, |s| {
         s.sandbox_url = Some(sandbox_url);
@@ -744,6 +777,163 @@ async fn a_job_taken_over_sends_the_refund_its_dead_worker_never_sent() {
     );
     let ledger = app.ledger(&payment).await;
     assert_eq!(ledger.len(), 1, "sent once: {ledger:?}");
+}
+
+/// A job taken over whose PENDING refund another attempt holds — `attempts` and a lease of
+/// `held_for` from now, as the refund's row then reads — runs to its end. Returns the job's
+/// result, the ledger of its payment, and when that lease ended.
+async fn a_job_taken_over_with_its_refund_held(
+    attempts: i32,
+    held_for: Duration,
+) -> (
+    Vec<pb::BulkJobResult>,
+    Vec<refund_service::sandbox::Refund>,
+    std::time::Instant,
+) {
+    use refund_service::domain::Timestamp;
+    use sea_orm::{ConnectionTrait as _, Database};
+    let db = TestDb::new().await;
+    let (sandbox_url, payment, store, request, bulk) =
+        a_batch_before_any_service(&db, "job-key-held").await;
+    let now = Timestamp::now();
+    let claimed = store
+        .claim_items(&bulk.id, "dead_worker", 1, now, now)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let stored = an_unsent_refund(&store, &request).await;
+    drop(store);
+    // Another attempt holds the refund now: a reconciler's claim, or an approval sending it.
+    let held_until = std::time::Instant::now() + held_for;
+    let until = Timestamp::now().saturating_add(held_for).as_micros();
+    let conn = Database::connect(&db.url).await.expect("connect");
+    conn.execute_unprepared(&format!(
+        "UPDATE refunds SET attempts = {attempts}, next_check_at = {until} WHERE id = '{}'",
+        stored.id.as_str()
+    ))
+    .await
+    .expect("hold the refund");
+    drop(conn);
+    let mut app = spawn_app_with(&db, |s| {
+        s.sandbox_url = Some(sandbox_url);
+        s.refunds.reconcile_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let events = watch_taken_over(&mut app, &bulk.id).await;
+    let results = results(&events);
+    assert_eq!(results.len(), 1, "{events:?}");
+    assert_eq!(
+        results[0].refund.as_ref().map(|r| r.id.as_str()),
+        Some(stored.id.as_str()),
+        "{results:?}"
+    );
+    let ledger = app.ledger(&payment).await;
+    (results, ledger, held_until)
+}
+
+/// Defect: a job taken over found its refund PENDING under a reconciler's lease and reported it
+/// PENDING at once, though nobody had sent it; it reached the provider only when a reconciler
+/// came round again. The job waits for that lease to end, then resolves the refund itself.
+#[tokio::test]
+async fn a_job_taken_over_resolves_its_refund_once_a_reconcilers_lease_ends() {
+    let (results, ledger, held_until) =
+        a_job_taken_over_with_its_refund_held(2, Duration::from_secs(2)).await;
+    assert_eq!(ledger.len(), 1, "sent once the lease ended: {ledger:?}");
+    assert_eq!(
+        results[0].refund.as_ref().map(|r| r.status),
+        Some(i32::from(pb::RefundStatus::Succeeded)),
+        "the job reports what the provider made of it: {results:?}"
+    );
+    assert!(
+        std::time::Instant::now() >= held_until,
+        "the refund was not taken from its holder"
+    );
+}
+
+/// Defect (money): a job taken over claimed any PENDING refund with fewer than two attempts at
+/// once, overriding its lease — also an approved refund (attempts 0) that the approving call
+/// was sending at that moment, so that two workers could send it together. Only the creating
+/// attempt's lease (the dead worker's own, stopped at its fence) is taken over early.
+#[tokio::test]
+async fn a_job_taken_over_leaves_an_approved_refund_to_the_call_sending_it() {
+    let (results, ledger, held_until) =
+        a_job_taken_over_with_its_refund_held(0, Duration::from_secs(2)).await;
+    let done = std::time::Instant::now();
+    assert!(
+        done >= held_until,
+        "the job took the refund over {:?} before its holder's lease ended: {results:?}",
+        held_until - done
+    );
+    assert_eq!(ledger.len(), 1, "sent once: {ledger:?}");
+    assert_eq!(
+        results[0].status,
+        i32::from(pb::BulkItemStatus::Succeeded),
+        "{results:?}"
+    );
+}
+
+/// Defect: jobs taken over whose refunds exist but could not be looked up (the provider down)
+/// wait for the provider; when the batch gave up waiting, the held ones were reported failed,
+/// without their refunds — which still exist, PENDING, and may well succeed. They report their
+/// refunds as they are.
+#[tokio::test]
+async fn held_jobs_taken_over_keep_their_refunds_when_the_wait_is_given_up() {
+    use refund_service::domain::Timestamp;
+    let db = TestDb::new().await;
+    let keys = ["held-1", "held-2", "held-3", "held-4"];
+    let (sandbox_url, _payments, store, requests, bulk) =
+        jobs_before_any_service(&db, &keys, 4).await;
+    let now = Timestamp::now();
+    let claimed = store
+        .claim_items(&bulk.id, "dead_worker", 4, now, now)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 4);
+    let mut stored = BTreeSet::new();
+    for request in &requests {
+        stored.insert(
+            an_unsent_refund(&store, request)
+                .await
+                .id
+                .as_str()
+                .to_owned(),
+        );
+    }
+    drop(store);
+    let sandbox =
+        refund_service::sandbox::client::SandboxClient::new(&sandbox_url, Duration::from_secs(30))
+            .expect("sandbox client");
+    sandbox
+        .set_faults(&FaultConfig {
+            error_rate: 1.0,
+            ..Default::default()
+        })
+        .await
+        .expect("provider down");
+    let mut app = spawn_app_with(&db, |s| {
+        s.sandbox_url = Some(sandbox_url);
+        s.refunds.reconcile_interval = Duration::from_secs(3600);
+        s.refunds.bulk.max_provider_wait = Duration::from_secs(2);
+    })
+    .await;
+    let events = watch_taken_over(&mut app, &bulk.id).await;
+    let results = results(&events);
+    assert_eq!(results.len(), 4, "{events:?}");
+    let reported: BTreeSet<String> = results
+        .iter()
+        .filter_map(|r| r.refund.as_ref().map(|r| r.id.clone()))
+        .collect();
+    assert_eq!(
+        reported, stored,
+        "every job reports its refund: {results:?}"
+    );
+    for r in &results {
+        assert_eq!(
+            r.refund.as_ref().map(|r| r.status),
+            Some(i32::from(pb::RefundStatus::Pending)),
+            "its refund stays PENDING for the reconciler: {results:?}"
+        );
+    }
 }
 
 /// Defect (PostgreSQL): a claim that read the batch as running before a cancel committed could
