@@ -19,8 +19,12 @@ use crate::store::{Store, StoreError};
 /// How often a replica renews its heartbeat (and re-counts the others).
 pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(200);
 /// How long a heartbeat keeps its replica counted. The others re-count within a beat of it
-/// going stale: a replica that died is counted out within about a second.
-pub const LIVE_FOR: Duration = Duration::from_millis(800);
+/// going stale: a replica that died is counted out within about a second. Five beats: a
+/// replica whose beats are slow (a loaded database) stays counted, and keeps its share.
+pub const LIVE_FOR: Duration = Duration::from_millis(1000);
+/// A beat that takes longer is given up, and the next one tried: one stuck statement must not
+/// keep the replica from beating until it is counted out.
+const BEAT_TIMEOUT: Duration = Duration::from_millis(400);
 /// Heartbeats between two tidy-ups of replicas long gone (about a minute).
 const TIDY_EVERY: u32 = 300;
 
@@ -84,10 +88,17 @@ impl ReplicaHeartbeat {
                 _ = every.tick() => {}
             }
             beats = beats.wrapping_add(1);
-            if let Err(e) = self.beat(beats.is_multiple_of(TIDY_EVERY)).await {
+            let beat = self.beat(beats.is_multiple_of(TIDY_EVERY));
+            match tokio::time::timeout(BEAT_TIMEOUT, beat).await {
+                Ok(Ok(())) => {}
                 // Not counted by the others for long, this replica pauses its provider calls
                 // (`BudgetShare`) until a beat gets through.
-                tracing::warn!(replica = %self.id, error = ?anyhow::Error::new(e), "replica heartbeat failed");
+                Ok(Err(e)) => {
+                    tracing::warn!(replica = %self.id, error = ?anyhow::Error::new(e), "replica heartbeat failed")
+                }
+                Err(_) => {
+                    tracing::warn!(replica = %self.id, timeout = ?BEAT_TIMEOUT, "replica heartbeat timed out")
+                }
             }
         }
         if let Err(e) = self.store.replica_leave(&self.id).await {

@@ -33,6 +33,9 @@ async fn replicas(
         apps.push(
             spawn_app_with(db, move |s| {
                 s.sandbox_url = Some(url);
+                // Several replicas per test, several tests at once: PostgreSQL's 100
+                // connections are shared by all of them.
+                s.store.max_connections = 4;
                 configure(s);
             })
             .await,

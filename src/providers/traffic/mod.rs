@@ -358,6 +358,12 @@ impl ControlledProvider {
                 reason: "rate limited by the provider (Retry-After)".to_owned(),
                 retry_in: until - now,
             },
+            _ if !self.share.counted() => Availability::Waiting {
+                reason: "this replica's heartbeat is stale: the other replicas may have taken \
+                         its share of the provider's rate limit"
+                    .to_owned(),
+                retry_in: NOT_COUNTED_POLL,
+            },
             _ => Availability::Ready,
         }
     }
