@@ -936,6 +936,102 @@ async fn held_jobs_taken_over_keep_their_refunds_when_the_wait_is_given_up() {
     }
 }
 
+/// Defect (money, PostgreSQL): a driver stuck in a database write (here its lease renewal,
+/// blocked by a lock on the batch's rows) could not stop its jobs at the fence, so a job kept
+/// running after its lease could have lapsed — alongside a worker taking it over, which may
+/// claim the job's refund at once. Each job now stops at the fence by itself, and is run again,
+/// taken over, once the driver gets through.
+#[tokio::test]
+async fn a_job_stops_at_its_fence_while_its_driver_is_stuck() {
+    use sea_orm::{ConnectionTrait as _, Database, Statement, TransactionTrait as _};
+    let db = TestDb::new().await;
+    if db.url.starts_with("sqlite:") {
+        eprintln!("skipped: the stuck driver needs a row lock, which SQLite has not");
+        return;
+    }
+    let (sandbox_url, payments, store, _requests, bulk) =
+        jobs_before_any_service(&db, &["fenced-1"], 1).await;
+    drop(store);
+    let sandbox =
+        refund_service::sandbox::client::SandboxClient::new(&sandbox_url, Duration::from_secs(30))
+            .expect("sandbox client");
+    // The provider takes 3 s to make the refund.
+    sandbox
+        .set_faults(&FaultConfig {
+            slow_create_rate: 1.0,
+            slow_create_ms: 3_000,
+            ..Default::default()
+        })
+        .await
+        .expect("slow provider");
+    let lease = Duration::from_millis(1_200);
+    let mut app = spawn_app_with(&db, |s| {
+        s.sandbox_url = Some(sandbox_url);
+        s.refunds.bulk.lease = lease;
+        s.refunds.reconcile_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let conn = Database::connect(&db.url).await.expect("connect");
+    let refund_id = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let row = conn
+                .query_one_raw(Statement::from_string(
+                    conn.get_database_backend(),
+                    "SELECT id FROM refunds".to_owned(),
+                ))
+                .await
+                .expect("query");
+            if let Some(row) = row {
+                break row.try_get::<String>("", "id").expect("id");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the job is at the provider");
+    // The job is at the provider: the driver's next renewal blocks on the batch's rows.
+    let txn = conn.begin().await.expect("begin");
+    txn.execute_unprepared(&format!(
+        "SELECT * FROM bulk_items WHERE bulk_id = '{}' FOR UPDATE",
+        bulk.id.as_str()
+    ))
+    .await
+    .expect("lock the batch's jobs");
+    // Until well after the provider answered (3 s), nothing of the job runs on: stopped at the
+    // fence, it does not record its refund's answer.
+    let locked_until = std::time::Instant::now() + Duration::from_secs(4);
+    let mut status = String::new();
+    while std::time::Instant::now() < locked_until {
+        status = app
+            .client
+            .get_refund(pb::GetRefundRequest {
+                id: refund_id.clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .status()
+            .as_str_name()
+            .to_owned();
+        assert_eq!(
+            status, "REFUND_STATUS_PENDING",
+            "the job ran on past its fence and recorded its refund while its lease lapsed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    txn.rollback().await.expect("unlock");
+    let events = watch_taken_over(&mut app, &bulk.id).await;
+    let results = results(&events);
+    assert_eq!(results.len(), 1, "{events:?} (last status {status})");
+    assert_eq!(
+        results[0].refund.as_ref().map(|r| r.id.as_str()),
+        Some(refund_id.as_str()),
+        "{results:?}"
+    );
+    let ledger = app.ledger(&payments[0]).await;
+    assert_eq!(ledger.len(), 1, "refunded once: {ledger:?}");
+}
+
 /// Defect (PostgreSQL): a claim that read the batch as running before a cancel committed could
 /// still hand out jobs after it, while a finisher that counted running jobs before the claim
 /// committed ended the batch — a summary written while claimed jobs were still to run. The
