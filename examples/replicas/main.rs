@@ -30,7 +30,7 @@ use refund_service::sandbox::NewPayments;
 use refund_service::sandbox::client::SandboxClient;
 use tokio_stream::StreamExt as _;
 
-use procs::{Proc, Replica, free_port, wait_ready};
+use procs::{Replica, free_port, wait_ready};
 
 const ADMIN_KEY: &str = "rsk_replica_test_admin_key_0123456789abcdef";
 
@@ -133,18 +133,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "--latency-ms".into(),
         args.latency_ms.to_string(),
     ];
-    let _sandbox = Proc::spawn(
-        &args.bin,
-        &sandbox_args,
-        &run_dir.join("sandbox.log"),
-        "sandbox",
-    )?;
-    wait_ready(
-        &http,
-        &format!("{sandbox_url}/stats"),
-        Duration::from_secs(30),
-    )
-    .await?;
+    let _sandbox =
+        procs::spawn_sandbox(&args.bin, &sandbox_args, &run_dir, &http, &sandbox_url).await?;
     let sandbox = SandboxClient::new(&sandbox_url, Duration::from_secs(60))?;
 
     // --- replicas A, B, C now, and D later ---

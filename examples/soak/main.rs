@@ -32,7 +32,7 @@ use refund_service::sandbox::client::SandboxClient;
 use serde_json::{Value, json};
 use tokio::sync::Mutex as AsyncMutex;
 
-use crate::procs::{Proc, Replica, free_port, run_cli, wait_ready};
+use crate::procs::{Replica, free_port, run_cli, wait_ready};
 use crate::workload::{APPROVAL_THRESHOLD, Ctx, SeededPayment, lock};
 
 /// The admin key the services are started with (requests are made with it).
@@ -231,18 +231,8 @@ async fn run(args: Args) -> anyhow::Result<usize> {
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
-    let _sandbox = Proc::spawn(
-        &args.bin,
-        &sandbox_args,
-        &run_dir.join("sandbox.log"),
-        "sandbox",
-    )?;
-    wait_ready(
-        &http,
-        &format!("{sandbox_url}/stats"),
-        Duration::from_secs(30),
-    )
-    .await?;
+    let _sandbox =
+        procs::spawn_sandbox(&args.bin, &sandbox_args, &run_dir, &http, &sandbox_url).await?;
 
     // --- the replicas ---
     let mut replicas = Vec::new();

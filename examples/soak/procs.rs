@@ -81,6 +81,20 @@ pub async fn wait_ready(http: &reqwest::Client, url: &str, within: Duration) -> 
     anyhow::bail!("{url} did not become ready within {within:?}")
 }
 
+/// The standalone sandbox (`sandbox serve` with `args`), logging to `run_dir/sandbox.log`, once
+/// it answers at `url`.
+pub async fn spawn_sandbox(
+    bin: &str,
+    args: &[String],
+    run_dir: &Path,
+    http: &reqwest::Client,
+    url: &str,
+) -> anyhow::Result<Proc> {
+    let sandbox = Proc::spawn(bin, args, &run_dir.join("sandbox.log"), "sandbox")?;
+    wait_ready(http, &format!("{url}/stats"), Duration::from_secs(30)).await?;
+    Ok(sandbox)
+}
+
 /// One service process, restartable on the same ports.
 pub struct Replica {
     pub index: usize,

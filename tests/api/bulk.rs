@@ -741,20 +741,10 @@ async fn a_job_taken_over_after_its_key_expired_does_not_refund_twice() {
 /// because the provider never had it.
 #[tokio::test]
 async fn a_job_taken_over_sends_the_refund_its_dead_worker_never_sent() {
-    use refund_service::domain::Timestamp;
     let db = TestDb::new().await;
-    let (sandbox_url, payment, store, request, bulk) =
-        a_batch_before_any_service(&db, "job-key-unsent").await;
     // A worker claims the job (its lease ends at once, as if it had died), stores the refund
     // PENDING under its own hour-long lease, and dies before the provider hears of it.
-    let now = Timestamp::now();
-    let claimed = store
-        .claim_items(&bulk.id, "dead_worker", 1, now, now)
-        .await
-        .expect("claim");
-    assert_eq!(claimed.len(), 1);
-    let stored = an_unsent_refund(&store, &request).await;
-    drop(store);
+    let (sandbox_url, payment, bulk, stored) = a_dead_workers_job(&db, "job-key-unsent").await;
     let mut app = spawn_app_with(&db, |s| {
         s.sandbox_url = Some(sandbox_url);
         // The reconciler stays away: the runner that takes the job over sends the refund.
@@ -779,6 +769,30 @@ async fn a_job_taken_over_sends_the_refund_its_dead_worker_never_sent() {
     assert_eq!(ledger.len(), 1, "sent once: {ledger:?}");
 }
 
+/// A batch of one job (with `key`) that a worker claimed, with a lease that has ended, after
+/// storing the job's refund PENDING and before sending it: as if it had died then. Returns the
+/// sandbox's URL, the payment, the batch and the refund.
+async fn a_dead_workers_job(
+    db: &TestDb,
+    key: &str,
+) -> (
+    String,
+    String,
+    refund_service::domain::Bulk,
+    refund_service::domain::Refund,
+) {
+    use refund_service::domain::Timestamp;
+    let (sandbox_url, payment, store, request, bulk) = a_batch_before_any_service(db, key).await;
+    let now = Timestamp::now();
+    let claimed = store
+        .claim_items(&bulk.id, "dead_worker", 1, now, now)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let stored = an_unsent_refund(&store, &request).await;
+    (sandbox_url, payment, bulk, stored)
+}
+
 /// A job taken over whose PENDING refund another attempt holds — `attempts` and a lease of
 /// `held_for` from now, as the refund's row then reads — runs to its end. Returns the job's
 /// result, the ledger of its payment, and when that lease ended.
@@ -793,16 +807,7 @@ async fn a_job_taken_over_with_its_refund_held(
     use refund_service::domain::Timestamp;
     use sea_orm::{ConnectionTrait as _, Database};
     let db = TestDb::new().await;
-    let (sandbox_url, payment, store, request, bulk) =
-        a_batch_before_any_service(&db, "job-key-held").await;
-    let now = Timestamp::now();
-    let claimed = store
-        .claim_items(&bulk.id, "dead_worker", 1, now, now)
-        .await
-        .expect("claim");
-    assert_eq!(claimed.len(), 1);
-    let stored = an_unsent_refund(&store, &request).await;
-    drop(store);
+    let (sandbox_url, payment, bulk, stored) = a_dead_workers_job(&db, "job-key-held").await;
     // Another attempt holds the refund now: a reconciler's claim, or an approval sending it.
     let held_until = std::time::Instant::now() + held_for;
     let until = Timestamp::now().saturating_add(held_for).as_micros();
