@@ -27,6 +27,9 @@ use crate::service::{
 use crate::store::{Store, StoreOptions};
 use crate::{api, http};
 
+/// How long shutdown waits for the last heartbeat (leaving the replicas) and the change relay.
+const LEAVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A built service with its listeners bound, ready to run.
 pub struct Application {
     grpc: TcpListener,
@@ -229,10 +232,20 @@ impl Application {
             }
             Err(_) => tracing::warn!("grace period over; abandoning calls still in flight"),
         }
+        // Leaving the replicas is one statement; a database that does not answer must not keep
+        // the process from exiting (the others then count it out when its row goes stale).
         let _ = relay_stop.send(());
-        let _ = relay_task.await;
         let _ = heartbeat_stop.send(());
-        let _ = heartbeat_task.await;
+        let last_words = async {
+            let _ = relay_task.await;
+            let _ = heartbeat_task.await;
+        };
+        if tokio::time::timeout(LEAVE_WITHIN, last_words)
+            .await
+            .is_err()
+        {
+            tracing::warn!(within = ?LEAVE_WITHIN, "leaving the replicas took too long; exiting without");
+        }
         Ok(())
     }
 }

@@ -330,3 +330,26 @@ async fn a_batch_watched_on_another_replica_streams_live() {
         lags[lags.len() - 1] / 1000
     );
 }
+
+/// Defect (PostgreSQL): shutdown waited for the heartbeat to leave the replicas without a bound,
+/// and a beat stuck on the database kept the heartbeat from even seeing the stop: a replica
+/// whose database hung never exited. Its last beat and its leaving are bounded now.
+#[tokio::test]
+async fn a_replica_exits_though_the_database_does_not_answer_its_heartbeat() {
+    use sea_orm::{ConnectionTrait as _, Database, TransactionTrait as _};
+    let Some(db) = shared_db().await else {
+        return;
+    };
+    let (sandbox_url, _sandbox) = spawn_sandbox(FaultConfig::default()).await;
+    let app = replicas(&db, &sandbox_url, 1, |_| {}).await.remove(0);
+    // Every heartbeat from now on waits for this lock.
+    let conn = Database::connect(&db.url).await.expect("connect");
+    let txn = conn.begin().await.expect("begin");
+    txn.execute_unprepared("SELECT * FROM replicas FOR UPDATE")
+        .await
+        .expect("lock the replicas");
+    tokio::time::timeout(Duration::from_secs(30), app.stop())
+        .await
+        .expect("the replica exits");
+    txn.rollback().await.expect("unlock");
+}
