@@ -752,14 +752,7 @@ async fn a_job_taken_over_sends_the_refund_its_dead_worker_never_sent() {
     })
     .await;
     assert!(app.ledger(&payment).await.is_empty());
-    let events = watch_taken_over(&mut app, &bulk.id).await;
-    let results = results(&events);
-    assert_eq!(results.len(), 1, "{events:?}");
-    assert_eq!(
-        results[0].refund.as_ref().map(|r| r.id.as_str()),
-        Some(stored.id.as_str()),
-        "{results:?}"
-    );
+    let results = the_one_result(&mut app, &bulk.id, stored.id.as_str()).await;
     assert_eq!(
         results[0].status,
         i32::from(pb::BulkItemStatus::Succeeded),
@@ -767,6 +760,24 @@ async fn a_job_taken_over_sends_the_refund_its_dead_worker_never_sent() {
     );
     let ledger = app.ledger(&payment).await;
     assert_eq!(ledger.len(), 1, "sent once: {ledger:?}");
+}
+
+/// Watches the one-job batch `bulk_id`, which a runner takes over, to its end; its one result,
+/// checked to carry `refund_id`.
+async fn the_one_result(
+    app: &mut TestApp,
+    bulk_id: &refund_service::domain::BulkId,
+    refund_id: &str,
+) -> Vec<pb::BulkJobResult> {
+    let events = watch_taken_over(app, bulk_id).await;
+    let results = results(&events);
+    assert_eq!(results.len(), 1, "{events:?}");
+    assert_eq!(
+        results[0].refund.as_ref().map(|r| r.id.as_str()),
+        Some(refund_id),
+        "{results:?}"
+    );
+    results
 }
 
 /// A batch of one job (with `key`) that a worker claimed, with a lease that has ended, after
@@ -824,14 +835,7 @@ async fn a_job_taken_over_with_its_refund_held(
         s.refunds.reconcile_interval = Duration::from_secs(3600);
     })
     .await;
-    let events = watch_taken_over(&mut app, &bulk.id).await;
-    let results = results(&events);
-    assert_eq!(results.len(), 1, "{events:?}");
-    assert_eq!(
-        results[0].refund.as_ref().map(|r| r.id.as_str()),
-        Some(stored.id.as_str()),
-        "{results:?}"
-    );
+    let results = the_one_result(&mut app, &bulk.id, stored.id.as_str()).await;
     let ledger = app.ledger(&payment).await;
     (results, ledger, held_until)
 }
