@@ -351,7 +351,7 @@ impl BulkCounts {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bulk {
     pub id: BulkId,
     pub account: AccountId,

@@ -52,6 +52,7 @@ mod auth;
 mod bulk;
 mod connection;
 mod error;
+mod event;
 mod money;
 mod refund;
 mod request;
@@ -67,6 +68,7 @@ pub use bulk::{
 };
 pub use connection::{Connection, ConnectionActor, ConnectionId, Route};
 pub use error::RefundError;
+pub use event::{API_VERSION, Event, EventDecodeError, EventId, EventResource, EventType, rfc3339};
 pub use money::{
     Amount, AmountError, Currency, CurrencyError, DecimalError, MAX_AMOUNT, decimal_to_minor,
     minor_to_decimal,

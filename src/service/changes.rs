@@ -22,6 +22,7 @@ const RELISTEN_AFTER: Duration = Duration::from_secs(1);
 const BULK_EVENTS: u8 = 1;
 const REFUNDS: u8 = 2;
 const BULK_WORK: u8 = 4;
+const CLIENT_EVENTS: u8 = 8;
 
 /// This process's changes not yet announced to the other replicas.
 pub(super) struct ChangeFeed {
@@ -52,6 +53,7 @@ impl ChangeFeed {
             bulk_events: bits & BULK_EVENTS != 0,
             refunds: bits & REFUNDS != 0,
             bulk_work: bits & BULK_WORK != 0,
+            client_events: bits & CLIENT_EVENTS != 0,
         }
     }
 }
@@ -97,6 +99,11 @@ impl RefundService {
         if changed.bulk_work {
             self.inner.bulk_wakeup.notify_one();
         }
+        if changed.client_events {
+            self.inner
+                .remote_events
+                .send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 
     /// Relays changes between this replica and the others of its database until `stop`
@@ -117,10 +124,16 @@ impl RefundService {
             async move { service.hear_changes(listener).await }
         });
         let feed = &self.inner.changes;
+        // The store tells of the client events this process appends; they are announced too.
+        let mut appended = self.store().events_appended();
         tokio::pin!(stop);
         loop {
             tokio::select! {
                 () = &mut stop => break,
+                Ok(()) = appended.changed() => {
+                    appended.borrow_and_update();
+                    feed.note(CLIENT_EVENTS);
+                }
                 () = feed.wake.notified() => {
                     tokio::time::sleep(COALESCE).await;
                     self.announce(feed.take()).await;

@@ -15,13 +15,14 @@ use serde::{Deserialize, Serialize};
 
 use super::audit::{AuditEntry, insert_audit};
 use super::entities::{bulk, bulk_event, bulk_item, refund};
+use super::events::{NewEvent, append_events};
 use super::refunds::to_domain as refund_to_domain;
 use super::{Store, StoreError};
 use crate::domain::{
     AccountId, Amount, ApiKeyId, Bulk, BulkCounts, BulkEvent, BulkId, BulkState, Currency,
-    IdempotencyKey, ItemResult, ItemStatus, JobError, JobOutcome, NewBulk, NewRefund, PaymentRef,
-    ProviderName, ProviderWait, Refund, RefundReason, SequencedEvent, StopReason, Timestamp,
-    derived_job_key,
+    EventType, IdempotencyKey, ItemResult, ItemStatus, JobError, JobOutcome, NewBulk, NewRefund,
+    PaymentRef, ProviderName, ProviderWait, Refund, RefundReason, SequencedEvent, StopReason,
+    Timestamp, derived_job_key,
 };
 
 /// Rows per INSERT: well under SQLite's limit of bound parameters.
@@ -158,8 +159,17 @@ impl Store {
             },
         )
         .await?;
+        let batch = bulk_to_domain(row)?;
+        append_events(
+            &txn,
+            account,
+            &[NewEvent::bulk(EventType::BulkAccepted, &batch)],
+            t,
+        )
+        .await?;
         txn.commit().await?;
-        Ok(CreateBulkOutcome::Created(bulk_to_domain(row)?))
+        self.note_events_appended();
+        Ok(CreateBulkOutcome::Created(batch))
     }
 
     /// The batch that already holds `new`'s idempotency key: the same one again, or another.
@@ -633,7 +643,20 @@ impl Store {
         ))
         .exec_without_returning(&txn)
         .await?;
+        let batch = bulk::Entity::find_by_id(bulk_id.as_str().to_owned())
+            .one(&txn)
+            .await?
+            .ok_or_else(|| corrupt("bulks", "batch missing while it ends"))?;
+        let batch = bulk_to_domain(batch)?;
+        append_events(
+            &txn,
+            &batch.account,
+            &[NewEvent::bulk(EventType::of_bulk_end(state), &batch)],
+            now,
+        )
+        .await?;
         txn.commit().await?;
+        self.note_events_appended();
         Ok(true)
     }
 

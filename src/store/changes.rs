@@ -21,11 +21,13 @@ pub struct Changed {
     pub refunds: bool,
     /// Some batch has jobs to run, or was canceled (bulk runners).
     pub bulk_work: bool,
+    /// Some account has new client events (WatchEvents streams, webhook deliveries).
+    pub client_events: bool,
 }
 
 impl Changed {
     pub fn any(self) -> bool {
-        self.bulk_events || self.refunds || self.bulk_work
+        self.bulk_events || self.refunds || self.bulk_work || self.client_events
     }
 
     /// Everything: what a listener assumes after it may have missed notices.
@@ -34,16 +36,18 @@ impl Changed {
             bulk_events: true,
             refunds: true,
             bulk_work: true,
+            client_events: true,
         }
     }
 
     /// `"<origin> <letters>"`: who sent it, and one letter per kind of change.
     fn payload(self, origin: &str) -> String {
-        let mut kinds = String::with_capacity(3);
+        let mut kinds = String::with_capacity(4);
         for (on, letter) in [
             (self.bulk_events, 'e'),
             (self.refunds, 'r'),
             (self.bulk_work, 'w'),
+            (self.client_events, 'v'),
         ] {
             if on {
                 kinds.push(letter);
@@ -58,6 +62,7 @@ impl Changed {
             bulk_events: kinds.contains('e'),
             refunds: kinds.contains('r'),
             bulk_work: kinds.contains('w'),
+            client_events: kinds.contains('v'),
         };
         Some((origin, changed))
     }
@@ -147,11 +152,12 @@ mod tests {
 
     #[test]
     fn a_payload_reads_back_as_written() {
-        for bits in 0u8..8 {
+        for bits in 0u8..16 {
             let changed = Changed {
                 bulk_events: bits & 1 != 0,
                 refunds: bits & 2 != 0,
                 bulk_work: bits & 4 != 0,
+                client_events: bits & 8 != 0,
             };
             let payload = changed.payload("replica_1");
             assert_eq!(Changed::parse(&payload), Some(("replica_1", changed)));

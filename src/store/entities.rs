@@ -356,3 +356,27 @@ pub mod notified_capture {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod event {
+    use sea_orm::entity::prelude::*;
+
+    /// One client-facing event: the resource's JSON form as it was (`domain::EventResource`).
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "events")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub account_id: String,
+        pub sequence: i64,
+        #[sea_orm(column_name = "type")]
+        pub kind: String,
+        pub resource_id: String,
+        pub data: String,
+        pub created_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

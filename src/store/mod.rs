@@ -11,6 +11,7 @@ mod changes;
 mod connect_check;
 mod connections;
 mod entities;
+mod events;
 mod keys;
 mod migrations;
 mod refunds;
@@ -29,6 +30,7 @@ pub use audit::AuditFilter;
 pub use bulks::{ClaimedItem, CreateBulkOutcome};
 pub use changes::{ChangeListener, Changed, Heard};
 pub use connections::{CreateConnectionOutcome, DeleteConnectionOutcome, StoredConnection};
+pub use events::EventFilter;
 pub use refunds::{BeginOutcome, BeginRefund, ListFilter, PendingRefund, Settlement};
 pub use verify::{Books, BulkItemRow, BulkRow, KeyRow, PaymentTotals, RefundRow};
 
@@ -85,6 +87,8 @@ impl Default for StoreOptions {
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
+    /// Bumped after each commit that appended client events (`events.rs`).
+    appended: Arc<tokio::sync::watch::Sender<u64>>,
     /// The lock on a SQLite file of an exclusive store, held as long as any clone lives.
     _exclusive: Option<Arc<std::fs::File>>,
 }
@@ -144,6 +148,7 @@ impl Store {
             .map_err(|e| connect_check::explain(url, e))?;
         Ok(Self {
             db,
+            appended: Arc::new(tokio::sync::watch::Sender::new(0)),
             _exclusive: exclusive,
         })
     }

@@ -10,10 +10,12 @@ use sea_orm::{
 
 use super::audit::{AuditEntry, insert_audit};
 use super::entities::{approval_threshold, connection, idempotency_key, payment, refund};
+use super::events::{NewEvent, append_events};
 use super::{Store, StoreError};
 use crate::domain::{
-    AccountId, Amount, ApiKeyId, ConnectionId, Currency, Failure, IdempotencyKey, NewRefund,
-    PaymentRef, ProviderName, Refund, RefundId, RefundReason, RefundStatus, Route, Timestamp,
+    AccountId, Amount, ApiKeyId, ConnectionId, Currency, EventType, Failure, IdempotencyKey,
+    NewRefund, PaymentRef, ProviderName, Refund, RefundId, RefundReason, RefundStatus, Route,
+    Timestamp,
 };
 
 /// Everything needed to store a new PENDING refund and reserve its amount.
@@ -137,7 +139,10 @@ impl Store {
         let txn = self.db.begin().await?;
         let outcome = begin_in(&txn, &b).await?;
         match outcome {
-            BeginOutcome::Created(_) => txn.commit().await?,
+            BeginOutcome::Created(_) => {
+                txn.commit().await?;
+                self.note_events_appended();
+            }
             BeginOutcome::Replayed(_)
             | BeginOutcome::KeyReused
             | BeginOutcome::OverRefund { .. }
@@ -248,8 +253,22 @@ impl Store {
             },
         )
         .await?;
+        let refund = to_domain(row)?;
+        let event = EventType::of_refund_status(s.to);
+        if let Some(kind) = event {
+            append_events(
+                &txn,
+                &refund.account,
+                &[NewEvent::refund(kind, &refund)],
+                now,
+            )
+            .await?;
+        }
         txn.commit().await?;
-        to_domain(row).map(Some)
+        if event.is_some() {
+            self.note_events_appended();
+        }
+        Ok(Some(refund))
     }
 
     /// Records what the provider answered for a refund that stays PENDING (it has a provider id
@@ -570,7 +589,14 @@ async fn begin_in(
         },
     )
     .await?;
-    Ok(BeginOutcome::Created(to_domain(row)?))
+    let refund = to_domain(row)?;
+    let mut events = vec![NewEvent::refund(EventType::RefundCreated, &refund)];
+    if status == RefundStatus::RequiresApproval {
+        events.push(NewEvent::refund(EventType::RefundRequiresApproval, &refund));
+    }
+    // Last: it takes the account's event sequence, held until commit.
+    append_events(txn, &refund.account, &events, now).await?;
+    Ok(BeginOutcome::Created(refund))
 }
 
 enum KeyClaim {

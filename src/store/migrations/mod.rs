@@ -14,6 +14,7 @@ mod m20261202_000009_refunds_by_key;
 mod m20261203_000010_provider_waits;
 mod m20261203_000011_connections;
 mod m20261204_000012_replicas;
+mod m20261207_000013_events;
 
 pub struct Migrator;
 
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000010_provider_waits::Migration),
             Box::new(m20261203_000011_connections::Migration),
             Box::new(m20261204_000012_replicas::Migration),
+            Box::new(m20261207_000013_events::Migration),
         ]
     }
 }
