@@ -214,6 +214,10 @@ pub struct ServeArgs {
     #[arg(long, env = "REFUND_WEBHOOK_ONLY_PENDING_ALERT", default_value = "24h", value_parser = humantime::parse_duration)]
     pub webhook_only_pending_alert: Duration,
 
+    /// How long events are kept for ListEvents and WatchEvents; older ones are pruned.
+    #[arg(long, env = "REFUND_EVENT_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub event_retention: Duration,
+
     /// Most jobs one BulkRefund request may carry (the gRPC message limit grows with it).
     #[arg(long, env = "REFUND_BULK_MAX_JOBS", default_value_t = 10_000)]
     pub bulk_max_jobs: u32,
@@ -528,6 +532,7 @@ impl ServeArgs {
             reconcile_interval,
             max_attempts,
             webhook_only_pending_alert,
+            event_retention,
             bulk_max_jobs,
             bulk_default_concurrency,
             bulk_max_concurrency,
@@ -578,6 +583,7 @@ impl ServeArgs {
                 lease_margin,
                 max_attempts,
                 webhook_only_pending_alert,
+                event_retention,
                 bulk: BulkConfig {
                     max_jobs: bulk_max_jobs,
                     default_concurrency: bulk_default_concurrency,

@@ -42,6 +42,8 @@ const METHOD_SCOPES: &[(&str, Scope)] = &[
     ("ListConnections", Scope::Admin),
     ("RotateConnection", Scope::Admin),
     ("DeleteConnection", Scope::Admin),
+    ("ListEvents", Scope::RefundsRead),
+    ("WatchEvents", Scope::RefundsRead),
 ];
 
 /// `/refunds.v1.RefundService/Method` → scope, for every method of the descriptor. Fails when a

@@ -66,7 +66,7 @@ pub fn timestamp_to_pb(t: Timestamp) -> PbTimestamp {
     }
 }
 
-fn timestamp_from_pb(t: PbTimestamp) -> Option<Timestamp> {
+pub(super) fn timestamp_from_pb(t: PbTimestamp) -> Option<Timestamp> {
     if !(0..1_000_000_000).contains(&t.nanos) {
         return None;
     }

@@ -6,6 +6,7 @@
 mod auth;
 mod bulk;
 mod convert;
+mod events;
 mod refunds;
 mod rpc_trace;
 mod status;

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use super::auth::principal;
 use super::bulk;
 use super::convert;
+use super::events;
 use super::pb;
 use super::status::to_status;
 use crate::domain::{AccountId, ConnectionActor, Principal, RefundError, Scope};
@@ -165,6 +166,24 @@ impl pb::refund_service_server::RefundService for RefundsApi {
             events: page.events.into_iter().map(convert::audit_to_pb).collect(),
             next_page_token: page.next_page_token,
         }))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let account = account(&request)?;
+        events::list_events(&self.service, account, request).await
+    }
+
+    type WatchEventsStream = events::EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let account = account(&request)?;
+        events::watch_events(&self.service, account, request).await
     }
 
     type WatchRefundStream = RefundStream;

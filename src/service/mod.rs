@@ -16,6 +16,7 @@ mod changes;
 mod clock;
 mod connections;
 pub mod context;
+mod events;
 mod keys;
 mod list;
 mod page;
@@ -44,6 +45,7 @@ pub use bulk::BulkConfig;
 pub use bulk_runner::run_bulk_runner;
 pub use clock::Clock;
 pub use connections::{Connections, NewConnection};
+pub use events::{EventPage, EventQuery};
 pub use keys::{bootstrap_admin_key, create_api_key};
 pub use list::{ListPage, ListQuery, MAX_PAGE_SIZE};
 pub use reconciler::run_reconciler;
@@ -80,6 +82,8 @@ pub struct RefundsConfig {
     /// counted in `refund_webhook_only_pending_overdue` and logged by the reconciler: its
     /// notification may be lost, and nobody can ask the provider.
     pub webhook_only_pending_alert: Duration,
+    /// How long events are kept for ListEvents, WatchEvents and webhook replays.
+    pub event_retention: Duration,
     pub bulk: BulkConfig,
 }
 
@@ -95,6 +99,7 @@ impl Default for RefundsConfig {
             lease_margin: Duration::from_secs(5),
             max_attempts: 10,
             webhook_only_pending_alert: Duration::from_secs(24 * 60 * 60),
+            event_retention: Duration::from_secs(30 * 24 * 60 * 60),
             bulk: BulkConfig::default(),
         }
     }
@@ -120,6 +125,9 @@ struct Inner {
     /// Bumped whenever a refund's status or provider id changes, here or (by notice) on
     /// another replica; WatchRefund streams wait on it, and poll in case a notice was lost.
     refund_changes: tokio::sync::watch::Sender<u64>,
+    /// Bumped when another replica announces client events; WatchEvents streams wait on it and
+    /// on the store's own (this process's appends).
+    remote_events: tokio::sync::watch::Sender<u64>,
     /// This process's changes, for the other replicas.
     changes: changes::ChangeFeed,
 }
@@ -142,6 +150,7 @@ impl RefundService {
                 bulk_wakeup: tokio::sync::Notify::new(),
                 bulk_events: tokio::sync::watch::Sender::new(0),
                 refund_changes: tokio::sync::watch::Sender::new(0),
+                remote_events: tokio::sync::watch::Sender::new(0),
                 changes: changes::ChangeFeed::new(),
                 clock: Clock::default(),
             }),

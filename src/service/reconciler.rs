@@ -353,6 +353,13 @@ pub async fn run_reconciler(service: RefundService, shutdown: impl Future<Output
                 tracing::error!(error = ?anyhow::Error::new(e), "retrying stored webhooks failed")
             }
         }
+        match service.prune_events().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(pruned = n, "events past their retention pruned"),
+            Err(e) => {
+                tracing::error!(error = ?anyhow::Error::new(e), "pruning events failed")
+            }
+        }
         match service
             .store()
             .purge_expired_idempotency_keys(Timestamp::now())

@@ -93,6 +93,11 @@ impl TestDb {
     }
 }
 
+/// Whether `db` is a SQLite file (single-node) rather than a shared PostgreSQL database.
+pub fn is_sqlite(db: &TestDb) -> bool {
+    db.url.starts_with("sqlite:")
+}
+
 /// A running service.
 pub struct TestApp {
     pub grpc_addr: SocketAddr,

@@ -15,6 +15,7 @@ mod concurrency;
 mod connections;
 mod crash;
 mod create;
+mod events;
 mod fuzz;
 mod idempotency;
 mod list;

@@ -9,10 +9,6 @@ use tonic::Code;
 
 use crate::helpers::*;
 
-fn is_sqlite(db: &TestDb) -> bool {
-    db.url.starts_with("sqlite:")
-}
-
 /// Three replicas on `db`, refunding against one standalone sandbox.
 async fn three_replicas(db: &TestDb, sandbox_url: &str) -> Vec<TestApp> {
     replicas(db, sandbox_url, 3, |_| {}).await
