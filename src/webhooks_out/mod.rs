@@ -4,3 +4,4 @@
 //! that sends (and retries) is built on them elsewhere.
 
 pub mod signing;
+pub mod target;
