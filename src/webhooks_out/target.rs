@@ -613,7 +613,8 @@ mod tests {
         let long = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN));
         // 1000 bytes of path, which percent-encoding makes 3000.
         let grows = format!("https://example.com/{}", "é".repeat(500));
-        let cases: Vec<(&str, fn(&TargetError) -> bool)> = vec![
+        type Expect = fn(&TargetError) -> bool;
+        let cases: Vec<(&str, Expect)> = vec![
             ("", |e| matches!(e, TargetError::Empty)),
             (&long, |e| matches!(e, TargetError::TooLong { .. })),
             (
