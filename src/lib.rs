@@ -12,6 +12,8 @@
 //! - [`sandbox`]: the built-in fake payment provider, in-process or standalone over HTTP.
 //! - [`vault`]: sealing of stored credentials (AES-256-GCM under a master key from a file).
 //! - [`verify`]: the invariant checker, our books against the provider's ledger (`verify`).
+//! - [`webhooks_out`]: the webhooks we send to subscribers: Standard Webhooks signatures and the
+//!   SSRF guard on their endpoint URLs.
 
 #![forbid(unsafe_code)]
 
@@ -32,3 +34,4 @@ pub mod store;
 pub mod telemetry;
 pub mod vault;
 pub mod verify;
+pub mod webhooks_out;
