@@ -55,6 +55,7 @@ expect '"succeeded": 3'
 expect 'BULK_REFUND_STATE_COMPLETED'
 expect '"name": "sandbox"'
 expect '"circuitState": "CIRCUIT_STATE_CLOSED"'
+expect '"type": "refund.succeeded"'
 expect '"status": "REFUND_STATUS_PENDING"'
 # WatchRefund: PENDING first, then SUCCEEDED (settled by the sandbox's webhook), then the end.
 python3 - "$work/out.txt" <<'PY' || { echo "check-readme: WatchRefund did not stream PENDING then SUCCEEDED" >&2; exit 1; }

@@ -26,6 +26,7 @@ mod outage;
 mod reconcile;
 mod replicas;
 mod server;
+mod signing_interop;
 mod spans;
 mod stripe;
 mod tls;

@@ -2,8 +2,9 @@
 //! the one a subscriber's receiver uses, and not only by our own `verify`: each case is handed to
 //! `scripts/verify_standard_webhook.py`, which runs PyPI `standardwebhooks` from `.tools/venv`.
 //!
-//! The library is installed by `scripts/install-tools.sh standardwebhooks`. Without it these tests
-//! fail (they never skip): a silent skip would let the signature drift from the standard unseen.
+//! The library is installed into .tools/venv on first use (`scripts/install-tools.sh
+//! standardwebhooks`); if it cannot be, these tests fail rather than skip: a silent skip would
+//! let the signature drift from the standard unseen.
 //!
 //! Nothing here touches the network; Python only reads stdin.
 
@@ -18,21 +19,33 @@ use refund_service::webhooks_out::signing::{
 };
 use serde_json::json;
 
-/// `.tools/venv/bin/python`, once it is known to import `standardwebhooks`.
+/// `.tools/venv/bin/python`, once it imports `standardwebhooks` (installed on first use by
+/// `scripts/install-tools.sh standardwebhooks`, as the other tests install their tools).
 fn python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(|| {
-        let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin/python");
-        let has_it = Command::new(&python)
-            .args(["-c", "import standardwebhooks"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let python = root.join(".tools/venv/bin/python");
+        let has_it = |python: &Path| {
+            Command::new(python)
+                .args(["-c", "import standardwebhooks"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !has_it(&python) {
+            let status = Command::new(root.join("scripts/install-tools.sh"))
+                .arg("standardwebhooks")
+                .status()
+                .expect("run scripts/install-tools.sh standardwebhooks");
+            assert!(
+                status.success(),
+                "scripts/install-tools.sh standardwebhooks failed"
+            );
+        }
         assert!(
-            has_it,
-            "{} cannot import the `standardwebhooks` package, which these tests verify with: \
-             run `scripts/install-tools.sh standardwebhooks` (or `scripts/install-tools.sh` for \
-             every tool) to install it into .tools/venv",
+            has_it(&python),
+            "{} cannot import `standardwebhooks` after installing it",
             python.display()
         );
         python
