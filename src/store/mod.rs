@@ -32,7 +32,7 @@ pub use changes::{ChangeListener, Changed, Heard};
 pub use connections::{CreateConnectionOutcome, DeleteConnectionOutcome, StoredConnection};
 pub use events::EventFilter;
 pub use refunds::{BeginOutcome, BeginRefund, ListFilter, PendingRefund, Settlement};
-pub use verify::{Books, BulkItemRow, BulkRow, KeyRow, PaymentTotals, RefundRow};
+pub use verify::{Books, BulkItemRow, BulkRow, EventRow, KeyRow, PaymentTotals, RefundRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,4 +1,5 @@
-//! Read-only snapshot of our books for the invariant checker (`refund-service verify`).
+//! Read-only snapshot of our books for the invariant checker (`refund-service verify`): balances,
+//! refunds, batches, jobs, idempotency keys and client events.
 //!
 //! The rows come back as plain structs with the stored strings, not parsed domain types: a
 //! checker must report a row it cannot parse, not fail on it. Everything is read in one
@@ -12,7 +13,7 @@ use sea_orm::{
 };
 use serde::Deserialize;
 
-use super::entities::{bulk, bulk_item, idempotency_key, payment, refund};
+use super::entities::{bulk, bulk_item, event, idempotency_key, payment, refund};
 use super::{Store, StoreError};
 
 /// The balance rows of one payment, summed over `(provider, payment_id)`: whether the table is
@@ -54,6 +55,20 @@ pub struct BulkRow {
     pub account_id: String,
     /// As stored, e.g. `completed`.
     pub state: String,
+    /// Microseconds since the epoch.
+    pub created_at: i64,
+}
+
+/// A client event as stored, the columns the checker needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub account_id: String,
+    pub sequence: i64,
+    /// As stored, e.g. `refund.succeeded`.
+    pub kind: String,
+    pub resource_id: String,
+    /// Microseconds since the epoch.
+    pub created_at: i64,
 }
 
 /// A batch's job as stored.
@@ -90,6 +105,7 @@ pub struct Books {
     pub bulks: Vec<BulkRow>,
     pub items: Vec<BulkItemRow>,
     pub keys: Vec<KeyRow>,
+    pub events: Vec<EventRow>,
 }
 
 /// The one field of a stored job the checker needs.
@@ -167,11 +183,12 @@ impl Store {
             .all(&txn)
             .await?;
 
-        let bulks: Vec<(String, String, String)> = bulk::Entity::find()
+        let bulks: Vec<(String, String, String, i64)> = bulk::Entity::find()
             .select_only()
             .column(bulk::Column::Id)
             .column(bulk::Column::AccountId)
             .column(bulk::Column::State)
+            .column(bulk::Column::CreatedAt)
             .order_by_asc(bulk::Column::Id)
             .into_tuple()
             .all(&txn)
@@ -214,6 +231,18 @@ impl Store {
             .column(idempotency_key::Column::RefundId)
             .order_by_asc(idempotency_key::Column::AccountId)
             .order_by_asc(idempotency_key::Column::Key)
+            .into_tuple()
+            .all(&txn)
+            .await?;
+        let events: Vec<(String, i64, String, String, i64)> = event::Entity::find()
+            .select_only()
+            .column(event::Column::AccountId)
+            .column(event::Column::Sequence)
+            .column(event::Column::Kind)
+            .column(event::Column::ResourceId)
+            .column(event::Column::CreatedAt)
+            .order_by_asc(event::Column::AccountId)
+            .order_by_asc(event::Column::Sequence)
             .into_tuple()
             .all(&txn)
             .await?;
@@ -263,10 +292,11 @@ impl Store {
                 .collect(),
             bulks: bulks
                 .into_iter()
-                .map(|(id, account_id, state)| BulkRow {
+                .map(|(id, account_id, state, created_at)| BulkRow {
                     id,
                     account_id,
                     state,
+                    created_at,
                 })
                 .collect(),
             items: items
@@ -308,6 +338,18 @@ impl Store {
                     key,
                     refund_id,
                 })
+                .collect(),
+            events: events
+                .into_iter()
+                .map(
+                    |(account_id, sequence, kind, resource_id, created_at)| EventRow {
+                        account_id,
+                        sequence,
+                        kind,
+                        resource_id,
+                        created_at,
+                    },
+                )
                 .collect(),
         })
     }

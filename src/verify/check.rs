@@ -99,6 +99,9 @@ pub fn check(books: &Books, ledger: &Ledger, options: CheckOptions) -> Report {
     let by_ours = c.match_ledger(ledger, &ours);
     c.check_refunds(books, &ours, &by_ours);
     c.check_bulks(books, &ours);
+    let (event_violations, events_checked) = super::events::check_events(books);
+    c.report.violations.extend(event_violations);
+    c.report.events_checked = events_checked;
 
     let Checker {
         mut report,

@@ -9,6 +9,7 @@
 //! may be new; and a provider status read after ours is never older than ours.
 
 mod check;
+mod events;
 mod report;
 
 pub use check::{

@@ -42,6 +42,13 @@ pub enum ViolationKind {
     BulkItemStatusMismatch,
     /// A job reports success without naming its refund.
     BulkItemWithoutRefund,
+    /// A refund or batch without the event its change must have written with it (created,
+    /// accepted, or the one that tells how it ended).
+    EventMissing,
+    /// A change told twice, or an end event that contradicts the refund's or batch's state.
+    EventMismatch,
+    /// An account's event sequences repeat or skip a number.
+    EventSequenceGap,
     /// A row whose status or state is not one the service writes.
     CorruptRow,
 }
@@ -66,6 +73,9 @@ impl ViolationKind {
             Self::BulkItemFailedWithRefund => "bulk_item_failed_with_refund",
             Self::BulkItemStatusMismatch => "bulk_item_status_mismatch",
             Self::BulkItemWithoutRefund => "bulk_item_without_refund",
+            Self::EventMissing => "event_missing",
+            Self::EventMismatch => "event_mismatch",
+            Self::EventSequenceGap => "event_sequence_gap",
             Self::CorruptRow => "corrupt_row",
         }
     }
@@ -170,6 +180,8 @@ pub struct Report {
     pub provider_refunds_too_new: u64,
     pub bulks_checked: u64,
     pub bulk_items_checked: u64,
+    /// Client events compared with the refunds and batches they tell of.
+    pub events_checked: u64,
     /// PENDING refunds the provider has settled or never saw.
     pub unresolved: u64,
     pub violations: Vec<Violation>,
@@ -200,6 +212,7 @@ impl Report {
             "bulk batches:      {} ({} jobs)",
             self.bulks_checked, self.bulk_items_checked
         );
+        let _ = writeln!(out, "events:            {}", self.events_checked);
         let _ = writeln!(
             out,
             "unresolved:        {}{}",

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use proptest::prelude::*;
 
 use super::*;
-use crate::store::{Books, BulkItemRow, BulkRow, KeyRow, PaymentTotals, RefundRow};
+use crate::store::{Books, BulkItemRow, BulkRow, EventRow, KeyRow, PaymentTotals, RefundRow};
 use crate::verify::ViolationKind;
 
 const ACCT: &str = "acct_default";
@@ -63,6 +63,7 @@ fn bulk(id: &str, state: &str) -> BulkRow {
         id: id.to_owned(),
         account_id: ACCT.to_owned(),
         state: state.to_owned(),
+        created_at: 1_000,
     }
 }
 
@@ -126,6 +127,7 @@ fn clean() -> (Books, Ledger) {
             key: "bulk_1:0".to_owned(),
             refund_id: "rf_1".to_owned(),
         }],
+        events: Vec::new(),
     };
     books.refunds[0].idempotency_key = Some("bulk_1:0".to_owned());
     let ledger = Ledger {
@@ -646,4 +648,164 @@ fn the_sandbox_ledger_converts_with_our_refund_id_from_its_metadata() {
         created: 0,
     });
     assert_eq!((payment.captured, payment.refunded), (1000, 250));
+}
+
+// === the event log ===
+
+/// The events the service writes for `books`' refunds and batches, numbered from 1.
+fn events_of(books: &Books) -> Vec<EventRow> {
+    let mut told: Vec<(String, &str, i64)> = Vec::new();
+    for b in &books.bulks {
+        told.push((b.id.clone(), "bulk_refund.accepted", b.created_at));
+    }
+    for r in &books.refunds {
+        told.push((r.id.clone(), "refund.created", r.created_at));
+        match r.status.as_str() {
+            "requires_approval" => {
+                told.push((r.id.clone(), "refund.requires_approval", r.created_at))
+            }
+            "succeeded" => told.push((r.id.clone(), "refund.succeeded", r.created_at)),
+            "failed" => told.push((r.id.clone(), "refund.failed", r.created_at)),
+            "canceled" => told.push((r.id.clone(), "refund.canceled", r.created_at)),
+            _ => {}
+        }
+    }
+    for b in &books.bulks {
+        match b.state.as_str() {
+            "completed" | "aborted" => {
+                told.push((b.id.clone(), "bulk_refund.completed", b.created_at))
+            }
+            "canceled" => told.push((b.id.clone(), "bulk_refund.canceled", b.created_at)),
+            _ => {}
+        }
+    }
+    told.into_iter()
+        .zip(1..)
+        .map(|((resource_id, kind, created_at), sequence)| EventRow {
+            account_id: ACCT.to_owned(),
+            sequence,
+            kind: kind.to_owned(),
+            resource_id,
+            created_at,
+        })
+        .collect()
+}
+
+fn with_events() -> (Books, Ledger) {
+    let (mut books, ledger) = clean();
+    books.events = events_of(&books);
+    (books, ledger)
+}
+
+/// Re-numbers `events` 1, 2, 3, ... in their order (after one was removed or changed).
+fn renumber(events: &mut [EventRow]) {
+    for (e, n) in events.iter_mut().zip(1..) {
+        e.sequence = n;
+    }
+}
+
+#[test]
+fn events_that_tell_every_change_once_are_consistent() {
+    let (books, ledger) = with_events();
+    let report = run(&books, &ledger);
+    assert!(report.ok, "{}", report.human());
+    assert_eq!(report.events_checked, books.events.len() as u64);
+    // Six refunds created, one asking for approval, four ended; the batch accepted and ended.
+    assert_eq!(report.events_checked, 13);
+}
+
+#[test]
+fn a_settled_refund_without_its_end_event_is_reported() {
+    let (mut books, ledger) = with_events();
+    books
+        .events
+        .retain(|e| !(e.resource_id == "rf_1" && e.kind == "refund.succeeded"));
+    renumber(&mut books.events);
+    let report = run(&books, &ledger);
+    let v = only(&report, ViolationKind::EventMissing);
+    assert_eq!(v.refund_id.as_deref(), Some("rf_1"));
+}
+
+#[test]
+fn an_end_that_contradicts_the_refund_or_is_told_twice_is_reported() {
+    let (mut books, ledger) = with_events();
+    for e in &mut books.events {
+        if e.resource_id == "rf_3" && e.kind == "refund.failed" {
+            e.kind = "refund.succeeded".to_owned();
+        }
+    }
+    let report = run(&books, &ledger);
+    let v = only(&report, ViolationKind::EventMismatch);
+    assert_eq!(v.refund_id.as_deref(), Some("rf_3"));
+
+    // A pending refund told as ended, and a creation told twice.
+    let (mut books, ledger) = with_events();
+    let mut extra = books.events[0].clone();
+    extra.resource_id = "rf_5".to_owned();
+    extra.kind = "refund.succeeded".to_owned();
+    books.events.push(extra.clone());
+    extra.kind = "refund.created".to_owned();
+    extra.resource_id = "rf_2".to_owned();
+    books.events.push(extra);
+    renumber(&mut books.events);
+    let report = run(&books, &ledger);
+    assert_eq!(
+        kinds(&report),
+        [ViolationKind::EventMismatch, ViolationKind::EventMismatch],
+        "{}",
+        report.human()
+    );
+}
+
+#[test]
+fn sequences_that_repeat_or_skip_are_reported() {
+    let (mut books, ledger) = with_events();
+    books.events[3].sequence = 3;
+    let report = run(&books, &ledger);
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.kind == ViolationKind::EventSequenceGap
+                && v.message.contains("two events numbered 3")),
+        "{}",
+        report.human()
+    );
+
+    let (mut books, ledger) = with_events();
+    books.events.remove(5);
+    let report = run(&books, &ledger);
+    assert!(
+        kinds(&report).contains(&ViolationKind::EventSequenceGap),
+        "{}",
+        report.human()
+    );
+}
+
+#[test]
+fn a_batch_whose_end_event_contradicts_its_state_is_reported() {
+    let (mut books, ledger) = with_events();
+    books.bulks[0].state = "canceled".to_owned();
+    let report = run(&books, &ledger);
+    let v = only(&report, ViolationKind::EventMismatch);
+    assert_eq!(v.bulk_id.as_deref(), Some("bulk_1"));
+}
+
+#[test]
+fn changes_older_than_the_oldest_kept_event_are_not_judged() {
+    // rf_1 was made before the retention's cutoff: its events were pruned, oldest first.
+    let (mut books, ledger) = clean();
+    books.refunds[0].created_at = 500;
+    books.events = events_of(&books);
+    books.events.retain(|e| e.resource_id != "rf_1");
+    // What is kept still runs without a gap, from where pruning stopped.
+    renumber_from(&mut books.events, 3);
+    let report = run(&books, &ledger);
+    assert!(report.ok, "{}", report.human());
+}
+
+fn renumber_from(events: &mut [EventRow], first: i64) {
+    for (e, n) in events.iter_mut().zip(first..) {
+        e.sequence = n;
+    }
 }
