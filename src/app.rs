@@ -23,6 +23,7 @@ use crate::sandbox::{FaultConfig, Sandbox, WebhookTarget, client::SandboxClient}
 use crate::secret::Secret;
 use crate::service::{
     Connections, RefundService, ReplicaHeartbeat, run_bulk_runner, run_reconciler,
+    run_webhook_dispatcher,
 };
 use crate::store::{Store, StoreOptions};
 use crate::{api, http};
@@ -201,6 +202,7 @@ impl Application {
             }),
         };
         let reconciler_task = tokio::spawn(run_reconciler(service.clone(), stopped()));
+        let webhooks_task = tokio::spawn(run_webhook_dispatcher(service.clone(), stopped()));
         let bulk_task = tokio::spawn(run_bulk_runner(service, stopped()));
 
         shutdown.await;
@@ -218,16 +220,20 @@ impl Application {
             let http = http_task.await;
             let reconciler = reconciler_task.await;
             let bulk = bulk_task.await;
-            (grpc, http, reconciler, bulk)
+            // An attempt in flight is bounded by the webhook timeout; one cut short by the grace
+            // period is sent again (its lease ends), which at-least-once delivery allows.
+            let webhooks = webhooks_task.await;
+            (grpc, http, reconciler, bulk, webhooks)
         };
         match tokio::time::timeout(shutdown_grace, drain).await {
-            Ok((grpc, http, reconciler, bulk)) => {
+            Ok((grpc, http, reconciler, bulk, webhooks)) => {
                 grpc.context("gRPC server task")?
                     .context("gRPC server failed")?;
                 http.context("HTTP server task")?
                     .context("HTTP server failed")?;
                 reconciler.context("reconciler task")?;
                 bulk.context("bulk runner task")?;
+                webhooks.context("webhook dispatcher task")?;
                 tracing::info!("shut down cleanly");
             }
             Err(_) => tracing::warn!("grace period over; abandoning calls still in flight"),

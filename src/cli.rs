@@ -15,12 +15,14 @@ mod providers;
 
 use crate::app::{Application, shutdown_signal};
 use crate::config::{DEFAULT_DATABASE_URL, ServeSettings};
+use crate::domain::RetryPolicy;
 use crate::providers::traffic::TrafficConfig;
 use crate::sandbox::{self, FaultConfig, Sandbox, client::SandboxClient};
 use crate::secret::Secret;
-use crate::service::{BulkConfig, RefundsConfig};
+use crate::service::{BulkConfig, RefundsConfig, WebhooksConfig};
 use crate::store::{Store, StoreOptions};
 use crate::telemetry::{self, LogFormat, TelemetryConfig};
+use crate::webhooks_out::target::EndpointPolicy;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -214,9 +216,33 @@ pub struct ServeArgs {
     #[arg(long, env = "REFUND_WEBHOOK_ONLY_PENDING_ALERT", default_value = "24h", value_parser = humantime::parse_duration)]
     pub webhook_only_pending_alert: Duration,
 
-    /// How long events are kept for ListEvents and WatchEvents; older ones are pruned.
+    /// How long events are kept for ListEvents, WatchEvents and webhook replays; older ones are
+    /// pruned, and so are finished webhook deliveries.
     #[arg(long, env = "REFUND_EVENT_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
     pub event_retention: Duration,
+
+    /// Let webhook endpoints be loopback, private, link-local or other non-public addresses
+    /// (and `localhost`): for tests and single-machine installs. Off, such URLs are refused.
+    #[arg(long, env = "REFUND_WEBHOOK_ALLOW_PRIVATE_TARGETS")]
+    pub webhook_allow_private_targets: bool,
+
+    /// Let webhook endpoints use plain http. Off, https is required.
+    #[arg(long, env = "REFUND_WEBHOOK_ALLOW_HTTP")]
+    pub webhook_allow_http: bool,
+
+    /// Longest wait for a webhook endpoint's answer.
+    #[arg(long, env = "REFUND_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub webhook_timeout: Duration,
+
+    /// How long a failing webhook delivery is retried (exponential back-off with jitter), and
+    /// how long an endpoint may fail every attempt before it is disabled.
+    #[arg(long, env = "REFUND_WEBHOOK_RETRY_WINDOW", default_value = "3d", value_parser = humantime::parse_duration)]
+    pub webhook_retry_window: Duration,
+
+    /// The first retry delay of a failing webhook delivery; it doubles on each retry, to at most
+    /// 6h.
+    #[arg(long, env = "REFUND_WEBHOOK_RETRY_MIN_DELAY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub webhook_retry_min_delay: Duration,
 
     /// Most jobs one BulkRefund request may carry (the gRPC message limit grows with it).
     #[arg(long, env = "REFUND_BULK_MAX_JOBS", default_value_t = 10_000)]
@@ -298,7 +324,8 @@ pub enum KeysCommand {
         /// The account the key acts for (1 to 64 of A-Z a-z 0-9 _ -).
         #[arg(long)]
         account: String,
-        /// Comma-separated: refunds:read, refunds:write, refunds:approve, bulk:write, admin.
+        /// Comma-separated: refunds:read, refunds:write, refunds:approve, bulk:write, webhooks:manage,
+        /// admin.
         #[arg(long)]
         scopes: String,
         /// A label for people, e.g. "billing backend".
@@ -533,6 +560,11 @@ impl ServeArgs {
             max_attempts,
             webhook_only_pending_alert,
             event_retention,
+            webhook_allow_private_targets,
+            webhook_allow_http,
+            webhook_timeout,
+            webhook_retry_window,
+            webhook_retry_min_delay,
             bulk_max_jobs,
             bulk_default_concurrency,
             bulk_max_concurrency,
@@ -584,6 +616,21 @@ impl ServeArgs {
                 max_attempts,
                 webhook_only_pending_alert,
                 event_retention,
+                webhooks: WebhooksConfig {
+                    policy: EndpointPolicy {
+                        allow_private_targets: webhook_allow_private_targets,
+                        allow_http: webhook_allow_http,
+                    },
+                    timeout: webhook_timeout,
+                    retry: RetryPolicy {
+                        min_delay: webhook_retry_min_delay,
+                        max_delay: RetryPolicy::default()
+                            .max_delay
+                            .max(webhook_retry_min_delay),
+                        window: webhook_retry_window,
+                    },
+                    ..WebhooksConfig::default()
+                },
                 bulk: BulkConfig {
                     max_jobs: bulk_max_jobs,
                     default_concurrency: bulk_default_concurrency,

@@ -27,6 +27,11 @@ struct ProviderCallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProviderLabels {
     provider: String,
 }
@@ -107,6 +112,9 @@ pub struct Metrics {
     bulk_provider_wait: Family<ProviderLabels, Counter<f64, AtomicU64>>,
     bulk_jobs_held: Family<ProviderLabels, Gauge>,
     webhook_only_overdue: Family<ProviderLabels, Gauge>,
+    webhook_attempts: Family<OutcomeLabels, Counter>,
+    webhook_queue_depth: Gauge,
+    webhook_oldest_pending: Gauge,
 }
 
 impl Default for Metrics {
@@ -205,7 +213,28 @@ impl Metrics {
             "Refunds of a provider that settles them only by webhook (no look-up) that have been PENDING longer than --webhook-only-pending-alert (all replicas; set by the reconciler pass)",
             webhook_only_overdue.clone(),
         );
+        let webhook_attempts = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_delivery_attempts",
+            "Attempts to deliver an event to a subscriber's webhook endpoint, by outcome: delivered (2xx), retrying (will be tried again), failed (gave up after the retry window)",
+            webhook_attempts.clone(),
+        );
+        let webhook_queue_depth = Gauge::default();
+        registry.register(
+            "webhook_deliveries_pending",
+            "Webhook deliveries of enabled endpoints not delivered yet (all replicas; set by the dispatcher)",
+            webhook_queue_depth.clone(),
+        );
+        let webhook_oldest_pending = Gauge::default();
+        registry.register(
+            "webhook_oldest_pending_seconds",
+            "Age of the oldest webhook delivery not delivered yet, 0 when none (all replicas; set by the dispatcher)",
+            webhook_oldest_pending.clone(),
+        );
         Self {
+            webhook_attempts,
+            webhook_queue_depth,
+            webhook_oldest_pending,
             webhook_only_overdue,
             bulk_provider_wait,
             bulk_jobs_held,
@@ -222,6 +251,21 @@ impl Metrics {
             refunded_minor_units,
             bulk_jobs_in_flight,
         }
+    }
+
+    /// One webhook delivery attempt: `delivered`, `retrying` or `failed`.
+    pub fn webhook_attempt(&self, outcome: &'static str) {
+        self.webhook_attempts
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// The delivery queue as the dispatcher last read it.
+    pub fn set_webhook_queue(&self, depth: u64, oldest_age_secs: u64) {
+        self.webhook_queue_depth
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        self.webhook_oldest_pending
+            .set(i64::try_from(oldest_age_secs).unwrap_or(i64::MAX));
     }
 
     /// One provider call attempt.

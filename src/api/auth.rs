@@ -44,6 +44,14 @@ const METHOD_SCOPES: &[(&str, Scope)] = &[
     ("DeleteConnection", Scope::Admin),
     ("ListEvents", Scope::RefundsRead),
     ("WatchEvents", Scope::RefundsRead),
+    ("CreateWebhookEndpoint", Scope::WebhooksManage),
+    ("ListWebhookEndpoints", Scope::WebhooksManage),
+    ("UpdateWebhookEndpoint", Scope::WebhooksManage),
+    ("DeleteWebhookEndpoint", Scope::WebhooksManage),
+    ("RotateWebhookSecret", Scope::WebhooksManage),
+    ("ListWebhookDeliveries", Scope::WebhooksManage),
+    ("RetryWebhookDelivery", Scope::WebhooksManage),
+    ("ReplayWebhookEvents", Scope::WebhooksManage),
 ];
 
 /// `/refunds.v1.RefundService/Method` → scope, for every method of the descriptor. Fails when a

@@ -10,6 +10,7 @@ mod events;
 mod refunds;
 mod rpc_trace;
 mod status;
+mod webhook_endpoints;
 
 pub use auth::{Auth, AuthLayer};
 pub use refunds::RefundsApi;

@@ -12,6 +12,7 @@ use super::convert;
 use super::events;
 use super::pb;
 use super::status::to_status;
+use super::webhook_endpoints;
 use crate::domain::{AccountId, ConnectionActor, Principal, RefundError, Scope};
 use crate::service::RefundService;
 
@@ -353,6 +354,70 @@ impl pb::refund_service_server::RefundService for RefundsApi {
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::DeleteConnectionResponse {}))
+    }
+
+    async fn create_webhook_endpoint(
+        &self,
+        request: Request<pb::CreateWebhookEndpointRequest>,
+    ) -> Result<Response<pb::WebhookEndpointSecret>, Status> {
+        let account = account(&request)?;
+        webhook_endpoints::create(&self.service, account, request).await
+    }
+
+    async fn list_webhook_endpoints(
+        &self,
+        request: Request<pb::ListWebhookEndpointsRequest>,
+    ) -> Result<Response<pb::ListWebhookEndpointsResponse>, Status> {
+        let account = account(&request)?;
+        webhook_endpoints::list(&self.service, account).await
+    }
+
+    async fn update_webhook_endpoint(
+        &self,
+        request: Request<pb::UpdateWebhookEndpointRequest>,
+    ) -> Result<Response<pb::WebhookEndpoint>, Status> {
+        let account = account(&request)?;
+        webhook_endpoints::update(&self.service, account, request).await
+    }
+
+    async fn delete_webhook_endpoint(
+        &self,
+        request: Request<pb::DeleteWebhookEndpointRequest>,
+    ) -> Result<Response<pb::DeleteWebhookEndpointResponse>, Status> {
+        let account = account(&request)?;
+        webhook_endpoints::delete(&self.service, account, request).await
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        request: Request<pb::RotateWebhookSecretRequest>,
+    ) -> Result<Response<pb::WebhookEndpointSecret>, Status> {
+        let account = account(&request)?;
+        webhook_endpoints::rotate(&self.service, account, request).await
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        request: Request<pb::ListWebhookDeliveriesRequest>,
+    ) -> Result<Response<pb::ListWebhookDeliveriesResponse>, Status> {
+        let account = account(&request)?;
+        webhook_endpoints::list_deliveries(&self.service, account, request).await
+    }
+
+    async fn retry_webhook_delivery(
+        &self,
+        request: Request<pb::RetryWebhookDeliveryRequest>,
+    ) -> Result<Response<pb::WebhookDelivery>, Status> {
+        let account = account(&request)?;
+        webhook_endpoints::retry_delivery(&self.service, account, request).await
+    }
+
+    async fn replay_webhook_events(
+        &self,
+        request: Request<pb::ReplayWebhookEventsRequest>,
+    ) -> Result<Response<pb::ReplayWebhookEventsResponse>, Status> {
+        let account = account(&request)?;
+        webhook_endpoints::replay(&self.service, account, request).await
     }
 }
 

@@ -31,6 +31,7 @@ pub fn to_status(err: RefundError) -> Status {
         e @ RefundError::PaymentNotFound { .. } => Status::not_found(e.to_string()),
         e @ RefundError::RefundNotFound { .. } => Status::not_found(e.to_string()),
         e @ RefundError::BulkNotFound { .. } => Status::not_found(e.to_string()),
+        e @ RefundError::NotFound { .. } => Status::not_found(e.to_string()),
         ref e @ RefundError::PaymentNotRefundable { ref status, .. } => failed_precondition(
             e,
             "PAYMENT_NOT_REFUNDABLE",

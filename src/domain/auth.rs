@@ -21,16 +21,19 @@ pub enum Scope {
     RefundsWrite,
     RefundsApprove,
     BulkWrite,
+    /// The account's webhook endpoints and their deliveries.
+    WebhooksManage,
     /// Everything the other scopes allow, within the key's account.
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 5] = [
+    pub const ALL: [Scope; 6] = [
         Scope::RefundsRead,
         Scope::RefundsWrite,
         Scope::RefundsApprove,
         Scope::BulkWrite,
+        Scope::WebhooksManage,
         Scope::Admin,
     ];
 
@@ -40,6 +43,7 @@ impl Scope {
             Self::RefundsWrite => "refunds:write",
             Self::RefundsApprove => "refunds:approve",
             Self::BulkWrite => "bulk:write",
+            Self::WebhooksManage => "webhooks:manage",
             Self::Admin => "admin",
         }
     }

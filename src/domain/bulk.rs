@@ -169,6 +169,7 @@ impl JobError {
             RefundError::PaymentNotFound { .. }
             | RefundError::RefundNotFound { .. }
             | RefundError::BulkNotFound { .. }
+            | RefundError::NotFound { .. }
             | RefundError::ConnectionNotFound { .. } => ("NOT_FOUND", false),
             RefundError::PaymentNotRefundable { .. } => ("PAYMENT_NOT_REFUNDABLE", false),
             // A capture notification may still come: trying later can help.
@@ -246,6 +247,7 @@ impl JobOutcome {
             | RefundError::IdempotencyKeyReused { .. }
             | RefundError::RefundNotFound { .. }
             | RefundError::BulkNotFound { .. }
+            | RefundError::NotFound { .. }
             | RefundError::SelfApproval { .. }
             | RefundError::NotAwaitingApproval { .. }
             | RefundError::ConnectionNotFound { .. }

@@ -70,6 +70,10 @@ pub enum RefundError {
         status: super::RefundStatus,
     },
 
+    /// Another resource of the caller's account, e.g. a webhook endpoint.
+    #[error("{what} {id} was not found")]
+    NotFound { what: &'static str, id: String },
+
     #[error("connection {id} was not found")]
     ConnectionNotFound { id: String },
 

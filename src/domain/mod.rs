@@ -51,6 +51,7 @@ mod audit;
 mod auth;
 mod bulk;
 mod connection;
+mod endpoint;
 mod error;
 mod event;
 mod money;
@@ -67,6 +68,10 @@ pub use bulk::{
     JobOutcome, NewBulk, ProviderWait, SequencedEvent, StopReason, derived_job_key,
 };
 pub use connection::{Connection, ConnectionActor, ConnectionId, Route};
+pub use endpoint::{
+    DeliveryStatus, MAX_DESCRIPTION_CHARS, RetryPolicy, WebhookDelivery, WebhookDeliveryId,
+    WebhookEndpoint, WebhookEndpointId,
+};
 pub use error::RefundError;
 pub use event::{API_VERSION, Event, EventDecodeError, EventId, EventResource, EventType, rfc3339};
 pub use money::{

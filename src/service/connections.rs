@@ -63,11 +63,11 @@ impl Connections {
         &self.adapters
     }
 
-    fn vault(&self) -> Result<&Vault, RefundError> {
+    pub(super) fn vault(&self) -> Result<&Vault, RefundError> {
         self.vault.as_deref().ok_or_else(|| RefundError::NotSetUp {
             reason: "NO_SECRETS_KEY",
             message: "this server has no secrets key (--secrets-key-file), so it cannot seal or \
-                      open connection credentials"
+                      open connection credentials or webhook signing secrets"
                 .to_owned(),
         })
     }

@@ -22,6 +22,7 @@ mod list;
 mod page;
 mod reconciler;
 mod replicas;
+mod subscriptions;
 mod watch;
 mod webhooks;
 
@@ -50,6 +51,10 @@ pub use keys::{bootstrap_admin_key, create_api_key};
 pub use list::{ListPage, ListQuery, MAX_PAGE_SIZE};
 pub use reconciler::run_reconciler;
 pub use replicas::ReplicaHeartbeat;
+pub use subscriptions::{
+    DeliveryPage, DeliveryQuery, EndpointUpdate, NewEndpoint, WebhooksConfig,
+    run_webhook_dispatcher,
+};
 pub use webhooks::WebhookReceipt;
 
 /// The shortest retry delay told to a client: "now" would only invite a busy loop.
@@ -84,6 +89,8 @@ pub struct RefundsConfig {
     pub webhook_only_pending_alert: Duration,
     /// How long events are kept for ListEvents, WatchEvents and webhook replays.
     pub event_retention: Duration,
+    /// Webhooks to subscribers: the SSRF policy, timeout and retries.
+    pub webhooks: WebhooksConfig,
     pub bulk: BulkConfig,
 }
 
@@ -100,6 +107,7 @@ impl Default for RefundsConfig {
             max_attempts: 10,
             webhook_only_pending_alert: Duration::from_secs(24 * 60 * 60),
             event_retention: Duration::from_secs(30 * 24 * 60 * 60),
+            webhooks: WebhooksConfig::default(),
             bulk: BulkConfig::default(),
         }
     }
@@ -130,6 +138,8 @@ struct Inner {
     remote_events: tokio::sync::watch::Sender<u64>,
     /// This process's changes, for the other replicas.
     changes: changes::ChangeFeed,
+    /// Wakes this process's webhook dispatcher after a retry or replay is asked for here.
+    webhook_wakeup: tokio::sync::Notify,
 }
 
 impl RefundService {
@@ -152,6 +162,7 @@ impl RefundService {
                 refund_changes: tokio::sync::watch::Sender::new(0),
                 remote_events: tokio::sync::watch::Sender::new(0),
                 changes: changes::ChangeFeed::new(),
+                webhook_wakeup: tokio::sync::Notify::new(),
                 clock: Clock::default(),
             }),
         }

@@ -353,6 +353,16 @@ pub async fn run_reconciler(service: RefundService, shutdown: impl Future<Output
                 tracing::error!(error = ?anyhow::Error::new(e), "retrying stored webhooks failed")
             }
         }
+        match service.prune_webhook_deliveries().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(
+                pruned = n,
+                "finished webhook deliveries past retention pruned"
+            ),
+            Err(e) => {
+                tracing::error!(error = ?anyhow::Error::new(e), "pruning webhook deliveries failed")
+            }
+        }
         match service.prune_events().await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(pruned = n, "events past their retention pruned"),

@@ -380,3 +380,67 @@ pub mod event {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod webhook_endpoint {
+    use sea_orm::entity::prelude::*;
+
+    /// An account's subscription to its events. Its secrets are sealed with the master key
+    /// (record id: the endpoint's id); `cursor` is the last event sequence fanned out to it.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "webhook_endpoints")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub account_id: String,
+        pub url: String,
+        pub description: String,
+        /// Comma-separated event types; empty means all.
+        pub event_types: String,
+        pub enabled: bool,
+        pub disabled_reason: String,
+        pub secret_sealed: String,
+        pub previous_secret_sealed: Option<String>,
+        pub previous_secret_expires_at: Option<i64>,
+        pub cursor: i64,
+        pub failing_since: Option<i64>,
+        pub created_at: i64,
+        pub updated_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod webhook_delivery {
+    use sea_orm::entity::prelude::*;
+
+    /// One event's delivery to one endpoint. A PENDING delivery is due at `next_attempt_at`,
+    /// which an attempt moves forward as its lease.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "webhook_deliveries")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub endpoint_id: String,
+        pub account_id: String,
+        pub event_id: String,
+        pub event_type: String,
+        pub event_sequence: i64,
+        pub status: String,
+        pub attempts: i32,
+        pub last_status_code: Option<i32>,
+        pub last_error: String,
+        pub next_attempt_at: Option<i64>,
+        pub window_started_at: i64,
+        pub delivered_at: Option<i64>,
+        pub created_at: i64,
+        pub updated_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

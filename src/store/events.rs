@@ -234,7 +234,7 @@ fn seq(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn to_domain(row: event::Model) -> Result<Event, StoreError> {
+pub(super) fn to_domain(row: event::Model) -> Result<Event, StoreError> {
     let account = AccountId::from_trusted(row.account_id);
     let kind = EventType::parse(&row.kind)
         .ok_or_else(|| corrupt(format!("unknown event type {:?}", row.kind)))?;

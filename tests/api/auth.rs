@@ -361,6 +361,14 @@ const EXPECTED_SCOPES: &[(&str, &str)] = &[
     ("DeleteConnection", "admin"),
     ("ListEvents", "refunds:read"),
     ("WatchEvents", "refunds:read"),
+    ("CreateWebhookEndpoint", "webhooks:manage"),
+    ("ListWebhookEndpoints", "webhooks:manage"),
+    ("UpdateWebhookEndpoint", "webhooks:manage"),
+    ("DeleteWebhookEndpoint", "webhooks:manage"),
+    ("RotateWebhookSecret", "webhooks:manage"),
+    ("ListWebhookDeliveries", "webhooks:manage"),
+    ("RetryWebhookDelivery", "webhooks:manage"),
+    ("ReplayWebhookEvents", "webhooks:manage"),
 ];
 
 /// Every method of every service in the API's descriptor, as `/package.Service/Method`.

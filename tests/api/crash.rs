@@ -14,7 +14,7 @@ use crate::helpers::*;
 const BIN: &str = env!("CARGO_BIN_EXE_refund-service");
 
 /// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing behind.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -23,14 +23,14 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
 }
 
-fn spawn(args: &[String]) -> Proc {
+pub(crate) fn spawn(args: &[String]) -> Proc {
     let log = std::env::var_os("TEST_LOG").is_some();
     Proc(
         Command::new(BIN)
@@ -45,7 +45,7 @@ fn spawn(args: &[String]) -> Proc {
     )
 }
 
-async fn wait_http(url: &str) {
+pub(crate) async fn wait_http(url: &str) {
     let http = reqwest::Client::new();
     eventually(Duration::from_secs(30), url, || {
         let req = http.get(url).send();
@@ -204,7 +204,7 @@ async fn kill_9_mid_batch_then_restart_finishes_the_batch_without_refunding_twic
     drop(service);
 }
 
-fn grpc_addr(url: &str) -> std::net::SocketAddr {
+pub(crate) fn grpc_addr(url: &str) -> std::net::SocketAddr {
     url.trim_start_matches("http://")
         .parse()
         .expect("host:port")

@@ -33,3 +33,4 @@ mod tls;
 mod traffic;
 mod verify;
 mod webhooks;
+mod webhooks_out;

@@ -54,14 +54,14 @@ fn python() -> &'static Path {
 
 /// What the reference library made of one webhook.
 #[derive(Debug)]
-enum Verdict {
+pub(crate) enum Verdict {
     Accepted,
     /// Refused, with the library's error.
     Refused(String),
 }
 
 /// Runs the reference library's `Webhook(secret).verify(body, headers)` on one webhook.
-fn reference_verify(
+pub(crate) fn reference_verify(
     secret: &str,
     id: &str,
     timestamp: i64,

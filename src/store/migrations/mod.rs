@@ -15,6 +15,7 @@ mod m20261203_000010_provider_waits;
 mod m20261203_000011_connections;
 mod m20261204_000012_replicas;
 mod m20261207_000013_events;
+mod m20261207_000014_webhook_endpoints;
 
 pub struct Migrator;
 
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000011_connections::Migration),
             Box::new(m20261204_000012_replicas::Migration),
             Box::new(m20261207_000013_events::Migration),
+            Box::new(m20261207_000014_webhook_endpoints::Migration),
         ]
     }
 }
