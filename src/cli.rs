@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod connections;
 mod health;
 mod providers;
+mod webhooks;
 
 use crate::app::{Application, shutdown_signal};
 use crate::config::{DEFAULT_DATABASE_URL, ServeSettings};
@@ -69,6 +70,9 @@ pub enum Command {
     /// under a new master key). Credentials are read from files and never printed.
     #[command(subcommand)]
     Connections(connections::ConnectionsCommand),
+    /// The account's webhook endpoints (create, list, update, delete, rotate-secret) and their
+    /// deliveries (deliveries, retry, replay), over gRPC with a webhooks:manage key.
+    Webhooks(webhooks::WebhooksArgs),
     /// Refund every row of a CSV file through BulkRefund.
     ///
     /// Shows progress, writes the rows that did not succeed to a dead-letter file, and prints a
@@ -794,6 +798,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(command) => keys(command).await,
         Command::Accounts(command) => accounts(command).await,
         Command::Connections(command) => connections::run(command).await,
+        Command::Webhooks(args) => webhooks::run(args).await,
         Command::Bulk(args) => crate::bulk_cli::run(args).await,
         Command::Verify(args) => verify(args).await,
         Command::Health(args) => health::run(args).await,

@@ -28,6 +28,8 @@ mod input;
 mod progress;
 mod stream;
 
+pub(crate) use stream::Client;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -711,7 +713,11 @@ fn server_url(server: &str) -> anyhow::Result<String> {
     }
 }
 
-async fn connect(server: &str, api_key: &str, batch_size: u32) -> anyhow::Result<stream::Client> {
+pub(crate) async fn connect(
+    server: &str,
+    api_key: &str,
+    batch_size: u32,
+) -> anyhow::Result<stream::Client> {
     let bearer = format!("Bearer {}", api_key.trim())
         .parse()
         .map_err(|_| anyhow!("--api-key must be printable ASCII"))?;

@@ -19,11 +19,11 @@ use crate::api::pb::bulk_refund_event::Event as PbEvent;
 use crate::api::pb::refund_service_client::RefundServiceClient;
 use tonic::service::interceptor::InterceptedService;
 
-pub(super) type Client = RefundServiceClient<InterceptedService<Channel, BearerAuth>>;
+pub(crate) type Client = RefundServiceClient<InterceptedService<Channel, BearerAuth>>;
 
 /// Adds `authorization: Bearer <API key>` to every call.
 #[derive(Clone)]
-pub(super) struct BearerAuth(pub(super) tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+pub(crate) struct BearerAuth(pub(super) tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
 
 impl tonic::service::Interceptor for BearerAuth {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {

@@ -521,6 +521,7 @@ impl RefundService {
             webhook.attempt = delivery.attempts,
             http.response.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         );
         async {
             // An endpoint enabled or made since this round listed them.
@@ -638,6 +639,7 @@ impl RefundService {
             SendOutcome::Refused { status, body } => {
                 span.record("http.response.status_code", status);
                 span.record("error.type", status.to_string());
+                span.record("otel.status_code", "ERROR");
                 let body = body.trim();
                 let error = if body.is_empty() {
                     format!("the endpoint answered {status}")
@@ -648,6 +650,7 @@ impl RefundService {
             }
             SendOutcome::NoAnswer { error } => {
                 span.record("error.type", "no_answer");
+                span.record("otel.status_code", "ERROR");
                 (None, error)
             }
         };

@@ -36,6 +36,7 @@ struct Received {
     timestamp: i64,
     signature: String,
     content_type: String,
+    traceparent: String,
     body: String,
     answered: u16,
 }
@@ -69,6 +70,7 @@ async fn record(
         timestamp: header("webhook-timestamp").parse().unwrap_or(0),
         signature: header("webhook-signature"),
         content_type: header("content-type"),
+        traceparent: header("traceparent"),
         body: String::from_utf8_lossy(&body).into_owned(),
         answered: status,
     });
@@ -894,4 +896,158 @@ async fn one_account_never_sees_another_accounts_endpoints_or_events() {
         .expect_err("no scope");
     assert_eq!(err.code(), Code::PermissionDenied);
     app.stop().await;
+}
+
+/// `refund-service webhooks` manages endpoints and shows deliveries, over gRPC with a key.
+#[tokio::test]
+async fn the_cli_creates_lists_and_deletes_endpoints_and_shows_deliveries() {
+    let keys = tempfile::tempdir().expect("dir");
+    let db = TestDb::new().await;
+    let app = spawn_webhooks(&db, &keys).await;
+    let receiver = Receiver::start(200).await;
+    let server = format!("http://{}", app.grpc_addr);
+    let cli = |args: &[&str]| {
+        let server = server.clone();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        async move {
+            // Off the test's runtime, which also runs the server the CLI calls.
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_refund-service"))
+                    .arg("webhooks")
+                    .args(&args)
+                    .env("REFUND_SERVER", &server)
+                    .env("REFUND_API_KEY", ADMIN_KEY)
+                    .env("RUST_LOG", "off")
+                    .output()
+            })
+            .await
+            .expect("join")
+            .expect("run the CLI");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (code, out, err) = cli(&[
+        "create",
+        "--url",
+        &receiver.url,
+        "--events",
+        "refund.succeeded",
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let secret = out.lines().last().expect("secret line").to_owned();
+    assert!(secret.starts_with("whsec_"), "{out}");
+    let id = out.split_whitespace().next().expect("id").to_owned();
+    assert!(id.starts_with("we_"), "{out}");
+
+    settled_refunds(&app, &mut app.client.clone(), 1).await;
+    eventually(Duration::from_secs(20), "the delivery", || {
+        let n = receiver.delivered().len();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    assert!(accepted(&secret, &receiver.received()[0]));
+
+    let (code, out, _) = cli(&["list"]).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains(&id) && out.contains("events: refund.succeeded"),
+        "{out}"
+    );
+    let (code, out, _) = cli(&["deliveries", "--endpoint", &id]).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("DELIVERED") && out.contains("refund.succeeded"),
+        "{out}"
+    );
+    let (code, _, err) = cli(&["create", "--url", "ftp://example.com/x"]).await;
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("INVALID_ARGUMENT") || err.contains("InvalidArgument"),
+        "{err}"
+    );
+    let (code, out, _) = cli(&["delete", &id]).await;
+    assert_eq!(code, Some(0), "{out}");
+    let (_, out, _) = cli(&["list"]).await;
+    assert!(out.contains("no webhook endpoints"), "{out}");
+    app.stop().await;
+}
+
+/// Each attempt has a client span, and its trace context goes to the receiver (`traceparent`),
+/// so a subscriber can join its handling to the attempt's trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_attempt_has_a_span_whose_trace_context_reaches_the_receiver() {
+    use opentelemetry::trace::{SpanKind, Status};
+    let _exporter = telemetry_lock().await;
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let telemetry = refund_service::telemetry::init_with_exporter(
+        refund_service::telemetry::TelemetryConfig {
+            test_writer: true,
+            ..refund_service::telemetry::TelemetryConfig::logs_only(
+                refund_service::telemetry::LogFormat::Pretty,
+            )
+        },
+        exporter.clone(),
+    );
+    let keys = tempfile::tempdir().expect("dir");
+    let db = TestDb::new().await;
+    let app = spawn_webhooks(&db, &keys).await;
+    let receiver = Receiver::start(503).await;
+    let mut client = app.client.clone();
+    create_endpoint(&mut client, &receiver.url, &["refund.created"]).await;
+    settled_refunds(&app, &mut client, 1).await;
+    eventually(Duration::from_secs(20), "a refused attempt", || {
+        let n = receiver.received().len();
+        async move { (n >= 1).then_some(()) }
+    })
+    .await;
+    receiver.answer(200);
+    eventually(Duration::from_secs(20), "the delivery", || {
+        let n = receiver.delivered().len();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    let spans = eventually(Duration::from_secs(10), "the attempts' spans", || {
+        let spans: Vec<_> = exporter
+            .get_finished_spans()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| s.name == "webhook.deliver")
+            .collect();
+        let n = receiver.received().len();
+        async move { (spans.len() >= n).then_some(spans) }
+    })
+    .await;
+    for r in receiver.received() {
+        // traceparent: 00-<trace id>-<span id>-<flags>
+        let parts: Vec<&str> = r.traceparent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{r:?}");
+        let span = spans
+            .iter()
+            .find(|s| s.span_context.span_id().to_string() == parts[2])
+            .unwrap_or_else(|| panic!("no span {} among {spans:?}", parts[2]));
+        assert_eq!(span.span_kind, SpanKind::Client);
+        assert_eq!(span.span_context.trace_id().to_string(), parts[1]);
+        let code = span
+            .attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == "http.response.status_code")
+            .map(|kv| kv.value.to_string());
+        assert_eq!(code.as_deref(), Some(r.answered.to_string().as_str()));
+        if r.answered == 503 {
+            assert!(
+                matches!(span.status, Status::Error { .. }),
+                "{:?}",
+                span.status
+            );
+        }
+    }
+    app.stop().await;
+    tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .expect("flush");
 }
