@@ -368,7 +368,9 @@ def assert_netpol(ds):
         check(any(p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "test" for p in ing["from"]), "ingress allows the helm test pod")
         eg = np["spec"]["egress"]
         ports = sorted((p["port"], p["protocol"]) for r in eg for p in r["ports"])
-        check(ports == [(53, "TCP"), (53, "UDP"), (443, "TCP"), (4317, "TCP"), (5432, "TCP")], "egress: DNS, PostgreSQL, providers, OTLP")
+        check(ports == [(53, "TCP"), (53, "UDP"), (443, "TCP"), (443, "TCP"), (4317, "TCP"), (5432, "TCP")], "egress: DNS, PostgreSQL, providers, webhooks, OTLP")
+        hooks = [t["ipBlock"] for r in eg for t in r["to"] if t.get("ipBlock", {}).get("cidr") == "0.0.0.0/0"]
+        check(len(hooks) == 1 and {"10.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16"} <= set(hooks[0].get("except", [])), "webhook egress: any address but private, loopback and link-local (metadata)")
         dns = eg[0]["to"][0]
         check(dns.get("podSelector", {}).get("matchLabels") == {"k8s-app": "kube-dns"}, "DNS egress to kube-dns")
         pg = [r for r in eg if r["ports"][0]["port"] == 5432][0]
