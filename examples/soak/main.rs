@@ -5,8 +5,9 @@
 //! all), turns on the sandbox's faults, seeds payments, drives a random mix of refunds, batches,
 //! cancellations and approvals for `--minutes` while killing a replica about every 30 s, then
 //! turns faults off, waits until nothing is PENDING and every batch has finished, runs
-//! `refund-service verify` (when the binary has it) and its own minimal check, and prints one
-//! summary. Exit status 0 only with zero violations.
+//! `refund-service verify` (when the binary has it) and its own minimal check, checks that a
+//! subscriber's webhook endpoint (answering 503 to a share of the webhooks throughout) got every
+//! event, and prints one summary. Exit status 0 only with zero violations.
 //!
 //! The RNG is seeded from `--seed` (printed at start): the operation mix, amounts and fault dice
 //! replay, but under concurrency and kills the interleavings do not, so a replay is not exact.
@@ -14,6 +15,7 @@
 mod check;
 mod client;
 mod procs;
+mod subscriber;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -212,6 +214,12 @@ async fn run(args: Args) -> anyhow::Result<usize> {
     };
     println!("soak: database {database_url}");
 
+    // --- the secrets key (webhook signing secrets are sealed with it) and a subscriber ---
+    let key_file = run_dir.join("master.key");
+    let key: [u8; 32] = StdRng::seed_from_u64(seed ^ 0x5ec2e7).random();
+    std::fs::write(&key_file, hex::encode(key))?;
+    let subscriber = subscriber::Subscriber::start(seed, 0.2).await?;
+
     // --- the sandbox, sending its webhooks to replica 0 ---
     let ports: Vec<(u16, u16)> = (0..args.replicas)
         .map(|_| Ok((free_port()?, free_port()?)))
@@ -275,6 +283,15 @@ async fn run(args: Args) -> anyhow::Result<usize> {
             "1000".into(),
             "--shutdown-grace".into(),
             "1s".into(),
+            "--secrets-key-file".into(),
+            key_file.display().to_string(),
+            // The subscriber is on loopback, over http.
+            "--webhook-allow-private-targets".into(),
+            "--webhook-allow-http".into(),
+            "--webhook-retry-min-delay".into(),
+            "200ms".into(),
+            "--webhook-timeout".into(),
+            "2s".into(),
         ];
         replicas.push(Replica {
             index,
@@ -388,6 +405,10 @@ async fn run(args: Args) -> anyhow::Result<usize> {
             .collect()
     };
     let requester = make(ADMIN_KEY)?;
+    subscriber
+        .subscribe(&requester[0])
+        .await
+        .context("cannot create the subscriber's webhook endpoint")?;
     let approver = make(&approver_key)?;
     let drive = Duration::from_secs_f64(args.minutes * 60.0);
     let started = Instant::now();
@@ -465,6 +486,10 @@ async fn run(args: Args) -> anyhow::Result<usize> {
     )
     .await;
     let own = check::own_check(&requester[0], &sandbox, &all_payments).await;
+    subscriber.heal();
+    let webhooks = subscriber
+        .wait_for_all(&requester[0], Duration::from_secs(args.settle_timeout))
+        .await;
     let stats: Value = http
         .get(format!("{sandbox_url}/stats"))
         .send()
@@ -598,6 +623,37 @@ async fn run(args: Args) -> anyhow::Result<usize> {
         Err(e) => {
             line(&mut out, format!("own check: could not run: {e:#}"));
             violations.push(format!("own check could not run: {e:#}"));
+        }
+    }
+    match &webhooks {
+        Ok(w) => {
+            line(
+                &mut out,
+                format!(
+                    "webhooks: {} events, {} requests to the subscriber ({} answered 503 on purpose, {} with a bad signature); missing after {:.0}s: {}",
+                    w.events,
+                    w.requests,
+                    w.refused,
+                    w.bad_signatures,
+                    w.waited.as_secs_f64(),
+                    w.missing.len()
+                ),
+            );
+            violations.extend(
+                w.missing
+                    .iter()
+                    .map(|e| format!("webhook never delivered: {e}")),
+            );
+            if w.bad_signatures > 0 {
+                violations.push(format!(
+                    "webhook signatures refused by the subscriber: {}",
+                    w.bad_signatures
+                ));
+            }
+        }
+        Err(e) => {
+            line(&mut out, format!("webhooks: could not check: {e:#}"));
+            violations.push(format!("webhooks could not be checked: {e:#}"));
         }
     }
     match verify {
