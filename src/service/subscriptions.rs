@@ -38,6 +38,9 @@ const FAN_OUT_BATCH: u64 = 500;
 const CLAIM_BATCH: u64 = 32;
 /// Deliveries pruned per statement.
 const PRUNE_SLICE: u64 = 5_000;
+/// The most a wake-up waits for the dispatcher after its last round (see
+/// `run_webhook_dispatcher`).
+const MAX_ROUND_GAP: Duration = Duration::from_millis(100);
 
 /// How webhooks to subscribers are sent and retried.
 #[derive(Debug, Clone)]
@@ -728,8 +731,13 @@ impl RefundService {
 pub async fn run_webhook_dispatcher(service: RefundService, shutdown: impl Future<Output = ()>) {
     let mut appended = service.store().events_appended();
     let mut remote = service.inner.remote_events.subscribe();
-    let mut tick = tokio::time::interval(service.config().webhooks.poll_interval);
+    let poll = service.config().webhooks.poll_interval;
+    let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // During a batch, events are appended hundreds of times a second; one round per wake-up
+    // would be a stream of queries competing with the batch for the database (SQLite has one
+    // connection). Wake-ups that come within this gap of the last round are served together.
+    let gap = poll.min(MAX_ROUND_GAP);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -739,8 +747,19 @@ pub async fn run_webhook_dispatcher(service: RefundService, shutdown: impl Futur
             Ok(()) = remote.changed() => {}
             () = service.inner.webhook_wakeup.notified() => {}
         }
-        if let Err(e) = service.dispatch_webhooks_once().await {
-            tracing::error!(error = ?anyhow::Error::new(e), "webhook dispatch round failed");
+        tokio::select! {
+            // A round cut short leaves its claimed deliveries to be sent again when their lease
+            // ends: at least once.
+            () = &mut shutdown => return,
+            round = service.dispatch_webhooks_once() => {
+                if let Err(e) = round {
+                    tracing::error!(error = ?anyhow::Error::new(e), "webhook dispatch round failed");
+                }
+            }
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(gap) => {}
         }
     }
 }
