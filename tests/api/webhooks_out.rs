@@ -1051,3 +1051,102 @@ async fn each_attempt_has_a_span_whose_trace_context_reaches_the_receiver() {
         .await
         .expect("flush");
 }
+
+/// A redirect is a failed attempt, never followed (a public endpoint could answer 307 to the
+/// metadata address); a long refusal is read only up to its first KiB.
+#[tokio::test]
+async fn redirects_are_not_followed_and_a_refusals_body_is_bounded() {
+    let keys = tempfile::tempdir().expect("dir");
+    let db = TestDb::new().await;
+    let app = spawn_webhooks(&db, &keys).await;
+    let followed = Arc::new(AtomicU16::new(0));
+    let router = axum::Router::new()
+        .route(
+            "/redirect",
+            axum::routing::post(|| async {
+                (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(axum::http::header::LOCATION, "/target")],
+                )
+            }),
+        )
+        .route(
+            "/target",
+            axum::routing::post({
+                let followed = followed.clone();
+                move || async move {
+                    followed.fetch_add(1, Ordering::SeqCst);
+                    StatusCode::OK
+                }
+            }),
+        )
+        .route(
+            "/long",
+            axum::routing::post(|| async { (StatusCode::BAD_GATEWAY, "x".repeat(1 << 20)) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    let mut client = app.client.clone();
+    let redirect = create_endpoint(
+        &mut client,
+        &format!("http://{addr}/redirect"),
+        &["refund.created"],
+    )
+    .await
+    .endpoint
+    .expect("endpoint")
+    .id;
+    let long = create_endpoint(
+        &mut client,
+        &format!("http://{addr}/long"),
+        &["refund.created"],
+    )
+    .await
+    .endpoint
+    .expect("endpoint")
+    .id;
+    settled_refunds(&app, &mut client, 1).await;
+    let attempted = |id: String| {
+        let client = client.clone();
+        async move {
+            eventually(Duration::from_secs(20), "an attempt", || {
+                let mut client = client.clone();
+                let id = id.clone();
+                async move {
+                    deliveries(&mut client, &id)
+                        .await
+                        .into_iter()
+                        .find(|d| d.attempts >= 1 && d.last_status_code != 0)
+                }
+            })
+            .await
+        }
+    };
+    let d = attempted(redirect).await;
+    assert_eq!(d.last_status_code, 307);
+    assert_eq!(
+        d.status(),
+        pb::WebhookDeliveryStatus::Pending,
+        "retried later"
+    );
+    assert_eq!(
+        followed.load(Ordering::SeqCst),
+        0,
+        "the redirect was followed"
+    );
+    let d = attempted(long).await;
+    assert_eq!(d.last_status_code, 502);
+    assert!(
+        d.last_error.len() <= 1024 + 64,
+        "{} bytes of error kept",
+        d.last_error.len()
+    );
+    assert!(d.last_error.contains("502: xxx"), "{}", &d.last_error[..80]);
+    server.abort();
+    app.stop().await;
+}
