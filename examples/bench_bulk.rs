@@ -4,7 +4,10 @@
 //! as processes of the release binary) on a fresh database, seeds N payments, refunds them in one
 //! BulkRefund at concurrency C, and prints: N, L, R, C, wall time, jobs/s, the bound
 //! min(R, C/L) and our ratio to it, and the service's peak RSS. With `--sequential M` it also
-//! refunds M payments one CreateRefund at a time, like the seed's loop, for comparison.
+//! refunds M payments one CreateRefund at a time, like the seed's loop, for comparison. With
+//! `--webhooks` a subscriber on loopback takes every event as a webhook during the batch: the
+//! batch's figures then include the dispatcher's work, and a second line says how long after the
+//! batch the last event arrived.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,6 +56,34 @@ struct Args {
     outage_at: Option<f64>,
     #[arg(long, default_value_t = 20)]
     outage_secs: u64,
+    /// Subscribe a loopback receiver (answering 204) to every event during the batch.
+    #[arg(long)]
+    webhooks: bool,
+}
+
+/// A receiver that answers 204 and counts.
+async fn start_receiver() -> anyhow::Result<(String, std::sync::Arc<std::sync::atomic::AtomicU64>)>
+{
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let count = Arc::new(AtomicU64::new(0));
+    let counted = count.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::Relaxed);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((format!("http://{addr}/hook"), count))
 }
 
 struct Proc(Child);
@@ -143,9 +174,25 @@ async fn main() -> anyhow::Result<()> {
 
     let (grpc, http) = (free_port()?, free_port()?);
     let max_jobs = args.jobs.max(args.sequential).max(10_000);
+    let key_file = work.path().join("master.key");
+    std::fs::write(
+        &key_file,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+    )?;
+    let webhook_args: Vec<String> = if args.webhooks {
+        vec![
+            "--secrets-key-file".into(),
+            key_file.display().to_string(),
+            "--webhook-allow-private-targets".into(),
+            "--webhook-allow-http".into(),
+        ]
+    } else {
+        Vec::new()
+    };
     let service = Proc(
         Command::new(&args.bin)
             .args(["serve", "--grpc-addr", &format!("127.0.0.1:{grpc}")])
+            .args(&webhook_args)
             .args(["--http-addr", &format!("127.0.0.1:{http}")])
             .args(["--database-url", &database_url])
             .args(["--sandbox-url", &sandbox_url])
@@ -201,6 +248,18 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
     drop(payments);
+    let receiver = if args.webhooks {
+        let (url, count) = start_receiver().await?;
+        client
+            .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
+                url,
+                ..Default::default()
+            })
+            .await?;
+        Some(count)
+    } else {
+        None
+    };
 
     let started = Instant::now();
     let mut stream = client
@@ -273,6 +332,23 @@ async fn main() -> anyhow::Result<()> {
         stats.max_requests_per_sec,
         stats.rate_limited,
     );
+    if let Some(count) = &receiver {
+        // Every job's refund.created and refund.succeeded, and the batch's two.
+        let want = 2 * u64::from(args.jobs) + 2;
+        let waiting = Instant::now();
+        while count.load(std::sync::atomic::Ordering::Relaxed) < want
+            && waiting.elapsed() < Duration::from_secs(600)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let got = count.load(std::sync::atomic::Ordering::Relaxed);
+        let total = started.elapsed();
+        println!(
+            "  webhooks: {got} of {want} events delivered; the last {:.2}s after the batch ended ({:.0} webhooks/s over the whole run)",
+            waiting.elapsed().as_secs_f64(),
+            got as f64 / total.as_secs_f64()
+        );
+    }
     if let Some(at) = args.outage_at {
         println!(
             "  with a {}s outage after {:.0}% of the results: waited {}s for the provider, {} jobs failed",
