@@ -140,6 +140,8 @@ struct Inner {
     changes: changes::ChangeFeed,
     /// Wakes this process's webhook dispatcher after a retry or replay is asked for here.
     webhook_wakeup: tokio::sync::Notify,
+    /// Sends webhooks to subscribers, keeping a pinned HTTP client per endpoint host.
+    webhook_sender: crate::webhooks_out::sender::Sender,
 }
 
 impl RefundService {
@@ -152,6 +154,12 @@ impl RefundService {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                webhook_sender: crate::webhooks_out::sender::Sender::new(
+                    crate::webhooks_out::sender::SendConfig {
+                        policy: config.webhooks.policy,
+                        timeout: config.webhooks.timeout,
+                    },
+                ),
                 store,
                 providers,
                 connections,

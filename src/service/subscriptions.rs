@@ -24,7 +24,7 @@ use crate::domain::{
 };
 use crate::secret::Secret;
 use crate::store::{DeliveryFilter, EndpointChanges, NewEndpointRow, StoredEndpoint};
-use crate::webhooks_out::sender::{self, Outbound, SendConfig, SendOutcome};
+use crate::webhooks_out::sender::{Outbound, SendOutcome};
 use crate::webhooks_out::signing::WebhookSecret;
 use crate::webhooks_out::target::{Endpoint, EndpointPolicy};
 
@@ -445,10 +445,7 @@ impl RefundService {
             .into_iter()
             .map(|s| (s.endpoint.id.clone(), Arc::new(s)))
             .collect();
-        let send = SendConfig {
-            policy: self.config().webhooks.policy,
-            timeout: self.config().webhooks.timeout,
-        };
+        let send = *self.inner.webhook_sender.config();
         let mut attempts = 0;
         loop {
             let now = self.clock().now();
@@ -480,7 +477,7 @@ impl RefundService {
                 let event = events.get(&delivery.event_id).cloned();
                 tasks.spawn(async move {
                     service
-                        .attempt(delivery, endpoint.as_deref(), event.as_ref(), send)
+                        .attempt(delivery, endpoint.as_deref(), event.as_ref())
                         .await
                 });
             }
@@ -512,7 +509,6 @@ impl RefundService {
         delivery: WebhookDelivery,
         endpoint: Option<&StoredEndpoint>,
         event: Option<&Event>,
-        send: SendConfig,
     ) -> Result<(), crate::store::StoreError> {
         let span = tracing::info_span!(
             "webhook.deliver",
@@ -546,7 +542,7 @@ impl RefundService {
             };
             let outcome = match (endpoint, event) {
                 (Some(endpoint), Some(event)) => {
-                    self.send_one(&delivery, endpoint, event, send).await
+                    self.send_one(&delivery, endpoint, event).await
                 }
                 (_, None) | (None, _) => SendOutcome::NoAnswer {
                     error: "the event is past its retention".to_owned(),
@@ -564,7 +560,6 @@ impl RefundService {
         delivery: &WebhookDelivery,
         stored: &StoredEndpoint,
         event: &Event,
-        send: SendConfig,
     ) -> SendOutcome {
         let secrets = match self.signing_secrets(stored) {
             Ok(s) => s,
@@ -581,18 +576,17 @@ impl RefundService {
         let headers = crate::telemetry::trace_headers();
         let timestamp_secs = self.clock().now().as_micros() / 1_000_000;
         tracing::debug!(endpoint_id = %delivery.endpoint_id, event_id = %event.id, "sending webhook");
-        sender::send(
-            &send,
-            Outbound {
+        self.inner
+            .webhook_sender
+            .send(Outbound {
                 url: &stored.endpoint.url,
                 id: event.id.as_str(),
                 timestamp_secs,
                 body: body.as_bytes(),
                 secrets: &secrets,
                 extra_headers: &headers,
-            },
-        )
-        .await
+            })
+            .await
     }
 
     /// The secrets that sign for `stored` now: the current one, and the previous one while its

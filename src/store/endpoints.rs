@@ -432,14 +432,14 @@ impl Store {
 
     /// Records attempt number `attempt` of a delivery as delivered, and ends its endpoint's
     /// failure streak. Only the holder of that attempt writes: a later attempt (the lease ran
-    /// out and another worker took it) owns the row then.
+    /// out and another worker took it) owns the row then. Two statements, not one transaction:
+    /// the streak only informs disabling, and the next success ends it if a crash came between.
     pub async fn delivery_succeeded(
         &self,
         d: &WebhookDelivery,
         status_code: u16,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin().await?;
         webhook_delivery::Entity::update_many()
             .col_expr(
                 webhook_delivery::Column::Status,
@@ -464,7 +464,7 @@ impl Store {
             )
             .filter(webhook_delivery::Column::Id.eq(d.id.as_str()))
             .filter(webhook_delivery::Column::Attempts.eq(attempts(d.attempts)))
-            .exec(&txn)
+            .exec(&self.db)
             .await?;
         webhook_endpoint::Entity::update_many()
             .col_expr(
@@ -473,9 +473,8 @@ impl Store {
             )
             .filter(webhook_endpoint::Column::Id.eq(d.endpoint_id.as_str()))
             .filter(webhook_endpoint::Column::FailingSince.is_not_null())
-            .exec(&txn)
+            .exec(&self.db)
             .await?;
-        txn.commit().await?;
         Ok(())
     }
 

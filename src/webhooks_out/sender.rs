@@ -5,7 +5,14 @@
 //! and no proxy from the environment is used. The attempt is bounded by a timeout, and so is
 //! the answer's body: only its first [`MAX_RESPONSE_BODY`] bytes are read, to show in the
 //! delivery's last error.
+//!
+//! A [`Sender`] keeps one HTTP client (with its connection pool) per host and set of approved
+//! addresses, so that deliveries to an endpoint reuse their connections; a host that resolves
+//! to other addresses gets another client, pinned to those.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::signing::{self, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, WebhookSecret};
@@ -57,8 +64,60 @@ pub enum SendOutcome {
     NoAnswer { error: String },
 }
 
-/// Sends `webhook` under `config`.
-pub async fn send(config: &SendConfig, webhook: Outbound<'_>) -> SendOutcome {
+/// Clients kept at most; past it the cache starts over (their connections close).
+const MAX_CLIENTS: usize = 256;
+
+/// Sends webhooks, reusing a pinned client per host and addresses.
+pub struct Sender {
+    config: SendConfig,
+    clients: Mutex<HashMap<(String, Vec<SocketAddr>), reqwest::Client>>,
+}
+
+impl Sender {
+    pub fn new(config: SendConfig) -> Self {
+        Self {
+            config,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn config(&self) -> &SendConfig {
+        &self.config
+    }
+
+    /// The client for `host` pinned to `addrs`, made on first use.
+    fn client(&self, host: &str, addrs: &[SocketAddr]) -> Result<reqwest::Client, String> {
+        let key = (host.to_owned(), addrs.to_vec());
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        // reqwest is built without a default TLS crypto provider; installing fails harmlessly
+        // when another part of the process already did it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(self.config.timeout)
+            .resolve_to_addrs(host, addrs)
+            .user_agent(concat!("refund-service/", env!("CARGO_PKG_VERSION"), " webhooks"))
+            .build()
+            .map_err(|e| crate::error_chain::causes(&e))?;
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// Sends `webhook`.
+    pub async fn send(&self, webhook: Outbound<'_>) -> SendOutcome {
+        send(self, webhook).await
+    }
+}
+
+async fn send(sender: &Sender, webhook: Outbound<'_>) -> SendOutcome {
+    let config = &sender.config;
     let no_answer = |error: String| SendOutcome::NoAnswer { error };
     if webhook.secrets.is_empty() {
         return no_answer("the endpoint has no signing secret".to_owned());
@@ -82,23 +141,9 @@ pub async fn send(config: &SendConfig, webhook: Outbound<'_>) -> SendOutcome {
             ));
         }
     };
-    // reqwest is built without a default TLS crypto provider; installing fails harmlessly when
-    // another part of the process already did it.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = match reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .timeout(config.timeout)
-        .resolve_to_addrs(endpoint.host_str(), &addrs)
-        .user_agent(concat!(
-            "refund-service/",
-            env!("CARGO_PKG_VERSION"),
-            " webhooks"
-        ))
-        .build()
-    {
+    let client = match sender.client(endpoint.host_str(), &addrs) {
         Ok(c) => c,
-        Err(e) => return no_answer(crate::error_chain::causes(&e)),
+        Err(e) => return no_answer(e),
     };
     let signature = signing::sign(
         webhook.id,
