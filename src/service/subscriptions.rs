@@ -481,14 +481,27 @@ impl RefundService {
                         .await
                 });
             }
+            // Successes are written together, by status code (one statement each).
+            let mut delivered: HashMap<u16, Vec<WebhookDelivery>> = HashMap::new();
             while let Some(done) = tasks.join_next().await {
                 match done {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(None)) => {}
+                    Ok(Ok(Some((delivery, status)))) => {
+                        delivered.entry(status).or_default().push(delivery);
+                    }
                     Ok(Err(e)) => {
                         tracing::error!(error = ?anyhow::Error::new(e), "recording a webhook delivery failed")
                     }
                     Err(e) => tracing::error!(error = %e, "a webhook delivery task failed"),
                 }
+            }
+            let now = self.clock().now();
+            for (status, list) in &delivered {
+                let refs: Vec<&WebhookDelivery> = list.iter().collect();
+                self.store()
+                    .deliveries_succeeded(&refs, lease_until, *status, now)
+                    .await
+                    .map_err(internal)?;
             }
             if (n as u64) < CLAIM_BATCH {
                 break;
@@ -503,13 +516,14 @@ impl RefundService {
         Ok(attempts)
     }
 
-    /// One attempt of a claimed delivery, and its outcome recorded.
+    /// One attempt of a claimed delivery. A failure is recorded here; a success is returned,
+    /// with the answer's status, for the round to record with the others.
     async fn attempt(
         &self,
         delivery: WebhookDelivery,
         endpoint: Option<&StoredEndpoint>,
         event: Option<&Event>,
-    ) -> Result<(), crate::store::StoreError> {
+    ) -> Result<Option<(WebhookDelivery, u16)>, crate::store::StoreError> {
         let span = tracing::info_span!(
             "webhook.deliver",
             otel.kind = "client",
@@ -536,20 +550,20 @@ impl RefundService {
                         Some(e) if e.endpoint.enabled => Some(e),
                         // Disabled or deleted meanwhile: it waits (a claim skips disabled
                         // endpoints' deliveries) or is gone with its endpoint.
-                        _ => return Ok(()),
+                        _ => return Ok(None),
                     }
                 }
             };
             let outcome = match (endpoint, event) {
-                (Some(endpoint), Some(event)) => {
-                    self.send_one(&delivery, endpoint, event).await
-                }
+                (Some(endpoint), Some(event)) => self.send_one(&delivery, endpoint, event).await,
                 (_, None) | (None, _) => SendOutcome::NoAnswer {
                     error: "the event is past its retention".to_owned(),
                 },
             };
-            self.record(&delivery, endpoint, event.is_some(), outcome)
-                .await
+            let delivered = self
+                .record(&delivery, endpoint, event.is_some(), outcome)
+                .await?;
+            Ok(delivered.map(|status| (delivery, status)))
         }
         .instrument(span)
         .await
@@ -624,14 +638,14 @@ impl RefundService {
         endpoint: Option<&StoredEndpoint>,
         event_exists: bool,
         outcome: SendOutcome,
-    ) -> Result<(), crate::store::StoreError> {
+    ) -> Result<Option<u16>, crate::store::StoreError> {
         let span = tracing::Span::current();
         let now = self.clock().now();
         let (code, error) = match outcome {
             SendOutcome::Delivered { status } => {
                 span.record("http.response.status_code", status);
                 self.metrics().webhook_attempt("delivered");
-                return self.store().delivery_succeeded(delivery, status, now).await;
+                return Ok(Some(status));
             }
             SendOutcome::Refused { status, body } => {
                 span.record("http.response.status_code", status);
@@ -695,7 +709,7 @@ impl RefundService {
                 tracing::warn!(endpoint_id = %delivery.endpoint_id, %reason, "webhook endpoint disabled");
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Deletes finished deliveries older than the events' retention. Returns how many.

@@ -372,74 +372,70 @@ impl Store {
     }
 
     /// Claims up to `limit` due deliveries of enabled endpoints until `lease_until`, counting an
-    /// attempt on each. The returned deliveries carry the attempt's number in `attempts`.
+    /// attempt on each, in one statement: on PostgreSQL the due rows are locked with `SKIP
+    /// LOCKED`, so replicas claiming at once take different deliveries (and a row another claim
+    /// changed meanwhile is re-checked, not taken twice); SQLite runs one writer at a time. The
+    /// returned deliveries carry the attempt's number in `attempts`, and `lease_until` in
+    /// `next_attempt_at`, which only their holder's writes match.
     pub async fn claim_deliveries(
         &self,
         now: Timestamp,
         lease_until: Timestamp,
         limit: u64,
     ) -> Result<Vec<WebhookDelivery>, StoreError> {
-        let enabled: Vec<String> = webhook_endpoint::Entity::find()
-            .select_only()
-            .column(webhook_endpoint::Column::Id)
-            .filter(webhook_endpoint::Column::Enabled.eq(true))
-            .into_tuple()
-            .all(&self.db)
-            .await?;
-        if enabled.is_empty() {
-            return Ok(Vec::new());
-        }
-        let due = webhook_delivery::Entity::find()
-            .filter(webhook_delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
-            .filter(webhook_delivery::Column::NextAttemptAt.lte(now.as_micros()))
-            .filter(webhook_delivery::Column::EndpointId.is_in(enabled))
-            .order_by_asc(webhook_delivery::Column::NextAttemptAt)
-            .limit(limit)
-            .all(&self.db)
-            .await?;
-        let mut claimed = Vec::with_capacity(due.len());
-        for row in due {
-            let won = webhook_delivery::Entity::update_many()
-                .col_expr(
-                    webhook_delivery::Column::NextAttemptAt,
-                    Expr::value(Some(lease_until.as_micros())),
-                )
-                .col_expr(
-                    webhook_delivery::Column::Attempts,
-                    Expr::col(webhook_delivery::Column::Attempts).add(1),
-                )
-                .col_expr(
-                    webhook_delivery::Column::UpdatedAt,
-                    Expr::value(now.as_micros()),
-                )
-                .filter(webhook_delivery::Column::Id.eq(row.id.as_str()))
-                .filter(webhook_delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
-                .filter(webhook_delivery::Column::Attempts.eq(row.attempts))
-                .filter(webhook_delivery::Column::NextAttemptAt.eq(row.next_attempt_at))
-                .exec(&self.db)
-                .await?
-                .rows_affected
-                == 1;
-            if won {
-                let mut delivery = to_delivery(row)?;
-                delivery.attempts = delivery.attempts.saturating_add(1);
-                delivery.next_attempt_at = Some(lease_until);
-                claimed.push(delivery);
+        let backend = self.db.get_database_backend();
+        let sql = match backend {
+            DbBackend::Postgres => {
+                "UPDATE webhook_deliveries SET next_attempt_at = $1, attempts = attempts + 1, \
+                 updated_at = $2 \
+                 WHERE id IN (SELECT id FROM webhook_deliveries \
+                   WHERE status = 'PENDING' AND next_attempt_at <= $2 \
+                   AND endpoint_id IN (SELECT id FROM webhook_endpoints WHERE enabled) \
+                   ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 RETURNING *"
             }
-        }
-        Ok(claimed)
+            _ => {
+                "UPDATE webhook_deliveries SET next_attempt_at = ?1, attempts = attempts + 1, \
+                 updated_at = ?2 \
+                 WHERE id IN (SELECT id FROM webhook_deliveries \
+                   WHERE status = 'PENDING' AND next_attempt_at <= ?2 \
+                   AND endpoint_id IN (SELECT id FROM webhook_endpoints WHERE enabled) \
+                   ORDER BY next_attempt_at LIMIT ?3) \
+                 RETURNING *"
+            }
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        webhook_delivery::Entity::find()
+            .from_raw_sql(Statement::from_sql_and_values(
+                backend,
+                sql,
+                [
+                    lease_until.as_micros().into(),
+                    now.as_micros().into(),
+                    limit.into(),
+                ],
+            ))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(to_delivery)
+            .collect()
     }
 
-    /// Records attempt number `attempt` of a delivery as delivered, and ends its endpoint's
-    /// failure streak. Only the holder of that attempt writes: a later attempt (the lease ran
-    /// out and another worker took it) owns the row then. Two statements, not one transaction:
-    /// the streak only informs disabling, and the next success ends it if a crash came between.
-    pub async fn delivery_succeeded(
+    /// Records deliveries as delivered with `status_code`, each only while its claim (the lease
+    /// `lease_until`) still holds, and ends their endpoints' failure streaks. Two statements,
+    /// not one transaction: the streak only informs disabling, and the next success ends it if a
+    /// crash came between.
+    pub async fn deliveries_succeeded(
         &self,
-        d: &WebhookDelivery,
+        delivered: &[&WebhookDelivery],
+        lease_until: Timestamp,
         status_code: u16,
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        if delivered.is_empty() {
+            return Ok(());
+        }
         webhook_delivery::Entity::update_many()
             .col_expr(
                 webhook_delivery::Column::Status,
@@ -462,16 +458,18 @@ impl Store {
                 webhook_delivery::Column::UpdatedAt,
                 Expr::value(now.as_micros()),
             )
-            .filter(webhook_delivery::Column::Id.eq(d.id.as_str()))
-            .filter(webhook_delivery::Column::Attempts.eq(attempts(d.attempts)))
+            .filter(webhook_delivery::Column::Id.is_in(delivered.iter().map(|d| d.id.as_str())))
+            .filter(webhook_delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
+            .filter(webhook_delivery::Column::NextAttemptAt.eq(lease_until.as_micros()))
             .exec(&self.db)
             .await?;
+        let endpoints: BTreeSet<&str> = delivered.iter().map(|d| d.endpoint_id.as_str()).collect();
         webhook_endpoint::Entity::update_many()
             .col_expr(
                 webhook_endpoint::Column::FailingSince,
                 Expr::value(Option::<i64>::None),
             )
-            .filter(webhook_endpoint::Column::Id.eq(d.endpoint_id.as_str()))
+            .filter(webhook_endpoint::Column::Id.is_in(endpoints))
             .filter(webhook_endpoint::Column::FailingSince.is_not_null())
             .exec(&self.db)
             .await?;

@@ -100,7 +100,11 @@ impl Sender {
             .no_proxy()
             .timeout(self.config.timeout)
             .resolve_to_addrs(host, addrs)
-            .user_agent(concat!("refund-service/", env!("CARGO_PKG_VERSION"), " webhooks"))
+            .user_agent(concat!(
+                "refund-service/",
+                env!("CARGO_PKG_VERSION"),
+                " webhooks"
+            ))
             .build()
             .map_err(|e| crate::error_chain::causes(&e))?;
         if clients.len() >= MAX_CLIENTS {

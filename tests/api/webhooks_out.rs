@@ -442,6 +442,11 @@ async fn kill_9_between_commit_and_delivery_loses_nothing() {
         "--webhook-allow-http".into(),
         "--webhook-retry-min-delay".into(),
         "100ms".into(),
+        // An attempt the kill cut short is retried when its lease ends (a few times this).
+        "--webhook-timeout".into(),
+        "1s".into(),
+        "--lease-margin".into(),
+        "1s".into(),
     ];
     let service: Proc = spawn(&args);
     let ready = format!("http://127.0.0.1:{http_port}/readyz");
