@@ -23,7 +23,9 @@ use crate::domain::{
     Violations, WebhookDelivery, WebhookDeliveryId, WebhookEndpoint, WebhookEndpointId,
 };
 use crate::secret::Secret;
-use crate::store::{DeliveryFilter, EndpointChanges, NewEndpointRow, StoredEndpoint};
+use crate::store::{
+    DeliveryFilter, EndpointChanges, NewEndpointRow, SecretRotation, StoredEndpoint,
+};
 use crate::webhooks_out::sender::{Outbound, SendOutcome};
 use crate::webhooks_out::signing::WebhookSecret;
 use crate::webhooks_out::target::{Endpoint, EndpointPolicy};
@@ -240,19 +242,42 @@ impl RefundService {
             .map_err(|e| unreadable(&id, e))?;
         let secret = WebhookSecret::generate();
         let now = self.clock().now();
-        let endpoint = self
+        let rotated = self
             .store()
             .rotate_webhook_secret(
                 account,
                 &id,
-                vault.seal(id.as_str(), &Secret::opaque(secret.expose())),
-                vault.seal(id.as_str(), &current),
-                now.saturating_add(overlap.unwrap_or(self.config().webhooks.secret_overlap)),
+                SecretRotation {
+                    replaced_sealed: &stored.secret_sealed,
+                    secret_sealed: vault.seal(id.as_str(), &Secret::opaque(secret.expose())),
+                    previous_sealed: vault.seal(id.as_str(), &current),
+                    previous_expires_at: now
+                        .saturating_add(overlap.unwrap_or(self.config().webhooks.secret_overlap)),
+                },
                 now,
             )
             .await
-            .map_err(internal)?
-            .ok_or_else(|| endpoint_not_found(&id))?;
+            .map_err(internal)?;
+        let Some(endpoint) = rotated else {
+            let exists = self
+                .store()
+                .webhook_endpoint(account, &id)
+                .await
+                .map_err(internal)?
+                .is_some();
+            return Err(if exists {
+                RefundError::NotSetUp {
+                    reason: "ROTATED_CONCURRENTLY",
+                    message: format!(
+                        "the secret of webhook endpoint {id} was rotated by another request at \
+                         the same time; its secret is the one that request returned (rotate \
+                         again for a new one)"
+                    ),
+                }
+            } else {
+                endpoint_not_found(&id)
+            });
+        };
         tracing::info!(account = account.as_str(), endpoint_id = %id, "webhook secret rotated");
         Ok((endpoint, secret))
     }
@@ -441,13 +466,24 @@ impl RefundService {
                 endpoint = fresh.endpoint;
             }
         }
-        let endpoints: HashMap<WebhookEndpointId, Arc<StoredEndpoint>> = endpoints
-            .into_iter()
-            .map(|s| (s.endpoint.id.clone(), Arc::new(s)))
-            .collect();
         let send = *self.inner.webhook_sender.config();
         let mut attempts = 0;
+        let mut endpoints = Some(endpoints);
         loop {
+            // Read again for each batch after the first: a long round must not sign with a
+            // rotated secret or send to a URL changed meanwhile.
+            let current = match endpoints.take() {
+                Some(e) => e,
+                None => self
+                    .store()
+                    .enabled_webhook_endpoints()
+                    .await
+                    .map_err(internal)?,
+            };
+            let endpoints: HashMap<WebhookEndpointId, Arc<StoredEndpoint>> = current
+                .into_iter()
+                .map(|s| (s.endpoint.id.clone(), Arc::new(s)))
+                .collect();
             let now = self.clock().now();
             let lease_until = now
                 .saturating_add(send.attempt_bound())
@@ -510,7 +546,7 @@ impl RefundService {
         let stats = self.store().webhook_queue_stats().await.map_err(internal)?;
         let now = self.clock().now();
         let oldest = stats.oldest_created_at.map_or(0, |t| {
-            u64::try_from((now.as_micros() - t.as_micros()) / 1_000_000).unwrap_or(0)
+            u64::try_from(now.as_micros().saturating_sub(t.as_micros()) / 1_000_000).unwrap_or(0)
         });
         self.metrics().set_webhook_queue(stats.depth, oldest);
         Ok(attempts)
@@ -666,7 +702,10 @@ impl RefundService {
             }
         };
         let retry = &self.config().webhooks.retry;
-        let retry_at = if event_exists && endpoint.is_some() {
+        // An event past its retention is no fault of the endpoint's: the delivery ends, and the
+        // endpoint's failure streak is left alone.
+        let endpoint_failed = event_exists && endpoint.is_some();
+        let retry_at = if endpoint_failed {
             retry.next_attempt(delivery.attempts, delivery.window_started_at, now)
         } else {
             None
@@ -685,10 +724,15 @@ impl RefundService {
             retry_at = ?retry_at,
             "webhook delivery attempt failed"
         );
-        let failing_since = self
+        let Some(failing_since) = self
             .store()
-            .delivery_failed(delivery, code, &error, retry_at, now)
-            .await?;
+            .delivery_failed(delivery, code, &error, retry_at, endpoint_failed, now)
+            .await?
+        else {
+            // The claim no longer holds (re-armed by a retry or replay, or re-claimed after its
+            // lease): the row is someone else's now.
+            return Ok(None);
+        };
         if let (Some(since), Some(_)) = (failing_since, endpoint)
             && retry.endpoint_exhausted(
                 since,

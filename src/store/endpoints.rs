@@ -47,6 +47,16 @@ pub struct NewEndpointRow {
     pub secret_sealed: String,
 }
 
+/// A secret rotation: the sealed secret replaced (as read), the new one, the old one resealed to
+/// keep signing, and until when.
+#[derive(Debug, Clone)]
+pub struct SecretRotation<'a> {
+    pub replaced_sealed: &'a str,
+    pub secret_sealed: String,
+    pub previous_sealed: String,
+    pub previous_expires_at: Timestamp,
+}
+
 /// What an update changes; `None` keeps the current value.
 #[derive(Debug, Clone, Default)]
 pub struct EndpointChanges {
@@ -163,14 +173,21 @@ impl Store {
     }
 
     /// Every enabled endpoint of every account, with its secrets: the dispatcher's work list.
+    /// One endpoint this build cannot read (a type a newer replica knows) is left out, not
+    /// allowed to stop every other account's deliveries.
     pub async fn enabled_webhook_endpoints(&self) -> Result<Vec<StoredEndpoint>, StoreError> {
-        webhook_endpoint::Entity::find()
+        Ok(webhook_endpoint::Entity::find()
             .filter(webhook_endpoint::Column::Enabled.eq(true))
             .all(&self.db)
             .await?
             .into_iter()
-            .map(to_stored)
-            .collect()
+            .filter_map(|row| {
+                let id = row.id.clone();
+                to_stored(row)
+                    .map_err(|e| tracing::warn!(endpoint_id = %id, error = %e, "webhook endpoint left out"))
+                    .ok()
+            })
+            .collect())
     }
 
     /// Applies `changes` to `account`'s endpoint `id`. Enabling clears why it was disabled and
@@ -226,17 +243,22 @@ impl Store {
             .map(|s| s.endpoint))
     }
 
-    /// Replaces the endpoint's secret; the one it replaces keeps signing until
-    /// `previous_expires_at`.
+    /// Replaces the endpoint's secret `replaced_sealed`; it keeps signing until
+    /// `previous_expires_at`. `None` when there is no such endpoint or its secret is no longer
+    /// `replaced_sealed` (another rotation came first).
     pub async fn rotate_webhook_secret(
         &self,
         account: &AccountId,
         id: &WebhookEndpointId,
-        secret_sealed: String,
-        previous_sealed: String,
-        previous_expires_at: Timestamp,
+        rotation: SecretRotation<'_>,
         now: Timestamp,
     ) -> Result<Option<WebhookEndpoint>, StoreError> {
+        let SecretRotation {
+            replaced_sealed,
+            secret_sealed,
+            previous_sealed,
+            previous_expires_at,
+        } = rotation;
         let updated = webhook_endpoint::Entity::update_many()
             .col_expr(
                 webhook_endpoint::Column::SecretSealed,
@@ -256,6 +278,8 @@ impl Store {
             )
             .filter(webhook_endpoint::Column::Id.eq(id.as_str()))
             .filter(webhook_endpoint::Column::AccountId.eq(account.as_str()))
+            // Only the secret it was read with: of two rotations at once, one wins.
+            .filter(webhook_endpoint::Column::SecretSealed.eq(replaced_sealed))
             .exec(&self.db)
             .await?;
         if updated.rows_affected == 0 {
@@ -315,6 +339,18 @@ impl Store {
             .into_tuple()
             .all(&self.db)
             .await?;
+        // An event type this build does not know (a newer replica wrote it, mid-deploy) stops the
+        // run before it: passing over it would lose it for good; a replica that knows it hands
+        // it on.
+        let known = events
+            .iter()
+            .take_while(|(_, _, kind)| EventType::parse(kind).is_some())
+            .count();
+        if known < events.len() {
+            tracing::warn!(endpoint_id = %endpoint.id, kind = %events[known].2, "an event type this version does not know; leaving it to a replica that does");
+        }
+        let mut events = events;
+        events.truncate(known);
         let Some(last) = events.last().map(|e| e.1) else {
             return Ok(Some(0));
         };
@@ -347,6 +383,9 @@ impl Store {
             .col_expr(webhook_endpoint::Column::Cursor, Expr::value(last))
             .filter(webhook_endpoint::Column::Id.eq(endpoint.id.as_str()))
             .filter(webhook_endpoint::Column::Cursor.eq(cursor))
+            // The types the deliveries were chosen by: an update since the endpoint was read
+            // makes this round choose again rather than pass over an event it now wants.
+            .filter(webhook_endpoint::Column::EventTypes.eq(join_types(&endpoint.event_types)))
             .exec(&txn)
             .await?
             .rows_affected;
@@ -476,22 +515,26 @@ impl Store {
         Ok(())
     }
 
-    /// Records a failed attempt: retried at `retry_at`, or FAILED when `None`. Starts the
-    /// endpoint's failure streak if none is running. Returns when the streak started.
+    /// Records a failed attempt: retried at `retry_at`, or FAILED when `None`, only while the
+    /// attempt's claim (its lease, `d.next_attempt_at`) holds: after a retry or replay re-armed
+    /// the delivery, or another worker re-claimed it, the row is theirs. When the failure is the
+    /// endpoint's (`endpoint_failed`), starts its failure streak if none is running and returns
+    /// when the streak started; `None` when nothing was written.
     pub async fn delivery_failed(
         &self,
         d: &WebhookDelivery,
         status_code: Option<u16>,
         error: &str,
         retry_at: Option<Timestamp>,
+        endpoint_failed: bool,
         now: Timestamp,
-    ) -> Result<Option<Timestamp>, StoreError> {
+    ) -> Result<Option<Option<Timestamp>>, StoreError> {
         let status = match retry_at {
             Some(_) => DeliveryStatus::Pending,
             None => DeliveryStatus::Failed,
         };
         let txn = self.db.begin().await?;
-        webhook_delivery::Entity::update_many()
+        let written = webhook_delivery::Entity::update_many()
             .col_expr(
                 webhook_delivery::Column::Status,
                 Expr::value(status.as_str()),
@@ -515,8 +558,21 @@ impl Store {
             .filter(webhook_delivery::Column::Id.eq(d.id.as_str()))
             .filter(webhook_delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
             .filter(webhook_delivery::Column::Attempts.eq(attempts(d.attempts)))
+            .filter(
+                webhook_delivery::Column::NextAttemptAt
+                    .eq(d.next_attempt_at.map(Timestamp::as_micros)),
+            )
             .exec(&txn)
-            .await?;
+            .await?
+            .rows_affected;
+        if written == 0 {
+            txn.rollback().await?;
+            return Ok(None);
+        }
+        if !endpoint_failed {
+            txn.commit().await?;
+            return Ok(Some(None));
+        }
         webhook_endpoint::Entity::update_many()
             .col_expr(
                 webhook_endpoint::Column::FailingSince,
@@ -534,7 +590,7 @@ impl Store {
                 .one(&txn)
                 .await?;
         txn.commit().await?;
-        Ok(since.flatten().map(Timestamp::from_micros))
+        Ok(Some(since.flatten().map(Timestamp::from_micros)))
     }
 
     /// Disables endpoint `id` with `reason` if it is still failing since `failing_since`.

@@ -31,7 +31,9 @@ pub use audit::AuditFilter;
 pub use bulks::{ClaimedItem, CreateBulkOutcome};
 pub use changes::{ChangeListener, Changed, Heard};
 pub use connections::{CreateConnectionOutcome, DeleteConnectionOutcome, StoredConnection};
-pub use endpoints::{DeliveryFilter, EndpointChanges, NewEndpointRow, QueueStats, StoredEndpoint};
+pub use endpoints::{
+    DeliveryFilter, EndpointChanges, NewEndpointRow, QueueStats, SecretRotation, StoredEndpoint,
+};
 pub use events::EventFilter;
 pub use refunds::{BeginOutcome, BeginRefund, ListFilter, PendingRefund, Settlement};
 pub use verify::{Books, BulkItemRow, BulkRow, EventRow, KeyRow, PaymentTotals, RefundRow};

@@ -1155,3 +1155,48 @@ async fn redirects_are_not_followed_and_a_refusals_body_is_bounded() {
     server.abort();
     app.stop().await;
 }
+
+/// Defect guarded: a delivery whose event was pruned (retention) ended as a failure of the
+/// endpoint's, which gave up the delivery at once and disabled a merely slow endpoint. It ends
+/// FAILED, and the endpoint stays enabled.
+#[tokio::test]
+async fn an_event_past_retention_ends_its_delivery_without_disabling_the_endpoint() {
+    let keys = tempfile::tempdir().expect("dir");
+    let key = key_file(&keys);
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, move |s| {
+        webhook_settings(s, key);
+        s.refunds.event_retention = Duration::from_millis(300);
+        s.refunds.reconcile_interval = Duration::from_millis(100);
+    })
+    .await;
+    let receiver = Receiver::start(503).await;
+    let mut client = app.client.clone();
+    let id = create_endpoint(&mut client, &receiver.url, &["refund.created"])
+        .await
+        .endpoint
+        .expect("endpoint")
+        .id;
+    settled_refunds(&app, &mut client, 1).await;
+    let ended = eventually(Duration::from_secs(20), "the delivery ended", || {
+        let mut client = client.clone();
+        let id = id.clone();
+        async move {
+            deliveries(&mut client, &id)
+                .await
+                .into_iter()
+                .find(|d| d.status() == pb::WebhookDeliveryStatus::Failed)
+        }
+    })
+    .await;
+    assert!(ended.last_error.contains("retention"), "{ended:?}");
+    let endpoint = client
+        .list_webhook_endpoints(pb::ListWebhookEndpointsRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .endpoints
+        .remove(0);
+    assert!(endpoint.enabled, "{endpoint:?}");
+    app.stop().await;
+}
