@@ -373,6 +373,29 @@ async fn a_receiver_that_is_down_then_up_gets_every_event() {
     })
     .await;
     assert!(receiver.delivered().is_empty());
+    // The queue shows in the metrics while the receiver is down.
+    let metrics = eventually(Duration::from_secs(10), "the queue in the metrics", || {
+        let addr = app.http_addr;
+        async move {
+            let metrics = scrape_metrics(addr).await;
+            metric_value(&metrics, "refund_webhook_deliveries_pending")
+                .is_some_and(|n| n >= 1.0)
+                .then_some(metrics)
+        }
+    })
+    .await;
+    assert!(
+        metric_value(&metrics, "refund_webhook_oldest_pending_seconds").is_some(),
+        "{metrics}"
+    );
+    assert!(
+        metric_value(
+            &metrics,
+            "refund_webhook_delivery_attempts_total{outcome=\"retrying\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
     let failing = client
         .list_webhook_endpoints(pb::ListWebhookEndpointsRequest {})
         .await
