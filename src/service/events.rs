@@ -44,7 +44,7 @@ impl RefundService {
     ) -> Result<EventPage, RefundError> {
         let mut v = Violations::default();
         let size = page_size(q.page_size, DEFAULT_EVENT_PAGE, MAX_EVENT_PAGE, &mut v);
-        let types = event_types(&q.types, &mut v);
+        let types = event_types("types", &q.types, &mut v);
         if q.resource_id.len() > 128 {
             v.push("resource_id", "resource_id is at most 128 characters");
         }
@@ -114,7 +114,7 @@ impl RefundService {
         types: &[String],
     ) -> Result<mpsc::Receiver<Result<Event, RefundError>>, RefundError> {
         let mut v = Violations::default();
-        let types = event_types(types, &mut v);
+        let types = event_types("types", types, &mut v);
         v.into_result(|| Some(()))
             .map_err(RefundError::InvalidArgument)?;
         if after > 0 {
@@ -212,14 +212,14 @@ impl RefundService {
     }
 }
 
-/// Parses event type names, recording each unknown one.
-fn event_types(names: &[String], v: &mut Violations) -> Vec<EventType> {
+/// Parses the event type names of the repeated field `field`, recording each unknown one.
+pub(super) fn event_types(field: &str, names: &[String], v: &mut Violations) -> Vec<EventType> {
     let mut types = Vec::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
         match EventType::parse(name) {
             Some(t) => types.push(t),
             None => v.push(
-                format!("types[{i}]"),
+                format!("{field}[{i}]"),
                 format!(
                     "unknown event type {name:?}; known: {}",
                     EventType::ALL.map(EventType::as_str).join(", ")

@@ -831,22 +831,9 @@ fn endpoint_id(field: &str, id: &str, v: &mut Violations) -> Option<WebhookEndpo
 }
 
 fn endpoint_event_types(names: &[String], v: &mut Violations) -> BTreeSet<EventType> {
-    let mut types = BTreeSet::new();
-    for (i, name) in names.iter().enumerate() {
-        match EventType::parse(name) {
-            Some(t) => {
-                types.insert(t);
-            }
-            None => v.push(
-                format!("event_types[{i}]"),
-                format!(
-                    "unknown event type {name:?}; known: {}",
-                    EventType::ALL.map(EventType::as_str).join(", ")
-                ),
-            ),
-        }
-    }
-    types
+    super::events::event_types("event_types", names, v)
+        .into_iter()
+        .collect()
 }
 
 fn check_description(d: &str, v: &mut Violations) {

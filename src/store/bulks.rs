@@ -1186,7 +1186,7 @@ fn item_to_domain(
     })
 }
 
-fn corrupt(table: &'static str, detail: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(table: &'static str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         table,
         detail: detail.to_string(),

@@ -21,7 +21,9 @@ use sea_orm::{
     QueryOrder, QuerySelect, Statement, TransactionTrait, TryInsertResult,
 };
 
+use super::bulks::corrupt;
 use super::entities::{event, webhook_delivery, webhook_endpoint};
+use super::events::seq;
 use super::{Store, StoreError};
 use crate::domain::{
     AccountId, DeliveryStatus, EventId, EventType, Timestamp, WebhookDelivery, WebhookDeliveryId,
@@ -824,10 +826,6 @@ fn join_types(types: &BTreeSet<EventType>) -> String {
         .join(",")
 }
 
-fn seq(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
 fn attempts(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
@@ -892,11 +890,4 @@ fn to_delivery(row: webhook_delivery::Model) -> Result<WebhookDelivery, StoreErr
         created_at: Timestamp::from_micros(row.created_at),
         updated_at: Timestamp::from_micros(row.updated_at),
     })
-}
-
-fn corrupt(table: &'static str, detail: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        table,
-        detail: detail.to_string(),
-    }
 }

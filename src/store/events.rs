@@ -230,7 +230,7 @@ impl Store {
 }
 
 /// A cursor as the database compares it: sequences start at 1 and stay far below `i64::MAX`.
-fn seq(n: u64) -> i64 {
+pub(super) fn seq(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 

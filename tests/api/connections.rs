@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use refund_service::api::pb;
-use refund_service::domain::{ConnectionActor, ProviderName, Scope, parse_account};
+use refund_service::domain::{ConnectionActor, ProviderName, parse_account};
 use refund_service::providers::connections::ProviderDefaults;
 use refund_service::secret::Secret;
 use refund_service::service::NewConnection;
@@ -141,18 +141,6 @@ fn key_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
     let path = dir.path().join("master.key");
     std::fs::write(&path, format!("{MASTER_KEY}\n")).expect("write key file");
     path
-}
-
-async fn client_of(app: &TestApp, account: &str, scopes: &str) -> Client {
-    let (_, token) = refund_service::service::create_api_key(
-        app.service.store(),
-        parse_account(account).expect("account"),
-        format!("{account} {scopes}"),
-        Scope::parse_list(scopes).expect("scopes"),
-    )
-    .await
-    .expect("key");
-    client_with_key(app.grpc_addr, Some(&token)).await
 }
 
 /// The service with the platform's Stripe at `platform`, connections sealed with the test key.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use refund_service::api::pb;
 use refund_service::api::pb::event::Resource;
-use refund_service::domain::{AccountId, Currency, Scope, parse_account};
+use refund_service::domain::{AccountId, Currency};
 use refund_service::sandbox::{FaultConfig, NewPayments};
 use tokio_stream::StreamExt as _;
 use tonic::Code;
@@ -57,19 +57,6 @@ fn batch_of(e: &pb::Event) -> &pb::BulkRefundBatch {
         Some(Resource::BulkRefund(b)) => b,
         other => panic!("event {} is not about a batch: {other:?}", e.r#type),
     }
-}
-
-/// A client for a new key of `account` with `scopes`.
-async fn client_of(app: &TestApp, account: &str, scopes: &str) -> Client {
-    let (_, token) = refund_service::service::create_api_key(
-        app.service.store(),
-        parse_account(account).expect("account"),
-        format!("{scopes} key"),
-        Scope::parse_list(scopes).expect("scopes"),
-    )
-    .await
-    .expect("key");
-    client_with_key(app.grpc_addr, Some(&token)).await
 }
 
 /// Reads `n` events from a WatchEvents stream, failing after 20 s.

@@ -446,3 +446,16 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// A client for a new key of `account` with `scopes` (comma-separated).
+pub async fn client_of(app: &TestApp, account: &str, scopes: &str) -> Client {
+    let (_, token) = refund_service::service::create_api_key(
+        app.service.store(),
+        refund_service::domain::parse_account(account).expect("account"),
+        format!("{account} {scopes}"),
+        refund_service::domain::Scope::parse_list(scopes).expect("scopes"),
+    )
+    .await
+    .expect("key");
+    client_with_key(app.grpc_addr, Some(&token)).await
+}

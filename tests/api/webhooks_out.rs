@@ -16,7 +16,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use refund_service::api::pb;
 use refund_service::config::ServeSettings;
-use refund_service::domain::{RetryPolicy, Scope, parse_account};
+use refund_service::domain::RetryPolicy;
 use refund_service::service::WebhooksConfig;
 use refund_service::webhooks_out::target::EndpointPolicy;
 use tonic::Code;
@@ -153,18 +153,6 @@ fn webhook_settings(s: &mut ServeSettings, key: PathBuf) {
 async fn spawn_webhooks(db: &TestDb, keys: &tempfile::TempDir) -> TestApp {
     let key = key_file(keys);
     spawn_app_with(db, move |s| webhook_settings(s, key)).await
-}
-
-async fn client_of(app: &TestApp, account: &str, scopes: &str) -> Client {
-    let (_, token) = refund_service::service::create_api_key(
-        app.service.store(),
-        parse_account(account).expect("account"),
-        format!("{account} {scopes}"),
-        Scope::parse_list(scopes).expect("scopes"),
-    )
-    .await
-    .expect("key");
-    client_with_key(app.grpc_addr, Some(&token)).await
 }
 
 async fn create_endpoint(
