@@ -185,6 +185,8 @@ refuse "schema: config.drainDelaySeconds of the wrong type" "at '/config/drainDe
   -- --set config.drainDelaySeconds=7 -- --set-string config.drainDelaySeconds=7
 refuse "schema: database.type outside its enum" "at '/database/type': value must be one of 'sqlite', 'postgres'" \
   -- --set database.type=sqlite -- --set database.type=mysql
+refuse "schema: a CORS origin with a path" "at '/config/corsAllowedOrigins/0'" \
+  -- --set 'config.corsAllowedOrigins[0]=https://ops.example.com' -- --set 'config.corsAllowedOrigins[0]=https://ops.example.com/console'
 refuse "schema: an unknown top-level key" "additional properties 'replicas' not allowed" \
   -- --set replicaCount=1 -- --set replicas=1
 refuse "schema: an unknown nested key" "additional properties 'secretKey' not allowed" \

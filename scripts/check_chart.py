@@ -327,6 +327,7 @@ def assert_tls(ds):
     check(mounts.get("tls", {}).get("readOnly") is True, "TLS Secret mounted read-only")
     data = config(ds)
     check(data.get("REFUND_TLS_CERT") == "/etc/refund-service/tls/tls.crt" and data.get("REFUND_TLS_KEY") == "/etc/refund-service/tls/tls.key", "REFUND_TLS_CERT / REFUND_TLS_KEY point at the mount")
+    check(data.get("REFUND_CORS_ALLOWED_ORIGINS") == "https://ops.example.com", "config.corsAllowedOrigins becomes REFUND_CORS_ALLOWED_ORIGINS")
     pvc = one(ds, "PersistentVolumeClaim")
     check(pvc is not None and pvc["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep", "SQLite persistence: a PVC kept on uninstall")
     vols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}

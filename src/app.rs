@@ -42,6 +42,7 @@ pub struct Application {
     webhook_tolerance: Duration,
     api_key_rate_limit: u32,
     tls: Option<crate::config::TlsSettings>,
+    browsers: crate::config::BrowserSettings,
     metrics: Arc<Metrics>,
     bootstrap_key: Option<String>,
     heartbeat: ReplicaHeartbeat,
@@ -87,6 +88,7 @@ impl Application {
             webhook_tolerance: settings.webhook_tolerance,
             api_key_rate_limit: settings.api_key_rate_limit,
             tls: settings.tls.clone(),
+            browsers: settings.browsers.clone(),
             metrics,
             bootstrap_key,
             heartbeat,
@@ -135,6 +137,7 @@ impl Application {
             webhook_tolerance,
             api_key_rate_limit,
             tls,
+            browsers,
             metrics,
             bootstrap_key: _,
             heartbeat,
@@ -166,11 +169,16 @@ impl Application {
             }
         };
 
-        let (grpc_router, health) = api::router(
+        let api::Api {
+            grpc: grpc_router,
+            web: grpc_web,
+            health,
+        } = api::router(
             service.clone(),
             metrics.clone(),
             api_key_rate_limit,
             tls.as_ref(),
+            &browsers.cors_allowed_origins,
         )
         .await
         .context("cannot build the gRPC services")?;
@@ -184,7 +192,9 @@ impl Application {
             metrics,
             webhook_tolerance,
             draining.clone(),
-        );
+        )
+        .merge(grpc_web)
+        .merge(http::console::router(browsers.console_dir));
         let http_stopped = stopped();
         let http_task = match &tls {
             Some(tls) => {

@@ -275,6 +275,22 @@ pub struct ServeArgs {
     #[arg(long, env = "REFUND_BULK_MAX_PROVIDER_WAIT", default_value = "15m", value_parser = humantime::parse_duration)]
     pub bulk_max_provider_wait: Duration,
 
+    /// A batch's stream (BulkRefund, WatchBulkRefund) that has sent nothing for this long sends
+    /// the batch's progress, so that proxies that cut idle connections keep it open.
+    #[arg(long, env = "REFUND_STREAM_KEEPALIVE", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub stream_keepalive: Duration,
+
+    /// Origins of web frontends whose pages may call the API with gRPC-Web (CORS),
+    /// comma-separated, e.g. https://ops.example.com; `*` allows any. Unset: none (the
+    /// console at /console is same-origin and needs none).
+    #[arg(long, env = "REFUND_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
+
+    /// Serve the operator console from this directory (e.g. console/dist) instead of the copy
+    /// built into the binary: for working on the console.
+    #[arg(long, env = "REFUND_CONSOLE_DIR")]
+    pub console_dir: Option<std::path::PathBuf>,
+
     /// Requests per second each API key may make (more are refused RESOURCE_EXHAUSTED with a
     /// retry delay); 0 = unlimited.
     #[arg(long, env = "REFUND_API_KEY_RATE_LIMIT", default_value_t = 100)]
@@ -531,6 +547,10 @@ impl ServeArgs {
             "--bulk-poll-interval must be greater than zero"
         );
         anyhow::ensure!(
+            self.stream_keepalive >= Duration::from_secs(1),
+            "--stream-keepalive must be at least 1s"
+        );
+        anyhow::ensure!(
             self.grpc_addr.port() == 0 || self.grpc_addr != self.http_addr,
             "--grpc-addr and --http-addr must differ"
         );
@@ -575,6 +595,9 @@ impl ServeArgs {
             bulk_lease,
             bulk_poll_interval,
             bulk_max_provider_wait,
+            stream_keepalive,
+            cors_allowed_origins,
+            console_dir,
             api_key_rate_limit,
             bootstrap_api_key,
             tls_cert,
@@ -642,6 +665,7 @@ impl ServeArgs {
                     lease: bulk_lease,
                     poll_interval: bulk_poll_interval,
                     max_provider_wait: bulk_max_provider_wait,
+                    stream_keepalive,
                 },
             },
             shutdown_grace,
@@ -650,6 +674,10 @@ impl ServeArgs {
             api_key_rate_limit,
             tls: tls_settings(tls_cert, tls_key, tls_client_ca)?,
             bootstrap_api_key: bootstrap_api_key.map(checked_bootstrap_key).transpose()?,
+            browsers: crate::config::BrowserSettings {
+                cors_allowed_origins: crate::config::CorsOrigins::parse(&cors_allowed_origins)?,
+                console_dir,
+            },
         })
     }
 }

@@ -58,6 +58,79 @@ pub struct ServeSettings {
     /// Connections: the master key that seals their credentials, who may use the platform's, and
     /// where each provider is for connections that do not say.
     pub connections: ConnectionSettings,
+    /// What browsers get: the origins allowed to call the API with gRPC-Web (CORS), and where
+    /// the operator console comes from.
+    pub browsers: BrowserSettings,
+}
+
+/// Settings of browser access: gRPC-Web from other origins, and the operator console.
+#[derive(Debug, Clone, Default)]
+pub struct BrowserSettings {
+    pub cors_allowed_origins: CorsOrigins,
+    /// Serve the console from this directory instead of the copy built into the binary.
+    pub console_dir: Option<PathBuf>,
+}
+
+/// Web origins whose pages may call the API from a browser.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// No other origin (the console at `/console` is same-origin and needs none).
+    #[default]
+    None,
+    /// Any origin (`*`). Calls still need an API key: CORS only decides which pages may read
+    /// the answers.
+    Any,
+    /// These origins, each as a browser sends it: `scheme://host[:port]`, the port only when
+    /// it is not the scheme's default.
+    List(Vec<String>),
+}
+
+impl CorsOrigins {
+    /// Parses `--cors-allowed-origins` values: `*` alone, or `http(s)://host[:port]` origins
+    /// (normalized: lower case, default port dropped, no trailing slash).
+    pub fn parse(values: &[String]) -> anyhow::Result<Self> {
+        let values: Vec<&str> = values
+            .iter()
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+            .collect();
+        if values.is_empty() {
+            return Ok(Self::None);
+        }
+        if values.contains(&"*") {
+            anyhow::ensure!(
+                values.len() == 1,
+                "--cors-allowed-origins: `*` allows every origin and cannot be combined with others"
+            );
+            return Ok(Self::Any);
+        }
+        let mut origins = Vec::with_capacity(values.len());
+        for value in values {
+            let bad = |why: &str| {
+                anyhow::anyhow!(
+                    "--cors-allowed-origins: {value:?} {why}; an origin is scheme://host[:port], e.g. https://ops.example.com"
+                )
+            };
+            let url =
+                reqwest::Url::parse(value).map_err(|e| bad(&format!("is not a URL ({e})")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(bad("is not an http or https origin"));
+            }
+            if !url.username().is_empty()
+                || url.password().is_some()
+                || !matches!(url.path(), "" | "/")
+                || url.query().is_some()
+                || url.fragment().is_some()
+            {
+                return Err(bad("has more than scheme, host and port"));
+            }
+            let origin = url.origin().ascii_serialization();
+            if !origins.contains(&origin) {
+                origins.push(origin);
+            }
+        }
+        Ok(Self::List(origins))
+    }
 }
 
 /// Settings of accounts' provider connections.
@@ -118,6 +191,7 @@ impl ServeSettings {
             bootstrap_api_key: None,
             tls: None,
             connections: ConnectionSettings::default(),
+            browsers: BrowserSettings::default(),
         }
     }
 }
@@ -175,5 +249,48 @@ impl TlsSettings {
             .map_err(|e| anyhow::anyhow!("the TLS certificate and key do not fit: {e}"))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origins(values: &[&str]) -> anyhow::Result<CorsOrigins> {
+        CorsOrigins::parse(&values.iter().map(|v| (*v).to_owned()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn cors_origins_are_normalized_as_browsers_send_them() {
+        assert_eq!(origins(&[]).unwrap(), CorsOrigins::None);
+        assert_eq!(origins(&[" "]).unwrap(), CorsOrigins::None);
+        assert_eq!(origins(&["*"]).unwrap(), CorsOrigins::Any);
+        assert_eq!(
+            origins(&[
+                "HTTPS://Ops.Example.com:443/",
+                "http://127.0.0.1:5173",
+                "https://ops.example.com"
+            ])
+            .unwrap(),
+            CorsOrigins::List(vec![
+                "https://ops.example.com".to_owned(),
+                "http://127.0.0.1:5173".to_owned()
+            ])
+        );
+    }
+
+    #[test]
+    fn cors_origins_refuse_what_is_not_an_origin() {
+        for bad in [
+            "ops.example.com",
+            "ftp://ops.example.com",
+            "https://ops.example.com/console",
+            "https://user@ops.example.com",
+            "https://ops.example.com?x=1",
+        ] {
+            let err = origins(&[bad]).expect_err(bad).to_string();
+            assert!(err.contains("--cors-allowed-origins"), "{err}");
+        }
+        assert!(origins(&["*", "https://a.example"]).is_err());
     }
 }

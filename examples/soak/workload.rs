@@ -549,7 +549,7 @@ async fn follow(
                     "bulk_provider_wait",
                     if end.gave_up { "gave up" } else { "ended" },
                 ),
-                None => {}
+                Some(Event::Progress(_)) | None => {}
             }
         }
     }

@@ -37,6 +37,7 @@ const METHOD_SCOPES: &[(&str, Scope)] = &[
     ("GetBulkRefund", Scope::RefundsRead),
     ("CancelBulkRefund", Scope::BulkWrite),
     ("ListBulkRefundItems", Scope::RefundsRead),
+    ("ListBulkRefunds", Scope::RefundsRead),
     ("ListAuditEvents", Scope::RefundsRead),
     ("CreateConnection", Scope::Admin),
     ("ListConnections", Scope::Admin),

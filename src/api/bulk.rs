@@ -130,6 +130,39 @@ pub async fn list_bulk_refund_items(
     }))
 }
 
+pub async fn list_bulk_refunds(
+    service: &RefundService,
+    account: AccountId,
+    request: Request<pb::ListBulkRefundsRequest>,
+) -> Result<Response<pb::ListBulkRefundsResponse>, Status> {
+    let pb::ListBulkRefundsRequest {
+        state,
+        page_size,
+        page_token,
+    } = request.into_inner();
+    let state = match pb::BulkRefundState::try_from(state) {
+        Ok(pb::BulkRefundState::Unspecified) => None,
+        Ok(pb::BulkRefundState::Running) => Some(BulkState::Running),
+        Ok(pb::BulkRefundState::Completed) => Some(BulkState::Completed),
+        Ok(pb::BulkRefundState::Aborted) => Some(BulkState::Aborted),
+        Ok(pb::BulkRefundState::Canceled) => Some(BulkState::Canceled),
+        Err(_) => {
+            return Err(to_status(RefundError::invalid(
+                "state",
+                "state is not a known BulkRefundState",
+            )));
+        }
+    };
+    let (bulks, next_page_token) = service
+        .list_bulks(&account, state, page_size, &page_token)
+        .await
+        .map_err(to_status)?;
+    Ok(Response::new(pb::ListBulkRefundsResponse {
+        batches: bulks.into_iter().map(bulk_to_pb).collect(),
+        next_page_token,
+    }))
+}
+
 fn stream(events: tokio::sync::mpsc::Receiver<Result<SequencedEvent, RefundError>>) -> EventStream {
     Box::pin(ReceiverStream::new(events).map(|e| e.map(event_to_pb).map_err(to_status)))
 }
@@ -279,6 +312,15 @@ fn event_to_pb(e: SequencedEvent) -> pb::BulkRefundEvent {
             waited: Some(duration_to_pb(waited_micros)),
             gave_up,
             failed_jobs: count(failed_jobs),
+        }),
+        BulkEvent::Progress { counts, state } => Event::Progress(pb::BulkProgress {
+            total: count(counts.total),
+            succeeded: count(counts.succeeded),
+            failed: count(counts.failed),
+            skipped: count(counts.skipped),
+            canceled: count(counts.canceled),
+            pending: count(counts.pending()),
+            state: state_to_pb(state).into(),
         }),
     };
     pb::BulkRefundEvent {

@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use tonic::transport::server::Router;
 
+use crate::config::CorsOrigins;
 use crate::metrics::Metrics;
 use crate::service::RefundService;
 
@@ -69,17 +70,36 @@ impl Health {
     }
 }
 
-/// The gRPC server: every service this process answers (refunds, health, reflection).
-pub type GrpcRouter = Router<tower_layer::Stack<RpcTraceLayer, tower_layer::Identity>>;
+/// The gRPC server: every service this process answers (refunds, health, reflection), over
+/// native gRPC and gRPC-Web.
+pub type GrpcRouter = Router<
+    tower_layer::Stack<
+        RpcTraceLayer,
+        tower_layer::Stack<
+            tonic_web::GrpcWebLayer,
+            tower_layer::Stack<tower_http::cors::CorsLayer, tower_layer::Identity>,
+        >,
+    >,
+>;
 
-/// The tonic router with every service this process answers, and the switch of its health
-/// service.
+/// What the API serves: the gRPC port's router, RefundService over gRPC-Web for the HTTP port
+/// (same origin as the console), and the switch of the health service.
+pub struct Api {
+    pub grpc: GrpcRouter,
+    /// `/refunds.v1.RefundService/*` for gRPC-Web over HTTP/1.1, with the same layers.
+    pub web: axum::Router,
+    pub health: Health,
+}
+
+/// The tonic router with every service this process answers, RefundService again for the HTTP
+/// port, and the switch of its health service.
 pub async fn router(
     service: RefundService,
     metrics: Arc<Metrics>,
     per_key_rate: u32,
     tls: Option<&crate::config::TlsSettings>,
-) -> anyhow::Result<(GrpcRouter, Health)> {
+    cors_origins: &CorsOrigins,
+) -> anyhow::Result<Api> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::refund_service_server::RefundServiceServer<RefundsApi>>()
@@ -111,6 +131,23 @@ pub async fn router(
         &AuthLayer::new(Auth::new(service.clone(), per_key_rate))?,
         refunds,
     );
+    let cors = cors(cors_origins);
+
+    // The HTTP port (HTTP/1.1) answers RefundService's gRPC-Web calls too, so that a page it
+    // serves (the console) calls its own origin; the layers are the gRPC port's.
+    let web_service = {
+        use tower_layer::Layer as _;
+        cors.layer(tonic_web::GrpcWebLayer::new().layer(
+            RpcTraceLayer::new(metrics.clone()).layer(tonic::service::Routes::new(refunds.clone())),
+        ))
+    };
+    let web = axum::Router::new().route_service(
+        &format!(
+            "/{}/{{*method}}",
+            <pb::refund_service_server::RefundServiceServer<RefundsApi> as tonic::server::NamedService>::NAME
+        ),
+        web_service,
+    );
 
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
@@ -124,15 +161,67 @@ pub async fn router(
             .tls_config(config)
             .map_err(|e| anyhow::anyhow!("bad TLS configuration: {e}"))?;
     }
-    let router = builder
+    let grpc = builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // Metadata (headers) of one call: API key, idempotency key, trace context and request id
         // fit many times over; more is refused before any handler runs.
         .http2_max_header_list_size(MAX_METADATA_BYTES)
+        // gRPC-Web: browsers' calls arrive over HTTP/1.1 (or HTTP/2), translated to gRPC before
+        // the trace layer and the services see them; native gRPC passes through untouched.
+        .accept_http1(true)
+        .layer(cors)
+        .layer(tonic_web::GrpcWebLayer::new())
         .layer(RpcTraceLayer::new(metrics))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(refunds);
-    Ok((router, Health(health_reporter)))
+    Ok(Api {
+        grpc,
+        web,
+        health: Health(health_reporter),
+    })
+}
+
+/// Request headers a browser's gRPC-Web call may send (connect-web and grpc-web send the first
+/// five; the rest are this API's own metadata).
+const CORS_ALLOWED_HEADERS: [&str; 9] = [
+    "authorization",
+    "content-type",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "idempotency-key",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+];
+
+/// Response headers a page may read: a trailers-only answer (every error before the first
+/// message) carries the status in headers, which a browser hides unless they are exposed.
+const CORS_EXPOSED_HEADERS: [&str; 4] = [
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "x-request-id",
+];
+
+/// CORS for gRPC-Web calls from pages of other origins. With no origin allowed, preflights
+/// are answered without an allowed origin, so browsers refuse the call.
+fn cors(origins: &CorsOrigins) -> tower_http::cors::CorsLayer {
+    use tonic::codegen::http::{HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allow_origin = match origins {
+        CorsOrigins::None => AllowOrigin::list([]),
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::List(list) => {
+            AllowOrigin::list(list.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+        }
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::POST])
+        .allow_headers(CORS_ALLOWED_HEADERS.map(HeaderName::from_static))
+        .expose_headers(CORS_EXPOSED_HEADERS.map(HeaderName::from_static))
+        .max_age(Duration::from_secs(600))
 }

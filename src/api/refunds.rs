@@ -276,6 +276,14 @@ impl pb::refund_service_server::RefundService for RefundsApi {
         }
     }
 
+    async fn list_bulk_refunds(
+        &self,
+        request: Request<pb::ListBulkRefundsRequest>,
+    ) -> Result<Response<pb::ListBulkRefundsResponse>, Status> {
+        let account = account(&request)?;
+        bulk::list_bulk_refunds(&self.service, account, request).await
+    }
+
     async fn create_connection(
         &self,
         request: Request<pb::CreateConnectionRequest>,

@@ -270,4 +270,163 @@ mod tests {
             .collect();
         assert_eq!(keys, ["run:line-2", ""]);
     }
+
+    // --- The corpus shared with the console's writer (console/src/deadLetter.ts) ---
+
+    use serde_json::Value;
+
+    fn text(v: &Value, name: &str) -> String {
+        v.get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// An enum field of protobuf JSON: its name, or its number (for values the enum lacks).
+    fn enum_value(v: &Value, name: &str, from_name: fn(&str) -> Option<i32>) -> i32 {
+        match v.get(name) {
+            None => 0,
+            Some(Value::String(s)) => from_name(s).unwrap_or_else(|| panic!("unknown {name} {s}")),
+            Some(n) => n
+                .as_i64()
+                .and_then(|n| i32::try_from(n).ok())
+                .unwrap_or_else(|| panic!("{name}: {n}")),
+        }
+    }
+
+    fn job_from_json(v: &Value) -> pb::CreateRefundRequest {
+        pb::CreateRefundRequest {
+            payment_id: text(v, "paymentId"),
+            provider: text(v, "provider"),
+            amount: v.get("amount").map(|a| {
+                a.as_str()
+                    .and_then(|a| a.parse().ok())
+                    .expect("an int64 text")
+            }),
+            currency: text(v, "currency"),
+            reason: enum_value(v, "reason", |s| {
+                pb::RefundReason::from_str_name(s).map(i32::from)
+            }),
+            reason_detail: text(v, "reasonDetail"),
+            metadata: v
+                .get("metadata")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            idempotency_key: text(v, "idempotencyKey"),
+        }
+    }
+
+    /// The fields of a `BulkJobResult` the dead-letter file reads, from protobuf JSON.
+    fn result_from_json(v: &Value) -> pb::BulkJobResult {
+        pb::BulkJobResult {
+            index: v
+                .get("index")
+                .and_then(Value::as_i64)
+                .map_or(0, |i| i32::try_from(i).expect("an index")),
+            payment_id: text(v, "paymentId"),
+            provider: text(v, "provider"),
+            status: enum_value(v, "status", |s| {
+                pb::BulkItemStatus::from_str_name(s).map(i32::from)
+            }),
+            refund: v.get("refund").map(|r| pb::Refund {
+                id: text(r, "id"),
+                status: enum_value(r, "status", |s| {
+                    pb::RefundStatus::from_str_name(s).map(i32::from)
+                }),
+                failure_code: text(r, "failureCode"),
+                failure_reason: text(r, "failureReason"),
+                ..Default::default()
+            }),
+            error: v.get("error").map(|e| pb::BulkJobError {
+                code: text(e, "code"),
+                message: text(e, "message"),
+                retryable: e.get("retryable").and_then(Value::as_bool).unwrap_or(false),
+            }),
+            job: v.get("job").map(job_from_json),
+            ..Default::default()
+        }
+    }
+
+    /// Every case of `tests/fixtures/bulk-csv/dead-letter/`: `NAME.json` (`source`: the file's
+    /// headers and rows, or null for the results alone; `failures`: `[index, BulkJobResult]`
+    /// pairs) is written as `NAME.expected.csv`, byte for byte. The console's test writes the
+    /// same cases with its own writer.
+    #[test]
+    fn the_shared_dead_letter_corpus_is_written_as_expected() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/bulk-csv/dead-letter");
+        let mut cases: Vec<_> = std::fs::read_dir(&dir)
+            .expect("the dead-letter corpus")
+            .map(|e| e.expect("a corpus entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        cases.sort();
+        assert!(cases.len() >= 2, "only {} cases", cases.len());
+        let out = tempfile::tempdir().expect("temp dir");
+        let mut wrong = Vec::new();
+        for path in &cases {
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .expect("a file name");
+            let case: Value =
+                serde_json::from_str(&std::fs::read_to_string(path).expect("the case"))
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let failures: BTreeMap<usize, pb::BulkJobResult> = case["failures"]
+                .as_array()
+                .expect("failures")
+                .iter()
+                .map(|pair| {
+                    let index = pair[0].as_u64().expect("an index");
+                    (
+                        usize::try_from(index).expect("an index"),
+                        result_from_json(&pair[1]),
+                    )
+                })
+                .collect();
+            let file = &case["source"];
+            let headers;
+            let rows: Vec<Row>;
+            let source = if file.is_null() {
+                Source::Results
+            } else {
+                let strings = |v: &Value| -> Vec<String> {
+                    v.as_array()
+                        .expect("a list")
+                        .iter()
+                        .map(|s| s.as_str().expect("a string").to_owned())
+                        .collect()
+                };
+                headers = csv::StringRecord::from(strings(&file["headers"]));
+                rows = file["rows"]
+                    .as_array()
+                    .expect("rows")
+                    .iter()
+                    .map(|r| Row {
+                        line: r.get("line").and_then(Value::as_u64).unwrap_or(0),
+                        record: csv::StringRecord::from(strings(&r["record"])),
+                        job: job_from_json(r.get("job").unwrap_or(&Value::Null)),
+                    })
+                    .collect();
+                Source::File {
+                    headers: &headers,
+                    rows: &rows,
+                }
+            };
+            let written = out.path().join(format!("{name}.csv"));
+            write(&written, &source, &failures).expect("write");
+            let actual = std::fs::read_to_string(&written).expect("the written file");
+            let expected = std::fs::read_to_string(dir.join(format!("{name}.expected.csv")))
+                .expect("the expected file");
+            if actual != expected {
+                wrong.push(format!("{name}: wrote\n{actual}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+    }
 }

@@ -150,8 +150,9 @@ impl Follower {
                             })?;
                             return Ok((bulk_id, summary));
                         }
-                        // An event kind newer than this client.
-                        None => {}
+                        // A keep-alive repeats the last sequence and is skipped above; an event
+                        // kind newer than this client is ignored.
+                        Some(PbEvent::Progress(_)) | None => {}
                     }
                     continue;
                 }

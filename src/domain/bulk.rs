@@ -428,6 +428,13 @@ pub enum BulkEvent {
         gave_up: bool,
         failed_jobs: u32,
     },
+    /// The batch's counts, sent on a stream that has been idle for a while (a keep-alive for
+    /// proxies that cut idle connections). Never stored: its sequence repeats the latest
+    /// stored event's.
+    Progress {
+        counts: BulkCounts,
+        state: BulkState,
+    },
 }
 
 #[derive(Debug, Clone)]

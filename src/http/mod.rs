@@ -1,6 +1,8 @@
 //! The HTTP port: liveness and readiness probes, Prometheus metrics, provider webhooks under
-//! `/webhooks/{provider}`, and the embedded sandbox's API under `/sandbox`.
+//! `/webhooks/{provider}`, the embedded sandbox's API under `/sandbox`, and the operator
+//! console under `/console` (whose gRPC-Web calls the API layer answers on this port too).
 
+pub mod console;
 pub mod tls;
 pub mod webhooks;
 

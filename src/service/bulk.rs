@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::{RefundService, internal, page};
 use crate::domain::{
-    AccountId, Bulk, BulkEvent, BulkId, ItemResult, ItemStatus, NewBulk, RefundError,
+    AccountId, Bulk, BulkEvent, BulkId, BulkState, ItemResult, ItemStatus, NewBulk, RefundError,
     SequencedEvent, Timestamp, Violations,
 };
 use crate::store::CreateBulkOutcome;
@@ -34,6 +34,10 @@ pub struct BulkConfig {
     /// Longest a batch holds a provider's jobs while the provider is unavailable (circuit open,
     /// or a long Retry-After); past it the held jobs fail with a retryable error.
     pub max_provider_wait: Duration,
+    /// A batch's stream that has sent nothing for this long sends its progress counts, so that
+    /// proxies and load balancers that cut idle connections (gRPC-Web over HTTP/1.1 has no
+    /// HTTP/2 pings) keep it open.
+    pub stream_keepalive: Duration,
 }
 
 impl Default for BulkConfig {
@@ -45,11 +49,15 @@ impl Default for BulkConfig {
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_millis(500),
             max_provider_wait: Duration::from_secs(15 * 60),
+            stream_keepalive: Duration::from_secs(15),
         }
     }
 }
 
 const ITEMS_TOKEN_KIND: &str = "i1";
+const BULKS_TOKEN_KIND: &str = "b1";
+const DEFAULT_BULKS_PAGE: u32 = 20;
+const MAX_BULKS_PAGE: u32 = 100;
 const DEFAULT_ITEMS_PAGE: u32 = 100;
 const MAX_ITEMS_PAGE: u32 = 1000;
 
@@ -123,6 +131,47 @@ impl RefundService {
             .ok_or_else(|| RefundError::BulkNotFound {
                 id: id.as_str().to_owned(),
             })
+    }
+
+    /// The account's batches, newest first, optionally only those in `state`.
+    pub async fn list_bulks(
+        &self,
+        account: &AccountId,
+        state: Option<BulkState>,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<Bulk>, String), RefundError> {
+        let mut v = Violations::default();
+        let limit = page::page_size(page_size, DEFAULT_BULKS_PAGE, MAX_BULKS_PAGE, &mut v);
+        let filters = state.map_or("all", BulkState::as_str);
+        let before =
+            page::decode_token(page_token, BULKS_TOKEN_KIND, filters, &mut v).and_then(|cursor| {
+                let id = BulkId::parse(&cursor);
+                if id.is_none() {
+                    v.push(
+                        "page_token",
+                        "page_token is not a token this service issued",
+                    );
+                }
+                id
+            });
+        v.into_result(|| Some(()))
+            .map_err(RefundError::InvalidArgument)?;
+        let mut bulks = self
+            .store()
+            .list_bulks(account, state, before.as_ref(), u64::from(limit) + 1)
+            .await
+            .map_err(internal)?;
+        let next = if bulks.len() > limit as usize {
+            bulks.truncate(limit as usize);
+            bulks
+                .last()
+                .map(|b| page::encode_token(BULKS_TOKEN_KIND, b.id.as_str(), filters))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((bulks, next))
     }
 
     /// Stops dispatching the batch's remaining jobs; they end CANCELED once the jobs in flight
@@ -201,18 +250,21 @@ impl RefundService {
         let bulk = self.get_bulk(account, id).await?;
         let (tx, rx) = mpsc::channel(EVENT_PAGE as usize);
         let service = self.clone();
-        tokio::spawn(async move { service.pump_events(bulk.id, after, tx).await });
+        tokio::spawn(async move { service.pump_events(bulk.id, bulk.account, after, tx).await });
         Ok(rx)
     }
 
     async fn pump_events(
         &self,
         bulk_id: BulkId,
+        account: AccountId,
         mut after: u64,
         tx: mpsc::Sender<Result<SequencedEvent, RefundError>>,
     ) {
         let poll = self.config().bulk.poll_interval;
+        let keepalive = self.config().bulk.stream_keepalive;
         let mut changed = self.inner.bulk_events.subscribe();
+        let mut last_sent = tokio::time::Instant::now();
         loop {
             // Mark the current version seen before reading, so an event written after the read
             // still wakes us.
@@ -231,6 +283,7 @@ impl RefundService {
                 if tx.send(Ok(event)).await.is_err() {
                     return; // the client went away; the batch goes on
                 }
+                last_sent = tokio::time::Instant::now();
                 if last {
                     return;
                 }
@@ -246,6 +299,26 @@ impl RefundService {
                     tokio::time::sleep(EVENT_COALESCE).await;
                 }
                 () = tokio::time::sleep(poll) => {}
+                () = tokio::time::sleep_until(last_sent + keepalive) => {
+                    match self.store().get_bulk(&account, &bulk_id).await {
+                        Ok(Some(bulk)) => {
+                            let progress = SequencedEvent {
+                                sequence: after,
+                                event: BulkEvent::Progress {
+                                    counts: bulk.counts,
+                                    state: bulk.state,
+                                },
+                            };
+                            if tx.send(Ok(progress)).await.is_err() {
+                                return;
+                            }
+                        }
+                        // A failed read only delays the keep-alive: the stream is still good.
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(bulk_id = %bulk_id, error = ?anyhow::Error::new(e), "cannot read a batch's progress for its stream's keep-alive"),
+                    }
+                    last_sent = tokio::time::Instant::now();
+                }
             }
         }
     }

@@ -211,6 +211,32 @@ impl Store {
     }
 
     /// Batches still running, oldest first.
+    /// The account's batches, newest first (ids are time-ordered), optionally only those in
+    /// `state`, after the cursor `before` (an id of the previous page).
+    pub async fn list_bulks(
+        &self,
+        account: &AccountId,
+        state: Option<BulkState>,
+        before: Option<&BulkId>,
+        limit: u64,
+    ) -> Result<Vec<Bulk>, StoreError> {
+        let mut query = bulk::Entity::find().filter(bulk::Column::AccountId.eq(account.as_str()));
+        if let Some(state) = state {
+            query = query.filter(bulk::Column::State.eq(state.as_str()));
+        }
+        if let Some(before) = before {
+            query = query.filter(bulk::Column::Id.lt(before.as_str()));
+        }
+        query
+            .order_by_desc(bulk::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(bulk_to_domain)
+            .collect()
+    }
+
     pub async fn running_bulks(&self) -> Result<Vec<Bulk>, StoreError> {
         bulk::Entity::find()
             .filter(bulk::Column::State.eq(BulkState::Running.as_str()))

@@ -354,6 +354,7 @@ const EXPECTED_SCOPES: &[(&str, &str)] = &[
     ("GetBulkRefund", "refunds:read"),
     ("CancelBulkRefund", "bulk:write"),
     ("ListBulkRefundItems", "refunds:read"),
+    ("ListBulkRefunds", "refunds:read"),
     ("ListAuditEvents", "refunds:read"),
     ("CreateConnection", "admin"),
     ("ListConnections", "admin"),

@@ -8,6 +8,7 @@ mod adyen;
 mod approval;
 mod audit;
 mod auth;
+mod browsers;
 mod bulk;
 mod bulk_cli;
 mod cli;

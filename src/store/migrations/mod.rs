@@ -16,6 +16,7 @@ mod m20261203_000011_connections;
 mod m20261204_000012_replicas;
 mod m20261207_000013_events;
 mod m20261207_000014_webhook_endpoints;
+mod m20261207_000015_bulks_by_account;
 
 pub struct Migrator;
 
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000012_replicas::Migration),
             Box::new(m20261207_000013_events::Migration),
             Box::new(m20261207_000014_webhook_endpoints::Migration),
+            Box::new(m20261207_000015_bulks_by_account::Migration),
         ]
     }
 }
