@@ -24,6 +24,14 @@ pub(super) struct Input {
     /// The header row as written (trimmed).
     pub headers: csv::StringRecord,
     pub rows: Vec<Row>,
+    /// The line each row had in releases before rows were numbered by physical line
+    /// (`legacy_lines[i]` is `rows[i]`'s): the `csv` crate's `Position::line`, the count of `\n`
+    /// before the byte where reading of the row began. A CRLF file's rows are a line early by
+    /// it, a row after blank lines is at the first of them, and a file with bare `\r` endings is
+    /// all line 1. Kept only to match what those releases sent (their derived `:line-N` keys
+    /// and batch metadata); messages use [`Row::line`]. Beside the rows rather than in [`Row`],
+    /// which the dead-letter writer's tests build from a line alone.
+    pub legacy_lines: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -122,18 +130,24 @@ pub(super) fn parse(file: &str, bytes: &[u8]) -> Result<Input, InputError> {
     }
 
     let mut rows = Vec::new();
+    let mut legacy_lines = Vec::new();
+    let mut lines = Lines::new(bytes);
     for record in reader.records() {
         let record = match record {
             Ok(record) => record,
             Err(e) => {
-                let line = e.position().map(csv::Position::line);
+                let line = e.position().map(|p| lines.of(p));
                 errors.push(line, csv_problem(&e));
                 continue;
             }
         };
-        let line = record.position().map_or(0, csv::Position::line);
+        let line = record.position().map_or(0, |p| lines.of(p));
+        let legacy_line = record.position().map_or(0, csv::Position::line);
         match job(&columns, &record) {
-            Ok(job) => rows.push(Row { line, record, job }),
+            Ok(job) => {
+                rows.push(Row { line, record, job });
+                legacy_lines.push(legacy_line);
+            }
             Err(problems) => {
                 for problem in problems {
                     errors.push(Some(line), problem);
@@ -145,9 +159,73 @@ pub(super) fn parse(file: &str, bytes: &[u8]) -> Result<Input, InputError> {
         errors.push(None, "has no rows to refund (only a header)");
     }
     if errors.is_empty() {
-        Ok(Input { headers, rows })
+        Ok(Input {
+            headers,
+            rows,
+            legacy_lines,
+        })
     } else {
         Err(errors)
+    }
+}
+
+/// The line of the file each record starts on, as an editor numbers it: `\r\n`, `\n` and a
+/// lone `\r` each end a line, also inside quoted fields.
+///
+/// The `csv` crate's own `Position::line` will not do: it counts only `\n`, and where reading of
+/// the record began, which is before the `\n` of a `\r\n` that ended the previous record and
+/// before any blank lines. With it, a CRLF file's rows were each a line early, a file with bare
+/// `\r` endings was all line 1, and two rows could share a line and so a derived
+/// `<run key>:line-N` key. Lines are counted here instead, from the byte where reading began
+/// (`Position::byte`), carried forward from one record to the next so that the file is scanned
+/// once.
+struct Lines<'a> {
+    bytes: &'a [u8],
+    /// How far line breaks have been counted.
+    counted_to: usize,
+    /// Line breaks in `bytes[..counted_to]`.
+    breaks: u64,
+}
+
+impl<'a> Lines<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            counted_to: 0,
+            breaks: 0,
+        }
+    }
+
+    /// The line of the record whose reading began at `position`: the line its first field is
+    /// on, past the line terminators the reader skips first (the `\n` of a `\r\n` that ended the
+    /// previous record, blank lines). Records must be asked about in file order.
+    fn of(&mut self, position: &csv::Position) -> u64 {
+        let bytes = self.bytes;
+        let began = usize::try_from(position.byte()).map_or(bytes.len(), |b| b.min(bytes.len()));
+        let skipped = bytes[began..]
+            .iter()
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .count();
+        // Never behind what is counted already (it cannot be, records come in order).
+        let start = (began + skipped).max(self.counted_to);
+        // `start` is never between the `\r` and `\n` of a `\r\n`: the terminators before it were
+        // all skipped.
+        let breaks = (self.counted_to..start)
+            .filter(|&i| ends_line(bytes, i))
+            .count();
+        self.breaks += breaks as u64;
+        self.counted_to = start;
+        self.breaks + 1
+    }
+}
+
+/// Whether a line ends at `bytes[i]`: a `\n`, or a `\r` not followed by one (a `\r\n` is one
+/// line break, counted at its `\n`).
+fn ends_line(bytes: &[u8], i: usize) -> bool {
+    match bytes[i] {
+        b'\n' => true,
+        b'\r' => bytes.get(i + 1) != Some(&b'\n'),
+        _ => false,
     }
 }
 
@@ -423,6 +501,67 @@ mod tests {
         );
     }
 
+    /// Defect: rows were numbered with the `csv` crate's `Position::line`, the count of `\n`
+    /// where reading began, so a CRLF file's rows were one line early, every row of a file with
+    /// bare `\r` endings was line 1 and a row after blank lines was at the first of them. The
+    /// derived `<run key>:line-N` keys of two rows could then be the same.
+    #[test]
+    fn rows_are_numbered_with_the_physical_line_they_start_on_under_any_line_endings() {
+        let lines = |text: &str| ok(text).rows.iter().map(|r| r.line).collect::<Vec<_>>();
+        assert_eq!(
+            lines("payment_id,currency\r\nch_1,USD\r\nch_2,USD\r\n"),
+            [2, 3]
+        );
+        assert_eq!(lines("payment_id,currency\rch_1,USD\rch_2,USD\r"), [2, 3]);
+        assert_eq!(
+            lines("payment_id,currency\nch_1,USD\r\nch_2,USD\rch_3,USD"),
+            [2, 3, 4]
+        );
+        assert_eq!(
+            lines("payment_id,currency\n\nch_1,USD\r\n\r\n\rch_2,USD\r\r\nch_3,USD\n"),
+            [3, 6, 8]
+        );
+        // A byte-order mark is no line; quoted line breaks count as any other.
+        assert_eq!(
+            lines(
+                "\u{feff}payment_id,currency,reason_detail\r\nch_1,USD,\"a\rb\r\nc\"\r\nch_2,USD,\r\n"
+            ),
+            [2, 5]
+        );
+        // Errors of the reader itself (here a ragged row) are numbered the same way.
+        assert_eq!(
+            err("payment_id,currency\r\n\r\nch_1,USD\r\nch_2,USD,7\r\n"),
+            "refunds.csv line 4: has 3 fields, but the header has 2"
+        );
+        assert_eq!(
+            err("payment_id,currency\rch_1,USD\r\rch_2\r"),
+            "refunds.csv line 4: has 1 field, but the header has 2"
+        );
+    }
+
+    /// What releases before the physical numbering numbered each row: the `csv` crate's
+    /// `Position::line`. Their derived row keys were made of it, so it must not change.
+    #[test]
+    fn rows_keep_the_line_earlier_releases_numbered_them_with() {
+        let legacy = |text: &str| ok(text).legacy_lines;
+        assert_eq!(legacy("payment_id,currency\nch_1,USD\nch_2,USD\n"), [2, 3]);
+        // A line early under CRLF; at the first blank line before a row.
+        assert_eq!(
+            legacy("payment_id,currency\r\nch_1,USD\r\nch_2,USD\r\n"),
+            [1, 2]
+        );
+        assert_eq!(
+            legacy("payment_id,currency\n\n\nch_1,USD\n\nch_2,USD\n"),
+            [2, 5]
+        );
+        // All line 1 under bare `\r`.
+        assert_eq!(legacy("payment_id,currency\rch_1,USD\rch_2,USD\r"), [1, 1]);
+        // One per row, rows with problems aside.
+        let input = ok("payment_id,currency,reason_detail\r\nch_1,USD,\"a\nb\"\r\nch_2,USD,\r\n");
+        assert_eq!(input.legacy_lines.len(), input.rows.len());
+        assert_eq!(input.legacy_lines, [1, 3]);
+    }
+
     #[test]
     fn every_bad_row_is_reported_with_the_service_rules() {
         let text = "payment_id,currency,amount,reason,metadata.k\n\
@@ -524,5 +663,127 @@ refunds.csv line 1: missing required column "currency""#
         let message = err(&text);
         assert_eq!(message.lines().count(), MAX_LISTED_PROBLEMS + 1);
         assert!(message.ends_with("… and 5 more problems"), "{message}");
+    }
+
+    // --- The corpus shared with the console's reader (console/src/csv.ts) ---
+
+    use std::path::{Path, PathBuf};
+
+    use serde_json::{Value, json};
+
+    fn corpus_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bulk-csv")
+    }
+
+    /// A job as protobuf JSON in its canonical proto3 form (fields left out at their default
+    /// value), as the console's test writes it with `toJson`.
+    fn job_json(job: &pb::CreateRefundRequest) -> Value {
+        let mut m = serde_json::Map::new();
+        let mut text = |name: &str, value: &str| {
+            if !value.is_empty() {
+                m.insert(name.to_owned(), json!(value));
+            }
+        };
+        text("paymentId", &job.payment_id);
+        text("provider", &job.provider);
+        text("currency", &job.currency);
+        text("reasonDetail", &job.reason_detail);
+        text("idempotencyKey", &job.idempotency_key);
+        if let Some(amount) = job.amount {
+            m.insert("amount".to_owned(), json!(amount.to_string()));
+        }
+        if job.reason != 0 {
+            let name = pb::RefundReason::try_from(job.reason)
+                .map_or_else(|_| json!(job.reason), |r| json!(r.as_str_name()));
+            m.insert("reason".to_owned(), name);
+        }
+        if !job.metadata.is_empty() {
+            m.insert("metadata".to_owned(), json!(job.metadata));
+        }
+        Value::Object(m)
+    }
+
+    /// Every case of `tests/fixtures/bulk-csv/`: `NAME.csv` read as `refunds.csv` gives
+    /// `NAME.expected.json`, either `{"problems": [...]}` (the message's lines) or
+    /// `{"headers": [...], "rows": [{"line", "record", "job"}]}`. The console's test reads the
+    /// same files, so the two readers accept and refuse the same files with the same words.
+    #[test]
+    fn the_shared_corpus_reads_as_expected() {
+        let dir = corpus_dir();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .expect("the corpus directory")
+            .map(|e| e.expect("a corpus entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+            .collect();
+        files.sort();
+        assert!(
+            files.len() >= 40,
+            "only {} cases in {}",
+            files.len(),
+            dir.display()
+        );
+        let mut wrong = Vec::new();
+        for path in &files {
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .expect("a file name");
+            let expected_path = dir.join(format!("{name}.expected.json"));
+            let expected: Value = serde_json::from_str(
+                &std::fs::read_to_string(&expected_path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", expected_path.display())),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", expected_path.display()));
+            let bytes = std::fs::read(path).expect("the case's input");
+            match parse("refunds.csv", &bytes) {
+                Ok(input) => {
+                    let actual = json!({
+                        "headers": input.headers.iter().collect::<Vec<_>>(),
+                        "rows": input.rows.iter().map(|r| json!({
+                            "line": r.line,
+                            "record": r.record.iter().collect::<Vec<_>>(),
+                            "job": job_json(&r.job),
+                        })).collect::<Vec<_>>(),
+                    });
+                    if expected.get("headers") != Some(&actual["headers"])
+                        || expected.get("rows") != Some(&actual["rows"])
+                    {
+                        wrong.push(format!("{name}: read as {actual:#}"));
+                    }
+                }
+                Err(e) => {
+                    let lines: Option<Vec<&str>> = expected
+                        .get("problems")
+                        .and_then(Value::as_array)
+                        .map(|p| p.iter().filter_map(Value::as_str).collect());
+                    if lines.map(|l| l.join("\n")) != Some(e.to_string()) {
+                        wrong.push(format!("{name}: refused with\n{e}"));
+                    }
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+    }
+
+    /// The console keeps its own copy of the service's currency table; the corpus's list is
+    /// checked here against every three-letter code, and there against the console's copy.
+    #[test]
+    fn the_corpus_currency_list_is_the_services() {
+        let path = corpus_dir().join("iso4217-codes.json");
+        let codes: Vec<String> =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("the code list"))
+                .expect("a list of codes");
+        for a in b'A'..=b'Z' {
+            for b in b'A'..=b'Z' {
+                for c in b'A'..=b'Z' {
+                    let code = String::from_utf8(vec![a, b, c]).expect("ASCII");
+                    assert_eq!(
+                        crate::domain::Currency::parse(&code).is_ok(),
+                        codes.contains(&code),
+                        "{code}"
+                    );
+                }
+            }
+        }
     }
 }

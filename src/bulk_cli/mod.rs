@@ -162,11 +162,8 @@ async fn send_file(args: &BulkArgs, interrupt: watch::Receiver<bool>) -> Result<
         Some(key) => checked_key(key)?,
         None => derived_key(&bytes),
     };
-    for row in &mut input.rows {
-        if row.job.idempotency_key.is_empty() {
-            row.job.idempotency_key = format!("{run_key}:line-{}", row.line);
-        }
-    }
+    let numbering = Numbering::of(&input);
+    derive_row_keys(&mut input, &run_key);
     let dead_letter_path = dead_letter_path(args, None)?;
     let client = connect(&args.server, &args.api_key, args.batch_size).await?;
     let mut follower = Follower::new(client, interrupt);
@@ -184,6 +181,7 @@ async fn send_file(args: &BulkArgs, interrupt: watch::Receiver<bool>) -> Result<
         let offset = i * batch_size;
         let first_line = part.first().map_or(0, |r| r.line);
         let last_line = part.last().map_or(0, |r| r.line);
+        let span = offset..offset + part.len();
         let part_name = format!(
             "part {number} of {}, lines {first_line}-{last_line}",
             parts.len()
@@ -193,15 +191,10 @@ async fn send_file(args: &BulkArgs, interrupt: watch::Receiver<bool>) -> Result<
             abort_on_error: args.abort_on_error,
             max_concurrency,
             idempotency_key: format!("{run_key}:part-{number}"),
-            // Lets `--resume BULK_ID --file` find the batch's rows in the file.
-            metadata: [
-                ("csv_part", format!("{number}/{}", parts.len())),
-                ("csv_first_line", first_line.to_string()),
-                ("csv_last_line", last_line.to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect(),
+            metadata: part_metadata(&input, numbering, span, number, parts.len())
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
         };
         let followed = follower
             .follow(Open::Create(request), |event| {
@@ -297,11 +290,7 @@ async fn resume(
     if let (Some(input), Some((run_key, _))) =
         (&mut input, batch.idempotency_key.rsplit_once(":part-"))
     {
-        for row in &mut input.rows {
-            if row.job.idempotency_key.is_empty() {
-                row.job.idempotency_key = format!("{run_key}:line-{}", row.line);
-            }
-        }
+        derive_row_keys(input, run_key);
     }
     let total = usize::try_from(batch.total).unwrap_or(0);
     // Where the batch's rows start in the file.
@@ -615,8 +604,117 @@ fn check_row(
     Ok(())
 }
 
+/// How a file's rows are numbered in what is sent for them: the derived `<run key>:line-N` keys
+/// of rows without a key of their own, and the `csv_first_line`/`csv_last_line` of the batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Numbering {
+    /// As releases before the physical numbering did ([`Input::legacy_lines`]).
+    Legacy,
+    /// The physical line a row starts on ([`Row::line`]); said by `csv_lines: physical` in a
+    /// batch's metadata.
+    Physical,
+}
+
+/// The `csv_lines` metadata value of a batch numbered by physical lines.
+const PHYSICAL_LINES: &str = "physical";
+
+impl Numbering {
+    /// The one place that decides how a file's rows are numbered in keys and batch metadata.
+    ///
+    /// Derived keys must not change from one release to the next: a file partly sent by one
+    /// release and sent again, or resumed, with another must give every row the key it was sent
+    /// with, or a row could be refunded twice (say, in a batch made with another
+    /// `--batch-size`). Releases before the physical numbering used the `csv` crate's line,
+    /// which is a line early under CRLF and at the first of the blank lines before a row, but
+    /// still tells rows apart in any file without bare `\r` line endings: so whenever it tells
+    /// all of a file's rows apart, it stays, and every file those releases could send keeps its
+    /// row keys and its batches (metadata included, which the service's batch fingerprint
+    /// covers) byte for byte. Where two rows share it (bare `\r` or mixed line endings), those
+    /// releases sent several rows with one key, which the service refused as a reused key;
+    /// there is nothing of theirs to keep, and the physical lines, always distinct, are used.
+    fn of(input: &Input) -> Self {
+        let mut seen = std::collections::HashSet::with_capacity(input.legacy_lines.len());
+        if input.legacy_lines.iter().all(|&line| seen.insert(line)) {
+            Self::Legacy
+        } else {
+            Self::Physical
+        }
+    }
+
+    /// How the `csv_first_line`/`csv_last_line` of a batch sent earlier are numbered.
+    fn of_batch(batch: &pb::BulkRefundBatch) -> anyhow::Result<Self> {
+        match (
+            batch.metadata.get("csv_lines").map(String::as_str),
+            batch.metadata.get("source").map(String::as_str),
+        ) {
+            (Some(PHYSICAL_LINES), _) => Ok(Self::Physical),
+            // The operator console numbers its batches' rows by physical line, as it always has.
+            (None, Some("console")) => Ok(Self::Physical),
+            // Sent by this command in a release before `csv_lines`, or by this one for a file
+            // whose rows keep their legacy numbers (see `of`).
+            (None, _) => Ok(Self::Legacy),
+            (Some(other), _) => bail!(
+                "{} numbers its file's lines as {other:?}, which this version does not know",
+                batch.id
+            ),
+        }
+    }
+
+    /// The number of the file's `index`th row.
+    fn line(self, input: &Input, index: usize) -> u64 {
+        match self {
+            Self::Legacy => input.legacy_lines.get(index).copied().unwrap_or(0),
+            Self::Physical => input.rows.get(index).map_or(0, |r| r.line),
+        }
+    }
+}
+
+/// Gives every row without an `idempotency_key` of its own `<run key>:line-N`, numbered as
+/// [`Numbering::of`] decides: the same keys whenever the file is sent, re-sent or resumed.
+fn derive_row_keys(input: &mut Input, run_key: &str) {
+    let numbering = Numbering::of(input);
+    let lines: Vec<u64> = (0..input.rows.len())
+        .map(|i| numbering.line(input, i))
+        .collect();
+    for (row, line) in input.rows.iter_mut().zip(lines) {
+        if row.job.idempotency_key.is_empty() {
+            row.job.idempotency_key = format!("{run_key}:line-{line}");
+        }
+    }
+}
+
+/// A batch's metadata, which lets `--resume BULK_ID --file` find the batch's rows (`span`, the
+/// indices of the rows) in the file. Numbered as the rows' keys are; only a physical numbering
+/// says so, so that a batch numbered as before is the same batch as before (the service's batch
+/// fingerprint covers the metadata).
+fn part_metadata(
+    input: &Input,
+    numbering: Numbering,
+    span: std::ops::Range<usize>,
+    number: usize,
+    parts: usize,
+) -> Vec<(&'static str, String)> {
+    let mut metadata = vec![
+        ("csv_part", format!("{number}/{parts}")),
+        (
+            "csv_first_line",
+            numbering.line(input, span.start).to_string(),
+        ),
+        (
+            "csv_last_line",
+            numbering
+                .line(input, span.end.saturating_sub(1))
+                .to_string(),
+        ),
+    ];
+    if numbering == Numbering::Physical {
+        metadata.push(("csv_lines", PHYSICAL_LINES.to_owned()));
+    }
+    metadata
+}
+
 /// Position in the file of a batch's first row: from the `csv_first_line` metadata a file sent
-/// by this command carries, else the top of the file.
+/// by this command carries (numbered as `csv_lines` says), else the top of the file.
 fn rows_of_batch(
     batch: &pb::BulkRefundBatch,
     input: &Input,
@@ -629,13 +727,17 @@ fn rows_of_batch(
             let line: u64 = line
                 .parse()
                 .with_context(|| format!("{} has a bad csv_first_line {line:?}", batch.id))?;
-            input
-                .rows
-                .iter()
-                .position(|r| r.line == line)
+            let numbering = Numbering::of_batch(batch)?;
+            (0..input.rows.len())
+                .find(|&i| numbering.line(input, i) == line)
                 .with_context(|| {
+                    let counted = match numbering {
+                        Numbering::Physical => "",
+                        Numbering::Legacy => " (as earlier releases counted lines)",
+                    };
                     format!(
-                        "{} starts at line {line} of its file, but {file} has no row there",
+                        "{} starts at line {line} of its file{counted}, but {file} has no row \
+                         there",
                         batch.id
                     )
                 })?
@@ -792,6 +894,177 @@ mod tests {
         assert!(checked_key(&"k".repeat(MAX_KEY_LEN + 1)).is_err());
         let longest = format!("{}:line-18446744073709551615", "k".repeat(MAX_KEY_LEN));
         assert!(longest.len() <= 255);
+    }
+
+    fn keys(text: &str) -> Vec<String> {
+        let mut input = input::parse("refunds.csv", text.as_bytes()).expect("a good file");
+        derive_row_keys(&mut input, "run");
+        input
+            .rows
+            .into_iter()
+            .map(|r| r.job.idempotency_key)
+            .collect()
+    }
+
+    /// Defect: numbering rows by physical line changed the derived keys of CRLF files and of
+    /// files with blank lines, so that a file partly sent by the previous release and sent
+    /// again, or resumed, by this one got new keys for the same rows.
+    #[test]
+    fn derived_keys_are_the_previous_releases_for_every_file_it_could_send() {
+        // What the previous release sent: the `csv` crate's line of each row.
+        assert_eq!(
+            keys("payment_id,currency\r\nch_1,USD\r\nch_2,USD\r\nch_3,USD\r\n"),
+            ["run:line-1", "run:line-2", "run:line-3"]
+        );
+        assert_eq!(
+            keys("payment_id,currency\nch_1,USD\nch_2,USD\n"),
+            ["run:line-2", "run:line-3"]
+        );
+        assert_eq!(
+            keys("payment_id,currency\n\nch_1,USD\n\n\nch_2,USD\n"),
+            ["run:line-2", "run:line-4"]
+        );
+        assert_eq!(
+            keys("payment_id,currency,idempotency_key\r\nch_1,USD,own\r\nch_2,USD,\r\n"),
+            ["own", "run:line-2"]
+        );
+    }
+
+    #[test]
+    fn derived_keys_are_distinct_where_the_previous_release_repeated_them() {
+        // The previous release gave every row of these files one key (`run:line-1`).
+        assert_eq!(
+            keys("payment_id,currency\rch_1,USD\rch_2,USD\rch_3,USD\r"),
+            ["run:line-2", "run:line-3", "run:line-4"]
+        );
+        // Mixed: the last two rows shared line 3 there. The whole file is numbered one way.
+        assert_eq!(
+            keys("payment_id,currency\r\nch_1,USD\nch_2,USD\rch_3,USD\n"),
+            ["run:line-2", "run:line-3", "run:line-4"]
+        );
+    }
+
+    fn batch(total: i32, metadata: &[(&str, &str)]) -> pb::BulkRefundBatch {
+        pb::BulkRefundBatch {
+            id: "bulk_1".to_owned(),
+            total,
+            metadata: metadata
+                .iter()
+                .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn metadata(input: &Input, batch_size: usize) -> Vec<Vec<(&'static str, String)>> {
+        let numbering = Numbering::of(input);
+        let parts = input.rows.len().div_ceil(batch_size);
+        (0..parts)
+            .map(|i| {
+                let span = i * batch_size..((i + 1) * batch_size).min(input.rows.len());
+                part_metadata(input, numbering, span, i + 1, parts)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_are_numbered_as_their_rows_keys_and_say_so_when_physical() {
+        let crlf = input::parse(
+            "refunds.csv",
+            b"payment_id,currency\r\nch_1,USD\r\nch_2,USD\r\nch_3,USD\r\n",
+        )
+        .unwrap();
+        // As the previous release sent them: the same batch fingerprint.
+        assert_eq!(
+            metadata(&crlf, 2),
+            [
+                vec![
+                    ("csv_part", "1/2".to_owned()),
+                    ("csv_first_line", "1".to_owned()),
+                    ("csv_last_line", "2".to_owned())
+                ],
+                vec![
+                    ("csv_part", "2/2".to_owned()),
+                    ("csv_first_line", "3".to_owned()),
+                    ("csv_last_line", "3".to_owned())
+                ]
+            ]
+        );
+        let cr = input::parse("refunds.csv", b"payment_id,currency\rch_1,USD\rch_2,USD\r").unwrap();
+        assert_eq!(
+            metadata(&cr, 1)[1],
+            [
+                ("csv_part", "2/2".to_owned()),
+                ("csv_first_line", "3".to_owned()),
+                ("csv_last_line", "3".to_owned()),
+                ("csv_lines", "physical".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_batchs_rows_are_found_from_legacy_and_from_physical_metadata() {
+        let file = Path::new("refunds.csv");
+        // Legacy lines 1, 2, 3, 4; physical lines 2, 3, 4, 5.
+        let crlf = input::parse(
+            "refunds.csv",
+            b"payment_id,currency\r\nch_1,USD\r\nch_2,USD\r\nch_3,USD\r\nch_4,USD\r\n",
+        )
+        .unwrap();
+        let offset = |b: &pb::BulkRefundBatch, input: &Input| {
+            rows_of_batch(b, input, Some(file)).map_err(|e| e.to_string())
+        };
+        // Sent by the previous release (or by this one, numbered as it did): legacy lines.
+        let legacy = batch(2, &[("csv_part", "2/2"), ("csv_first_line", "3")]);
+        assert_eq!(offset(&legacy, &crlf), Ok(2));
+        let physical = batch(2, &[("csv_first_line", "3"), ("csv_lines", "physical")]);
+        assert_eq!(offset(&physical, &crlf), Ok(1));
+        let console = batch(4, &[("source", "console"), ("csv_first_line", "2")]);
+        assert_eq!(offset(&console, &crlf), Ok(0));
+        assert_eq!(offset(&batch(4, &[]), &crlf), Ok(0));
+
+        // Bare `\r`: the legacy lines are all 1; batches sent now are numbered physically.
+        let cr = input::parse(
+            "refunds.csv",
+            b"payment_id,currency\rch_1,USD\rch_2,USD\rch_3,USD\r",
+        )
+        .unwrap();
+        let numbering = Numbering::of(&cr);
+        assert_eq!(numbering, Numbering::Physical);
+        let sent = part_metadata(&cr, numbering, 1..3, 2, 2);
+        let sent: Vec<(&str, &str)> = sent.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(offset(&batch(2, &sent), &cr), Ok(1));
+
+        assert_eq!(
+            offset(&batch(2, &[("csv_first_line", "1")]), &crlf),
+            Ok(0),
+            "legacy line 1 is the first row"
+        );
+        assert_eq!(
+            offset(
+                &batch(2, &[("csv_first_line", "1"), ("csv_lines", "physical")]),
+                &crlf
+            ),
+            Err("bulk_1 starts at line 1 of its file, but refunds.csv has no row there".to_owned())
+        );
+        assert_eq!(
+            offset(&batch(2, &[("csv_first_line", "9")]), &crlf),
+            Err(
+                "bulk_1 starts at line 9 of its file (as earlier releases counted lines), but \
+                 refunds.csv has no row there"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            offset(
+                &batch(2, &[("csv_first_line", "2"), ("csv_lines", "bytes")]),
+                &crlf
+            ),
+            Err(
+                "bulk_1 numbers its file's lines as \"bytes\", which this version does not know"
+                    .to_owned()
+            )
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use refund_service::api::pb;
 use refund_service::sandbox::FaultConfig;
 
 use crate::helpers::*;
@@ -524,6 +525,94 @@ async fn resume_of_a_finished_batch_prints_the_same_summary() {
     .await;
     assert_eq!(unknown.code, Some(2), "{}", unknown.stderr);
     assert!(unknown.stderr.contains("NotFound"), "{}", unknown.stderr);
+}
+
+/// A CRLF file partly sent by the release before rows were numbered by physical line: its
+/// first batch, sent here as that release sent it (rows keyed, and the batch numbered, by the
+/// `csv` crate's line, one line early), is resumed onto the right rows, and sending the file
+/// again re-attaches to it and refunds no row twice.
+#[tokio::test]
+async fn a_crlf_file_partly_sent_by_the_previous_release_is_resumed_and_sent_again_onto_its_batch()
+{
+    let (app, _db) = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let payments = app.seed_many(5, 1_000).await;
+    let mut text = "payment_id,currency,amount\r\n".to_owned();
+    for p in &payments {
+        text.push_str(&format!("{p},USD,300\r\n"));
+    }
+    let file = write_csv(dir.path(), "refunds.csv", &text);
+    let file = file.to_str().unwrap();
+    let server = server(&app);
+
+    // Part 1 of 3 of `--batch-size 2 --idempotency-key run-crlf` as the previous release sent it.
+    let job = |i: usize| pb::CreateRefundRequest {
+        payment_id: payments[i].clone(),
+        currency: "USD".into(),
+        amount: Some(300),
+        idempotency_key: format!("run-crlf:line-{}", i + 1),
+        ..Default::default()
+    };
+    let mut stream = app
+        .client
+        .clone()
+        .bulk_refund(pb::BulkRefundRequest {
+            jobs: vec![job(0), job(1)],
+            idempotency_key: "run-crlf:part-1".into(),
+            metadata: [
+                ("csv_part", "1/3"),
+                ("csv_first_line", "1"),
+                ("csv_last_line", "2"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            ..Default::default()
+        })
+        .await
+        .expect("accepted")
+        .into_inner();
+    let first = stream.message().await.unwrap().expect("an event");
+    let Some(pb::bulk_refund_event::Event::Accepted(accepted)) = first.event else {
+        panic!("{first:?}")
+    };
+    drop(stream);
+    let bulk_id = accepted.bulk_id;
+
+    // Resumed with the file: the batch's rows are the file's first two.
+    let resumed = bulk(
+        dir.path(),
+        &["--resume", &bulk_id, "--file", file, "--server", &server],
+    )
+    .await;
+    assert_eq!(resumed.code, Some(0), "{}", resumed.stderr);
+    assert_eq!(resumed.counts(), ["2", "2", "0", "0", "0"]);
+
+    // Sent again: part 1 is that batch (same keys, same metadata), then parts 2 and 3.
+    let run = bulk(
+        dir.path(),
+        &[
+            "--file",
+            file,
+            "--server",
+            &server,
+            "--batch-size",
+            "2",
+            "--idempotency-key",
+            "run-crlf",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    assert_eq!(run.counts(), ["5", "5", "0", "0", "0"]);
+    assert_eq!(run.bulk_ids()[0], bulk_id, "{}", run.stdout);
+    // Messages name physical lines.
+    assert!(
+        run.stderr.contains("part 1 of 3, lines 2-3"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(ledger_amounts(&app, &payments).await, vec![vec![300]; 5]);
 }
 
 #[tokio::test]
