@@ -11,6 +11,7 @@ mod refunds;
 mod rpc_trace;
 mod status;
 mod webhook_endpoints;
+mod whole_body;
 
 pub use auth::{Auth, AuthLayer};
 pub use refunds::RefundsApi;
@@ -77,7 +78,10 @@ pub type GrpcRouter = Router<
         RpcTraceLayer,
         tower_layer::Stack<
             tonic_web::GrpcWebLayer,
-            tower_layer::Stack<tower_http::cors::CorsLayer, tower_layer::Identity>,
+            tower_layer::Stack<
+                whole_body::WholeBodyLayer,
+                tower_layer::Stack<tower_http::cors::CorsLayer, tower_layer::Identity>,
+            >,
         >,
     >,
 >;
@@ -137,9 +141,14 @@ pub async fn router(
     // serves (the console) calls its own origin; the layers are the gRPC port's.
     let web_service = {
         use tower_layer::Layer as _;
-        cors.layer(tonic_web::GrpcWebLayer::new().layer(
-            RpcTraceLayer::new(metrics.clone()).layer(tonic::service::Routes::new(refunds.clone())),
-        ))
+        cors.layer(
+            whole_body::WholeBodyLayer::new(max_message).layer(
+                tonic_web::GrpcWebLayer::new().layer(
+                    RpcTraceLayer::new(metrics.clone())
+                        .layer(tonic::service::Routes::new(refunds.clone())),
+                ),
+            ),
+        )
     };
     let web = axum::Router::new().route_service(
         &format!(
@@ -170,6 +179,8 @@ pub async fn router(
         // the trace layer and the services see them; native gRPC passes through untouched.
         .accept_http1(true)
         .layer(cors)
+        // Over HTTP/1.1, read the call's one message before anything may refuse it.
+        .layer(whole_body::WholeBodyLayer::new(max_message))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(RpcTraceLayer::new(metrics))
         .add_service(health_service)

@@ -562,3 +562,38 @@ async fn bulk_id_of(app: &TestApp) -> String {
         .id
         .clone()
 }
+
+/// Defect: a call refused before its handler (here, a wrong key) was answered over HTTP/1.1
+/// before its body had been read; the server then closed the connection, and a client still
+/// sending the body (chunked, as Node's does) got a broken pipe instead of the answer.
+#[tokio::test]
+async fn a_refused_grpc_web_call_over_http1_keeps_its_connection() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (app, _db) = spawn_app().await;
+    for addr in [app.http_addr, app.grpc_addr] {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let head = "POST /refunds.v1.RefundService/ListBulkRefunds HTTP/1.1\r\nhost: x\r\n\
+                    content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\n\
+                    authorization: Bearer rsk_not_a_key\r\ntransfer-encoding: chunked\r\n\r\n";
+        for round in 0..3 {
+            conn.write_all(head.as_bytes()).await.expect("head");
+            conn.write_all(b"5\r\n\0\0\0\0\0\r\n").await.expect("chunk");
+            // The end of the body comes a little later, as it does from a client that writes
+            // it separately.
+            tokio::task::yield_now().await;
+            conn.write_all(b"0\r\n\r\n").await.unwrap_or_else(|e| {
+                panic!("round {round} at {addr}: the server closed the connection: {e}")
+            });
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+                let n = conn.read(&mut buf).await.expect("read");
+                assert!(n > 0, "round {round} at {addr}: closed before answering");
+                answer.extend_from_slice(&buf[..n]);
+            }
+            let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+            assert!(answer.contains("grpc-status: 16"), "{answer}");
+            assert!(!answer.contains("connection: close"), "{answer}");
+        }
+    }
+}
