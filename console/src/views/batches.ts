@@ -237,11 +237,11 @@ function batchRow(b: BulkRefundBatch): HTMLTableRowElement {
     "tr",
     { "data-bulk-id": b.id },
     h("th", { scope: "row" }, h("a", { href: paths.batch(b.id) }, b.id)),
-    h("td", null, badge(batchStateName(b.state))),
-    h("td", { class: "num" }, `${formatCount(done)} / ${formatCount(b.total)}`),
-    h("td", { class: "num" }, formatCount(b.succeeded)),
-    h("td", { class: "num" }, formatCount(b.failed)),
-    h("td", null, formatTimestamp(b.createdAt)),
+    h("td", { "data-label": "State" }, badge(batchStateName(b.state))),
+    h("td", { class: "num", "data-label": "Done" }, `${formatCount(done)} / ${formatCount(b.total)}`),
+    h("td", { class: "num", "data-label": "Succeeded" }, formatCount(b.succeeded)),
+    h("td", { class: "num", "data-label": "Failed" }, formatCount(b.failed)),
+    h("td", { "data-label": "Created" }, formatTimestamp(b.createdAt)),
   );
 }
 
@@ -279,7 +279,7 @@ function recentBatches(ctx: ViewContext): HTMLElement {
 
   const table = h(
     "table",
-    { class: "data" },
+    { class: "data stack" },
     h("caption", { class: "visually-hidden" }, "Recent batches"),
     h(
       "thead",
