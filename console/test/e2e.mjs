@@ -13,6 +13,7 @@
 //   APPROVAL_THRESHOLD  the account's USD approval threshold in minor units (default 50000)
 
 import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -170,7 +171,15 @@ const as = (key) => ({ headers: { authorization: `Bearer ${key}` } });
 
 const browser = await chromium.launch({
   executablePath: CHROMIUM,
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+  args: [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    // A name for the service that is not loopback to the browser (so its pages are not a
+    // secure context), resolved to 127.0.0.1: traffic stays on this machine.
+    "--host-resolver-rules=MAP console.test 127.0.0.1",
+  ],
 });
 const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, acceptDownloads: true, locale: "en-US" });
 context.setDefaultTimeout(TIMEOUT);
@@ -290,6 +299,9 @@ try {
       "counters shown = GetBulkRefund",
     );
     equal({ total: batch.total, succeeded: batch.succeeded, failed: batch.failed }, { total: 40, succeeded: 34, failed: 6 }, "the batch's expected outcome");
+    // The batch is named by its content, so the same file sent again re-attaches to it.
+    const digest = createHash("sha256").update(csv).digest("hex").slice(0, 32);
+    equal(batch.idempotencyKey, `console-${digest}`, "the batch key is the content's SHA-256");
     const items = [];
     let pageToken = "";
     do {
@@ -443,6 +455,34 @@ try {
       const width = await page.evaluate(() => document.documentElement.scrollWidth);
       check(width <= 390, `${path} fits 390 px (scrollWidth ${width})`);
       await shot(page, name);
+    }
+  });
+
+  await step("on a plain-http origin (not a secure context) a batch is still named by its content", async () => {
+    // Defect: the batch key came from crypto.subtle, which such a page does not have; it fell
+    // back to a random key, so the same file sent twice would have refunded its rows twice.
+    const plain = await browser.newContext({ viewport: { width: 1280, height: 900 }, locale: "en-US" });
+    plain.setDefaultTimeout(TIMEOUT);
+    try {
+      const p = await plain.newPage();
+      const base = BASE.replace("127.0.0.1", "console.test");
+      await p.goto(`${base}/console/`);
+      equal(await p.evaluate(() => window.isSecureContext), false, "the page is not a secure context");
+      await p.getByLabel("API key").fill(KEY_A);
+      await p.getByRole("button", { name: "Sign in" }).click();
+      await p.getByRole("heading", { level: 1, name: "Batches" }).waitFor();
+      const [payment] = await seed(1_000, 1);
+      const text = `payment_id,currency,amount\n${payment},USD,100\n`;
+      await p.getByLabel("CSV file", { exact: true }).setInputFiles({ name: "one.csv", mimeType: "text/csv", buffer: Buffer.from(text) });
+      await p.getByText("one.csv: 1 row checked, ready to send.").waitFor();
+      await p.getByRole("button", { name: "Start batch" }).click();
+      await p.waitForURL(/\/console\/batches\/(?!new)[^/]+$/);
+      const id = decodeURIComponent(p.url().split("/").pop());
+      const b = await api.getBulkRefund({ bulkId: id }, as(KEY_A));
+      const digest = createHash("sha256").update(text).digest("hex").slice(0, 32);
+      equal(b.idempotencyKey, `console-${digest}`, "the batch key is the content's SHA-256");
+    } finally {
+      await plain.close();
     }
   });
 

@@ -1,5 +1,7 @@
 // Batches: start one from a CSV file (or pasted rows), open one by id, and list recent ones.
 
+import { sha256 } from "@noble/hashes/sha2";
+import { bytesToHex } from "@noble/hashes/utils";
 import { client, triage } from "../api.js";
 import { setPendingStart, type CsvSource } from "../batchStore.js";
 import { parseBulkCsv } from "../csv.js";
@@ -28,16 +30,11 @@ export function batchesView(root: HTMLElement, _params: string[], ctx: ViewConte
   );
 }
 
-async function sha256Hex(bytes: Uint8Array): Promise<string | null> {
-  if (!window.crypto?.subtle) return null; // not a secure context
-  const digest = await window.crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>);
-  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-function randomHex(bytes: number): string {
-  const a = new Uint8Array(bytes);
-  window.crypto.getRandomValues(a);
-  return Array.from(a, (b) => b.toString(16).padStart(2, "0")).join("");
+/** The SHA-256 of the content, in hex: computed here, so that it is the same on any page (the
+ * browser's crypto.subtle exists only in a secure context, and a random key instead would let
+ * the same file, sent twice, refund its rows twice). */
+function sha256Hex(bytes: Uint8Array): string {
+  return bytesToHex(sha256(bytes));
 }
 
 function newBatchForm(ctx: ViewContext): HTMLElement {
@@ -182,8 +179,7 @@ function newBatchForm(ctx: ViewContext): HTMLElement {
       }
       if (!key) {
         // The content names the run, as `refund-service bulk` does (with a prefix of its own).
-        const digest = await sha256Hex(checked.input.bytes);
-        key = `console-${digest ? digest.slice(0, 32) : randomHex(16)}`;
+        key = `console-${sha256Hex(checked.input.bytes).slice(0, 32)}`;
       }
       const { source } = checked;
       const rows = source.rows;
