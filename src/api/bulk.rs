@@ -140,19 +140,14 @@ pub async fn list_bulk_refunds(
         page_size,
         page_token,
     } = request.into_inner();
-    let state = match pb::BulkRefundState::try_from(state) {
-        Ok(pb::BulkRefundState::Unspecified) => None,
-        Ok(pb::BulkRefundState::Running) => Some(BulkState::Running),
-        Ok(pb::BulkRefundState::Completed) => Some(BulkState::Completed),
-        Ok(pb::BulkRefundState::Aborted) => Some(BulkState::Aborted),
-        Ok(pb::BulkRefundState::Canceled) => Some(BulkState::Canceled),
-        Err(_) => {
-            return Err(to_status(RefundError::invalid(
+    let state = pb::BulkRefundState::try_from(state)
+        .map(state_from_pb)
+        .map_err(|_| {
+            to_status(RefundError::invalid(
                 "state",
                 "state is not a known BulkRefundState",
-            )));
-        }
-    };
+            ))
+        })?;
     let (bulks, next_page_token) = service
         .list_bulks(&account, state, page_size, &page_token)
         .await
@@ -240,6 +235,16 @@ fn item_status_to_pb(s: ItemStatus) -> pb::BulkItemStatus {
         ItemStatus::Skipped => pb::BulkItemStatus::Skipped,
         ItemStatus::Canceled => pb::BulkItemStatus::Canceled,
     }
+}
+
+fn state_from_pb(s: pb::BulkRefundState) -> Option<BulkState> {
+    Some(match s {
+        pb::BulkRefundState::Unspecified => return None,
+        pb::BulkRefundState::Running => BulkState::Running,
+        pb::BulkRefundState::Completed => BulkState::Completed,
+        pb::BulkRefundState::Aborted => BulkState::Aborted,
+        pb::BulkRefundState::Canceled => BulkState::Canceled,
+    })
 }
 
 fn state_to_pb(s: BulkState) -> pb::BulkRefundState {
