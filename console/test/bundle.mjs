@@ -8,16 +8,19 @@ import { build } from "esbuild";
 
 export const consoleDir = join(dirname(fileURLToPath(import.meta.url)), "..");
 
-/** Imports `contents` (an ES module's source, paths relative to console/) once bundled. */
-export async function importBundled(contents) {
+/**
+ * Imports `contents` (an ES module's source, paths relative to console/) once bundled.
+ * `platform: "node"` for code that needs Node's built-ins (connect's Node transport).
+ */
+export async function importBundled(contents, { platform = "neutral" } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "console-test-"));
   try {
     const result = await build({
       stdin: { contents, resolveDir: consoleDir, loader: "ts", sourcefile: "test-entry.ts" },
       bundle: true,
       format: "esm",
-      platform: "neutral",
-      target: "es2022",
+      platform,
+      target: platform === "node" ? "node20" : "es2022",
       write: false,
       logLevel: "silent",
     });

@@ -3,15 +3,11 @@
 // scripts/test-grpc-web.sh, plaintext and TLS, on both ports; and CORS preflights as a browser
 // sends them. Run by that script (it sets the addresses below); not on its own.
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { request as httpsRequest } from "node:https";
 import { createServer, connect as tcpConnect } from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { test } from "node:test";
-import { pathToFileURL } from "node:url";
-import { build } from "esbuild";
-import { consoleDir } from "./bundle.mjs";
+import { importBundled } from "./bundle.mjs";
 
 const env = (name) => {
   const value = process.env[name];
@@ -28,36 +24,16 @@ const ALLOWED_ORIGIN = env("ALLOWED_ORIGIN");
 
 // Node cannot import TypeScript: bundle the generated code and connect's Node transport (one
 // copy of @bufbuild/protobuf and @connectrpc/connect for all of them).
-const m = await (async () => {
-  const dir = mkdtempSync(join(tmpdir(), "grpc-web-test-"));
-  try {
-    const result = await build({
-      stdin: {
-        contents: `
-          export { create } from "@bufbuild/protobuf";
-          export { Code, ConnectError, createClient } from "@connectrpc/connect";
-          export { createGrpcWebTransport } from "@connectrpc/connect-node";
-          export * from "./src/gen/refunds/v1/refund_service_pb.ts";
-          export { BadRequestSchema, ErrorInfoSchema } from "./src/gen/google/rpc/error_details_pb.ts";
-        `,
-        resolveDir: consoleDir,
-        loader: "ts",
-        sourcefile: "grpc-web-entry.ts",
-      },
-      bundle: true,
-      format: "esm",
-      platform: "node",
-      target: "node20",
-      write: false,
-      logLevel: "silent",
-    });
-    const file = join(dir, "bundle.mjs");
-    writeFileSync(file, result.outputFiles[0].contents);
-    return await import(pathToFileURL(file).href);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-})();
+const m = await importBundled(
+  `
+  export { create } from "@bufbuild/protobuf";
+  export { Code, ConnectError, createClient } from "@connectrpc/connect";
+  export { createGrpcWebTransport } from "@connectrpc/connect-node";
+  export * from "./src/gen/refunds/v1/refund_service_pb.ts";
+  export { BadRequestSchema, ErrorInfoSchema } from "./src/gen/google/rpc/error_details_pb.ts";
+  `,
+  { platform: "node" },
+);
 
 const auth = { headers: { authorization: `Bearer ${KEY}` } };
 
@@ -260,28 +236,9 @@ test("the console's follower re-attaches through cut connections: every result e
     setTimeout,
     clearTimeout,
   };
-  const dir = mkdtempSync(join(tmpdir(), "follow-test-"));
-  let consoleModules;
-  try {
-    const result = await build({
-      stdin: {
-        contents: `export { follow } from "./src/follow.ts"; export { session } from "./src/api.ts";`,
-        resolveDir: consoleDir,
-        loader: "ts",
-        sourcefile: "follow-entry.ts",
-      },
-      bundle: true,
-      format: "esm",
-      platform: "neutral",
-      target: "es2022",
-      write: false,
-      logLevel: "silent",
-    });
-    writeFileSync(join(dir, "follow.mjs"), result.outputFiles[0].contents);
-    consoleModules = await import(pathToFileURL(join(dir, "follow.mjs")).href);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  const consoleModules = await importBundled(
+    `export { follow } from "./src/follow.ts"; export { session } from "./src/api.ts";`,
+  );
   consoleModules.session.signIn(KEY);
 
   // A batch that runs for a few seconds: 60 jobs, 4 at a time, 120 ms per provider call.
