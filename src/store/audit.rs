@@ -84,7 +84,7 @@ impl Store {
             query = query.filter(audit_event::Column::Id.lt(before.as_str()));
         }
         Ok(query
-            .all(&self.db)
+            .all(self.reads())
             .await?
             .into_iter()
             .map(|row| AuditEvent {

@@ -187,7 +187,7 @@ impl Store {
         let existing = bulk::Entity::find()
             .filter(bulk::Column::AccountId.eq(account.as_str()))
             .filter(bulk::Column::IdempotencyKey.eq(key))
-            .one(&self.db)
+            .one(self.reads())
             .await?
             .ok_or_else(|| corrupt("bulks", "key conflicted but the batch cannot be read"))?;
         Ok(if existing.fingerprint == fingerprint {
@@ -204,7 +204,7 @@ impl Store {
     ) -> Result<Option<Bulk>, StoreError> {
         bulk::Entity::find_by_id(id.as_str().to_owned())
             .filter(bulk::Column::AccountId.eq(account.as_str()))
-            .one(&self.db)
+            .one(self.reads())
             .await?
             .map(bulk_to_domain)
             .transpose()
@@ -230,7 +230,7 @@ impl Store {
         query
             .order_by_desc(bulk::Column::Id)
             .limit(limit)
-            .all(&self.db)
+            .all(self.reads())
             .await?
             .into_iter()
             .map(bulk_to_domain)
@@ -241,7 +241,7 @@ impl Store {
         bulk::Entity::find()
             .filter(bulk::Column::State.eq(BulkState::Running.as_str()))
             .order_by_asc(bulk::Column::Id)
-            .all(&self.db)
+            .all(self.reads())
             .await?
             .into_iter()
             .map(bulk_to_domain)
@@ -256,7 +256,7 @@ impl Store {
             .column(bulk::Column::DispatchCursor)
             .filter(bulk::Column::State.eq(BulkState::Running.as_str()))
             .into_tuple()
-            .all(&self.db)
+            .all(self.reads())
             .await?;
         Ok(rows
             .into_iter()
@@ -776,7 +776,7 @@ impl Store {
             .filter(bulk_event::Column::Sequence.gt(i64::try_from(after).unwrap_or(i64::MAX)))
             .order_by_asc(bulk_event::Column::Sequence)
             .limit(limit)
-            .all(&self.db)
+            .all(self.reads())
             .await?;
         if rows.is_empty() {
             return Ok(Vec::new());
@@ -789,7 +789,7 @@ impl Store {
         let bulk_row = if needs_bulk {
             Some(
                 bulk::Entity::find_by_id(bulk_id.as_str().to_owned())
-                    .one(&self.db)
+                    .one(self.reads())
                     .await?
                     .ok_or_else(|| corrupt("bulks", "events of a missing batch"))?,
             )
@@ -857,7 +857,7 @@ impl Store {
         let rows = q
             .order_by_asc(bulk_item::Column::Idx)
             .limit(limit)
-            .all(&self.db)
+            .all(self.reads())
             .await?;
         let refunds = self.refunds_of(&rows).await?;
         rows.into_iter()
@@ -876,7 +876,7 @@ impl Store {
         let rows = bulk_item::Entity::find()
             .filter(bulk_item::Column::BulkId.eq(bulk_id.as_str()))
             .filter(bulk_item::Column::Idx.is_in(indices.iter().copied()))
-            .all(&self.db)
+            .all(self.reads())
             .await?;
         let refunds = self.refunds_of(&rows).await?;
         rows.into_iter()
@@ -897,7 +897,7 @@ impl Store {
         }
         refund::Entity::find()
             .filter(refund::Column::Id.is_in(ids))
-            .all(&self.db)
+            .all(self.reads())
             .await?
             .into_iter()
             .map(|r| refund_to_domain(r).map(|r| (r.id.as_str().to_owned(), r)))

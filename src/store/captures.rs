@@ -136,7 +136,7 @@ impl Store {
             route_key(route),
             payment.as_str().to_owned(),
         ))
-        .one(&self.db)
+        .one(self.reads())
         .await?
         else {
             return Ok(None);
@@ -158,7 +158,7 @@ impl Store {
             .filter(refund::Column::Provider.eq(provider.as_str()))
             .filter(refund::Column::Status.eq(RefundStatus::Pending.as_str()))
             .filter(refund::Column::CreatedAt.lt(created_before.as_micros()))
-            .count(&self.db)
+            .count(self.reads())
             .await?)
     }
 }

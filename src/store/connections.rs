@@ -111,7 +111,7 @@ impl Store {
             .filter(connection::Column::AccountId.eq(account.as_str()))
             .filter(connection::Column::Provider.eq(provider.as_str()))
             .filter(connection::Column::DeletedAt.is_null())
-            .one(&self.db)
+            .one(self.reads())
             .await?
             .map(to_stored)
             .transpose()
@@ -123,7 +123,7 @@ impl Store {
         id: &ConnectionId,
     ) -> Result<Option<StoredConnection>, StoreError> {
         connection::Entity::find_by_id(id.as_str().to_owned())
-            .one(&self.db)
+            .one(self.reads())
             .await?
             .map(to_stored)
             .transpose()
@@ -141,7 +141,7 @@ impl Store {
             query = query.filter(connection::Column::AccountId.eq(account.as_str()));
         }
         query
-            .all(&self.db)
+            .all(self.reads())
             .await?
             .into_iter()
             .map(to_stored)
@@ -152,7 +152,7 @@ impl Store {
     pub async fn all_connections(&self) -> Result<Vec<StoredConnection>, StoreError> {
         connection::Entity::find()
             .order_by_asc(connection::Column::Id)
-            .all(&self.db)
+            .all(self.reads())
             .await?
             .into_iter()
             .map(to_stored)

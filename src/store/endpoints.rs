@@ -152,7 +152,7 @@ impl Store {
     ) -> Result<Option<StoredEndpoint>, StoreError> {
         webhook_endpoint::Entity::find_by_id(id.as_str().to_owned())
             .filter(webhook_endpoint::Column::AccountId.eq(account.as_str()))
-            .one(&self.db)
+            .one(self.reads())
             .await?
             .map(to_stored)
             .transpose()
@@ -167,7 +167,7 @@ impl Store {
             .filter(webhook_endpoint::Column::AccountId.eq(account.as_str()))
             .order_by_asc(webhook_endpoint::Column::CreatedAt)
             .order_by_asc(webhook_endpoint::Column::Id)
-            .all(&self.db)
+            .all(self.reads())
             .await?
             .into_iter()
             .map(|row| to_stored(row).map(|s| s.endpoint))
@@ -180,7 +180,7 @@ impl Store {
     pub async fn enabled_webhook_endpoints(&self) -> Result<Vec<StoredEndpoint>, StoreError> {
         Ok(webhook_endpoint::Entity::find()
             .filter(webhook_endpoint::Column::Enabled.eq(true))
-            .all(&self.db)
+            .all(self.reads())
             .await?
             .into_iter()
             .filter_map(|row| {
@@ -339,7 +339,7 @@ impl Store {
             .order_by_asc(event::Column::Sequence)
             .limit(limit)
             .into_tuple()
-            .all(&self.db)
+            .all(self.reads())
             .await?;
         // An event type this build does not know (a newer replica wrote it, mid-deploy) stops the
         // run before it: passing over it would lose it for good; a replica that knows it hands
@@ -446,6 +446,7 @@ impl Store {
             }
         };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // An UPDATE … RETURNING read as rows: the writer's.
         webhook_delivery::Entity::find()
             .from_raw_sql(Statement::from_sql_and_values(
                 backend,
@@ -648,7 +649,7 @@ impl Store {
         query
             .order_by_desc(webhook_delivery::Column::Id)
             .limit(limit)
-            .all(&self.db)
+            .all(self.reads())
             .await?
             .into_iter()
             .map(to_delivery)
@@ -671,7 +672,7 @@ impl Store {
             return Ok(None);
         }
         webhook_delivery::Entity::find_by_id(id.as_str().to_owned())
-            .one(&self.db)
+            .one(self.reads())
             .await?
             .map(to_delivery)
             .transpose()
@@ -729,7 +730,7 @@ impl Store {
         }
         event::Entity::find()
             .filter(event::Column::Id.is_in(ids))
-            .all(&self.db)
+            .all(self.reads())
             .await?
             .into_iter()
             .map(super::events::to_domain)
@@ -743,7 +744,7 @@ impl Store {
             .column(webhook_endpoint::Column::Id)
             .filter(webhook_endpoint::Column::Enabled.eq(true))
             .into_tuple()
-            .all(&self.db)
+            .all(self.reads())
             .await?;
         if enabled.is_empty() {
             return Ok(QueueStats::default());
@@ -758,7 +759,7 @@ impl Store {
             .filter(webhook_delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
             .filter(webhook_delivery::Column::EndpointId.is_in(enabled))
             .into_tuple()
-            .one(&self.db)
+            .one(self.reads())
             .await?;
         let (depth, oldest) = row.unwrap_or((0, None));
         Ok(QueueStats {
@@ -781,7 +782,7 @@ impl Store {
             .filter(webhook_delivery::Column::UpdatedAt.lt(cutoff.as_micros()))
             .limit(limit)
             .into_tuple()
-            .all(&self.db)
+            .all(self.reads())
             .await?;
         if ids.is_empty() {
             return Ok(0);

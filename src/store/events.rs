@@ -145,7 +145,7 @@ impl Store {
         query
             .order_by_desc(event::Column::Sequence)
             .limit(limit)
-            .all(&self.db)
+            .all(self.reads())
             .await?
             .into_iter()
             .map(to_domain)
@@ -165,7 +165,7 @@ impl Store {
             .filter(event::Column::Sequence.gt(seq(after)))
             .order_by_asc(event::Column::Sequence)
             .limit(limit)
-            .all(&self.db)
+            .all(self.reads())
             .await?
             .into_iter()
             .map(to_domain)
@@ -184,7 +184,7 @@ impl Store {
             .order_by_asc(event::Column::Sequence)
             .limit(1)
             .into_tuple()
-            .one(&self.db)
+            .one(self.reads())
             .await?;
         Ok(oldest.map(|s| u64::try_from(s).unwrap_or(0)))
     }
@@ -199,7 +199,7 @@ impl Store {
             .order_by_asc(event::Column::CreatedAt)
             .limit(limit)
             .into_tuple()
-            .all(&self.db)
+            .all(self.reads())
             .await?;
         if ids.is_empty() {
             return Ok(0);

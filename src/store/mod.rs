@@ -51,6 +51,22 @@ pub enum StoreError {
     Corrupt { table: &'static str, detail: String },
 }
 
+/// Whether SQLite was built with the query planner stability guarantee on (see
+/// `.cargo/config.toml`), so that prepared statements are kept whatever their parameters.
+async fn planner_is_stable(db: &DatabaseConnection) -> Result<bool, StoreError> {
+    use sea_orm::{ConnectionTrait as _, Statement};
+    let options = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "PRAGMA compile_options",
+        ))
+        .await?;
+    Ok(options.iter().any(|row| {
+        row.try_get_by_index::<String>(0)
+            .is_ok_and(|option| option == "ENABLE_QPSG")
+    }))
+}
+
 /// Whether the query string of `url` sets `name`.
 fn url_has_param(url: &str, name: &str) -> bool {
     url.split_once('?').is_some_and(|(_, query)| {
@@ -88,9 +104,19 @@ impl Default for StoreOptions {
     }
 }
 
+/// How many connections read a SQLite file beside its one writer. WAL lets readers run
+/// alongside the writer and each other, so a read (authenticating a call, GetRefund, a stream's
+/// events) never queues behind a write transaction.
+const SQLITE_READERS: u32 = 4;
+
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// Every write, every transaction (its reads included), and on PostgreSQL every read.
     db: DatabaseConnection,
+    /// Reads outside a transaction: a pool of read-only connections on a SQLite file; the same
+    /// pool as `db` otherwise. What they see is the last commit, as on PostgreSQL.
+    reads: DatabaseConnection,
+    separate_reads: bool,
     /// Bumped after each commit that appended client events (`events.rs`).
     appended: Arc<tokio::sync::watch::Sender<u64>>,
     /// The lock on a SQLite file of an exclusive store, held as long as any clone lives.
@@ -108,8 +134,11 @@ impl Store {
         let is_sqlite = url.starts_with("sqlite:");
         let create_file = is_sqlite && !url_has_param(url, "mode");
         let mut exclusive = None;
+        // An in-memory database is private to its one connection: it is read there too.
+        let mut separate_reads = false;
         if is_sqlite {
             let file = connect_check::sqlite(url)?;
+            separate_reads = file.is_some();
             if let Some(file) = file.filter(|_| options.exclusive) {
                 exclusive = Some(Arc::new(connect_check::lock_sqlite(&file)?));
             }
@@ -134,7 +163,8 @@ impl Store {
         .test_before_acquire_if_idle_for(Duration::from_secs(30))
         .sqlx_logging(false);
         if is_sqlite {
-            // WAL keeps readers of the file (an operator's sqlite3 shell) from blocking the service.
+            // WAL keeps readers of the file (ours, an operator's sqlite3 shell) from blocking
+            // the writer, and the writer from blocking them.
             opts.map_sqlx_sqlite_opts(move |o| {
                 // A URL's own `mode=` (rwc, rw, ro) is kept as given.
                 let o = if create_file {
@@ -147,14 +177,42 @@ impl Store {
                     .busy_timeout(Duration::from_secs(5))
             });
         }
-        let db = Database::connect(opts)
+        let db = Database::connect(opts.clone())
             .await
             .map_err(|e| connect_check::explain(url, e))?;
+        let reads = if separate_reads {
+            // The writer made the file and put it in WAL mode; readers only open it.
+            opts.max_connections(SQLITE_READERS)
+                .min_connections(1)
+                .map_sqlx_sqlite_opts(|o| {
+                    o.read_only(true)
+                        .journal_mode(SqliteJournalMode::Wal)
+                        .busy_timeout(Duration::from_secs(5))
+                });
+            Database::connect(opts)
+                .await
+                .map_err(|e| connect_check::explain(url, e))?
+        } else {
+            db.clone()
+        };
+        if is_sqlite && !planner_is_stable(&db).await? {
+            tracing::warn!(
+                "this build's SQLite lacks SQLITE_ENABLE_QPSG (set in .cargo/config.toml): \
+                 every query with a LIMIT is parsed again on each execution, several times slower"
+            );
+        }
         Ok(Self {
             db,
+            reads,
+            separate_reads,
             appended: Arc::new(tokio::sync::watch::Sender::new(0)),
             _exclusive: exclusive,
         })
+    }
+
+    /// Where reads outside a transaction go.
+    fn reads(&self) -> &DatabaseConnection {
+        &self.reads
     }
 
     /// Applies pending migrations.
@@ -189,7 +247,24 @@ impl Store {
     }
 
     pub async fn close(self) -> Result<(), StoreError> {
+        if self.separate_reads {
+            self.reads.close().await?;
+        }
         self.db.close().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without it every `.one()` is parsed again at each execution (`.cargo/config.toml`).
+    #[tokio::test]
+    async fn sqlite_is_built_with_a_stable_query_planner() {
+        let store = Store::connect("sqlite::memory:", &StoreOptions::default())
+            .await
+            .expect("connect");
+        assert!(planner_is_stable(&store.db).await.expect("pragma"));
     }
 }

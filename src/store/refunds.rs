@@ -114,7 +114,7 @@ impl Store {
             account.as_str().to_owned(),
             key.as_str().to_owned(),
         ))
-        .one(&self.db)
+        .one(self.reads())
         .await?
         else {
             return Ok(None);
@@ -315,7 +315,7 @@ impl Store {
             .order_by_asc(refund::Column::NextCheckAt)
             .order_by_asc(refund::Column::Id)
             .limit(limit)
-            .all(&self.db)
+            .all(self.reads())
             .await?;
         rows.into_iter()
             .map(|row| {
@@ -361,7 +361,7 @@ impl Store {
     pub async fn pending_refund(&self, id: &RefundId) -> Result<Option<PendingRefund>, StoreError> {
         refund::Entity::find_by_id(id.as_str().to_owned())
             .filter(refund::Column::Status.eq(RefundStatus::Pending.as_str()))
-            .one(&self.db)
+            .one(self.reads())
             .await?
             .map(|row| {
                 let next_check_at = row.next_check_at;
@@ -380,7 +380,7 @@ impl Store {
     ) -> Result<Option<Refund>, StoreError> {
         refund::Entity::find_by_id(id.as_str().to_owned())
             .filter(refund::Column::AccountId.eq(account.as_str()))
-            .one(&self.db)
+            .one(self.reads())
             .await?
             .map(to_domain)
             .transpose()
@@ -400,7 +400,7 @@ impl Store {
             .filter(refund::Column::CreatedAt.gte(since.as_micros()))
             .order_by_asc(refund::Column::CreatedAt)
             .order_by_asc(refund::Column::Id)
-            .one(&self.db)
+            .one(self.reads())
             .await?
             .map(to_domain)
             .transpose()
@@ -408,7 +408,7 @@ impl Store {
 
     async fn get_refund_by_id(&self, id: &str) -> Result<Option<Refund>, StoreError> {
         refund::Entity::find_by_id(id.to_owned())
-            .one(&self.db)
+            .one(self.reads())
             .await?
             .map(to_domain)
             .transpose()
@@ -443,7 +443,7 @@ impl Store {
         }
         q.order_by_desc(refund::Column::Id)
             .limit(limit)
-            .all(&self.db)
+            .all(self.reads())
             .await?
             .into_iter()
             .map(to_domain)
@@ -463,7 +463,7 @@ impl Store {
                 provider.as_str().to_owned(),
                 payment.as_str().to_owned(),
             ))
-            .one(&self.db)
+            .one(self.reads())
             .await?
             .filter(|p| p.account_id == account.as_str())
             .map(|p| (p.captured_amount, p.reserved_amount)),

@@ -57,7 +57,7 @@ impl Store {
         }
         let row =
             webhook_event::Entity::find_by_id((e.provider.as_str().to_owned(), e.event_id.clone()))
-                .one(&self.db)
+                .one(self.reads())
                 .await?
                 .ok_or_else(|| StoreError::Corrupt {
                     table: "webhook_events",
@@ -117,7 +117,7 @@ impl Store {
             let row = refund::Entity::find_by_id(id.as_str().to_owned())
                 .filter(refund::Column::Provider.eq(provider.as_str()))
                 .filter(on_route(route))
-                .one(&self.db)
+                .one(self.reads())
                 .await?;
             if let Some(row) = row {
                 return to_domain(row).map(Some);
@@ -127,7 +127,7 @@ impl Store {
             .filter(refund::Column::Provider.eq(provider.as_str()))
             .filter(on_route(route))
             .filter(refund::Column::ProviderRefundId.eq(report.provider_refund_id.as_str()))
-            .one(&self.db)
+            .one(self.reads())
             .await?
             .map(to_domain)
             .transpose()
@@ -184,7 +184,7 @@ impl Store {
             .filter(unmatched.or(abandoned))
             .order_by_asc(webhook_event::Column::ReceivedAt)
             .limit(limit)
-            .all(&self.db)
+            .all(self.reads())
             .await?;
         rows.into_iter().map(to_event).collect()
     }
