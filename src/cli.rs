@@ -296,6 +296,12 @@ pub struct ServeArgs {
     #[arg(long, env = "REFUND_API_KEY_RATE_LIMIT", default_value_t = 100)]
     pub api_key_rate_limit: u32,
 
+    /// How long an API key that checked out is trusted without asking the database again: the
+    /// longest a `keys revoke` takes to apply on SQLite (on PostgreSQL its notice applies it at
+    /// once, this long at worst if the notice is lost). 0s asks the database on every call.
+    #[arg(long, env = "REFUND_API_KEY_CACHE_TTL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub api_key_cache_ttl: Duration,
+
     /// The admin key (for account acct_default) to create on a fresh installation, e.g. from a
     /// mounted secret; at least 32 characters. Without it, a fresh installation listening on
     /// loopback makes one up and prints it once.
@@ -599,6 +605,7 @@ impl ServeArgs {
             cors_allowed_origins,
             console_dir,
             api_key_rate_limit,
+            api_key_cache_ttl,
             bootstrap_api_key,
             tls_cert,
             tls_key,
@@ -643,6 +650,7 @@ impl ServeArgs {
                 max_attempts,
                 webhook_only_pending_alert,
                 event_retention,
+                api_key_cache_ttl,
                 webhooks: WebhooksConfig {
                     policy: EndpointPolicy {
                         allow_private_targets: webhook_allow_private_targets,

@@ -54,6 +54,8 @@ impl ChangeFeed {
             refunds: bits & REFUNDS != 0,
             bulk_work: bits & BULK_WORK != 0,
             client_events: bits & CLIENT_EVENTS != 0,
+            // Keys are revoked by the `keys` command, which announces it itself.
+            api_keys: false,
         }
     }
 }
@@ -103,6 +105,9 @@ impl RefundService {
             self.inner
                 .remote_events
                 .send_modify(|n| *n = n.wrapping_add(1));
+        }
+        if changed.api_keys {
+            self.forget_keys();
         }
     }
 

@@ -89,6 +89,10 @@ pub struct RefundsConfig {
     pub webhook_only_pending_alert: Duration,
     /// How long events are kept for ListEvents, WatchEvents and webhook replays.
     pub event_retention: Duration,
+    /// How long an API key that checked out is trusted without asking the database again: the
+    /// longest a revocation takes to apply (on PostgreSQL a notice applies it at once, unless
+    /// lost). Zero asks on every call.
+    pub api_key_cache_ttl: Duration,
     /// Webhooks to subscribers: the SSRF policy, timeout and retries.
     pub webhooks: WebhooksConfig,
     pub bulk: BulkConfig,
@@ -107,6 +111,7 @@ impl Default for RefundsConfig {
             max_attempts: 10,
             webhook_only_pending_alert: Duration::from_secs(24 * 60 * 60),
             event_retention: Duration::from_secs(30 * 24 * 60 * 60),
+            api_key_cache_ttl: Duration::from_secs(1),
             webhooks: WebhooksConfig::default(),
             bulk: BulkConfig::default(),
         }
@@ -142,6 +147,8 @@ struct Inner {
     webhook_wakeup: tokio::sync::Notify,
     /// Sends webhooks to subscribers, keeping a pinned HTTP client per endpoint host.
     webhook_sender: crate::webhooks_out::sender::Sender,
+    /// API keys that checked out recently (`keys.rs`).
+    key_cache: keys::KeyCache,
 }
 
 impl RefundService {
@@ -160,6 +167,7 @@ impl RefundService {
                         timeout: config.webhooks.timeout,
                     },
                 ),
+                key_cache: keys::KeyCache::new(config.api_key_cache_ttl),
                 store,
                 providers,
                 connections,

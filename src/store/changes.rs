@@ -5,7 +5,7 @@
 //! one process and no notices.
 
 use sea_orm::sqlx::postgres::PgListener;
-use sea_orm::{ConnectionTrait as _, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 use super::{Store, StoreError};
 
@@ -23,11 +23,13 @@ pub struct Changed {
     pub bulk_work: bool,
     /// Some account has new client events (WatchEvents streams, webhook deliveries).
     pub client_events: bool,
+    /// Some API key was revoked (every replica forgets the keys it remembers).
+    pub api_keys: bool,
 }
 
 impl Changed {
     pub fn any(self) -> bool {
-        self.bulk_events || self.refunds || self.bulk_work || self.client_events
+        self.bulk_events || self.refunds || self.bulk_work || self.client_events || self.api_keys
     }
 
     /// Everything: what a listener assumes after it may have missed notices.
@@ -37,17 +39,19 @@ impl Changed {
             refunds: true,
             bulk_work: true,
             client_events: true,
+            api_keys: true,
         }
     }
 
     /// `"<origin> <letters>"`: who sent it, and one letter per kind of change.
     fn payload(self, origin: &str) -> String {
-        let mut kinds = String::with_capacity(4);
+        let mut kinds = String::with_capacity(5);
         for (on, letter) in [
             (self.bulk_events, 'e'),
             (self.refunds, 'r'),
             (self.bulk_work, 'w'),
             (self.client_events, 'v'),
+            (self.api_keys, 'k'),
         ] {
             if on {
                 kinds.push(letter);
@@ -63,6 +67,7 @@ impl Changed {
             refunds: kinds.contains('r'),
             bulk_work: kinds.contains('w'),
             client_events: kinds.contains('v'),
+            api_keys: kinds.contains('k'),
         };
         Some((origin, changed))
     }
@@ -85,17 +90,7 @@ pub enum Heard {
 impl Store {
     /// Tells the other replicas what `origin` changed. Nothing on SQLite.
     pub async fn announce_changes(&self, origin: &str, changed: Changed) -> Result<(), StoreError> {
-        if self.db.get_database_backend() != DbBackend::Postgres || !changed.any() {
-            return Ok(());
-        }
-        self.db
-            .execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT pg_notify($1, $2)",
-                [CHANNEL.into(), changed.payload(origin).into()],
-            ))
-            .await?;
-        Ok(())
+        announce_in(&self.db, origin, changed).await
     }
 
     /// Listens for the replicas' notices; `None` on SQLite, where there are no other replicas.
@@ -113,6 +108,25 @@ impl Store {
             .map_err(|e| StoreError::Connect(format!("cannot listen for changes: {e}")))?;
         Ok(Some(ChangeListener { listener }))
     }
+}
+
+/// Announces `changed` through `db`: in a transaction, the notice is sent when (and only if) it
+/// commits. Nothing on SQLite.
+pub(super) async fn announce_in(
+    db: &impl ConnectionTrait,
+    origin: &str,
+    changed: Changed,
+) -> Result<(), StoreError> {
+    if db.get_database_backend() != DbBackend::Postgres || !changed.any() {
+        return Ok(());
+    }
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_notify($1, $2)",
+        [CHANNEL.into(), changed.payload(origin).into()],
+    ))
+    .await?;
+    Ok(())
 }
 
 impl ChangeListener {
@@ -152,12 +166,13 @@ mod tests {
 
     #[test]
     fn a_payload_reads_back_as_written() {
-        for bits in 0u8..16 {
+        for bits in 0u8..32 {
             let changed = Changed {
                 bulk_events: bits & 1 != 0,
                 refunds: bits & 2 != 0,
                 bulk_work: bits & 4 != 0,
                 client_events: bits & 8 != 0,
+                api_keys: bits & 16 != 0,
             };
             let payload = changed.payload("replica_1");
             assert_eq!(Changed::parse(&payload), Some(("replica_1", changed)));

@@ -56,7 +56,7 @@ impl Store {
         let Some(row) = api_key::Entity::find()
             .filter(api_key::Column::TokenHash.eq(token_hash))
             .filter(api_key::Column::RevokedAt.is_null())
-            .one(&self.db)
+            .one(self.reads())
             .await?
         else {
             return Ok(None);
@@ -79,7 +79,7 @@ impl Store {
             query = query.filter(api_key::Column::AccountId.eq(account.as_str()));
         }
         query
-            .all(&self.db)
+            .all(self.reads())
             .await?
             .into_iter()
             .map(to_domain)
@@ -115,6 +115,17 @@ impl Store {
             },
         )
         .await?;
+        // Every replica forgets the keys it remembers when this commits (PostgreSQL; a SQLite
+        // service finds out when its cache's TTL ends).
+        super::changes::announce_in(
+            &txn,
+            "keys",
+            super::Changed {
+                api_keys: true,
+                ..super::Changed::default()
+            },
+        )
+        .await?;
         txn.commit().await?;
         Ok(true)
     }
@@ -123,7 +134,7 @@ impl Store {
     pub async fn active_api_keys(&self) -> Result<u64, StoreError> {
         Ok(api_key::Entity::find()
             .filter(api_key::Column::RevokedAt.is_null())
-            .count(&self.db)
+            .count(self.reads())
             .await?)
     }
 }
@@ -139,7 +150,7 @@ impl Store {
             account.as_str().to_owned(),
             currency.code().to_owned(),
         ))
-        .one(&self.db)
+        .one(self.reads())
         .await?
         .map(|row| row.amount))
     }

@@ -251,6 +251,8 @@ async fn keys_are_made_listed_and_revoked_with_the_cli() {
 
     let (code, _, stderr) = run(&["revoke", &key_id]);
     assert_eq!(code, Some(0), "{stderr}");
+    // A service may trust a key it has just checked for `--api-key-cache-ttl` (1 s).
+    app.service.clock().advance(Duration::from_secs(1));
     let err = cli_client
         .list_refunds(pb::ListRefundsRequest::default())
         .await
@@ -487,4 +489,66 @@ async fn every_rpc_refuses_a_missing_key_and_a_key_without_its_scope() {
             "{method}: {status:?}"
         );
     }
+}
+
+/// Checked keys are remembered (`--api-key-cache-ttl`), so a revocation takes time to apply: on
+/// SQLite at most the TTL; on PostgreSQL the revoking command's notice makes every replica forget
+/// its keys at once, however long the TTL.
+#[tokio::test]
+async fn a_revoked_key_is_refused_once_the_cache_forgets_it() {
+    let db = TestDb::new().await;
+    let ttl = Duration::from_secs(3600);
+    let app = spawn_app_with(&db, |s| s.refunds.api_key_cache_ttl = ttl).await;
+    let token = key(&app, "acct_revoked", "refunds:read").await;
+    let mut caller = client(&app, Some(&token)).await;
+    caller
+        .list_refunds(pb::ListRefundsRequest::default())
+        .await
+        .expect("the key works, and is remembered");
+    let key_id = app
+        .service
+        .store()
+        .list_api_keys(Some(&parse_account("acct_revoked").expect("account")))
+        .await
+        .expect("keys")
+        .pop()
+        .expect("the key")
+        .id;
+    // As `keys revoke` does: another connection to the database.
+    let other = refund_service::store::Store::connect(&db.url, &Default::default())
+        .await
+        .expect("connect");
+    assert!(
+        other
+            .revoke_api_key(&key_id, refund_service::domain::Timestamp::now())
+            .await
+            .expect("revoke")
+    );
+
+    if is_sqlite(&db) {
+        // Only one process serves a SQLite file, and nothing tells it: the key is trusted
+        // until its TTL ends, and not a moment longer.
+        caller
+            .list_refunds(pb::ListRefundsRequest::default())
+            .await
+            .expect("still remembered within the TTL");
+        app.service.clock().advance(ttl);
+    } else {
+        // The notice arrives within milliseconds; the TTL is an hour.
+        eventually(Duration::from_secs(10), "the revocation's notice", || {
+            let mut caller = caller.clone();
+            async move {
+                caller
+                    .list_refunds(pb::ListRefundsRequest::default())
+                    .await
+                    .err()
+            }
+        })
+        .await;
+    }
+    let err = caller
+        .list_refunds(pb::ListRefundsRequest::default())
+        .await
+        .expect_err("revoked");
+    assert_eq!(err.code(), Code::Unauthenticated);
 }
