@@ -15,8 +15,14 @@
 //!   finished, and `finish_bulk_if_done`. Reported as jobs/s from the batch's creation to its
 //!   end (creation included, as the service's figure includes it).
 //!
+//! - `once`: one CreateRefund's store calls, between two marker statements
+//!   (`SELECT 'bench_db: capture start'`, `… end`) sent on a connection of their own, so that a
+//!   server logging its statements (`log_statement = 'all'`) shows exactly the statements of one
+//!   CreateRefund between them; `scripts/bench/bench.py` turns them into a pgbench script.
+//!
 //! Prints one JSON object per mode on stdout. `--store` is `sqlite` (a file in a temporary
-//! directory) or a PostgreSQL admin URL (a fresh database is made through it, and dropped).
+//! directory) or a PostgreSQL admin URL (a fresh database is made through it, and dropped);
+//! `--database-url` names a database to use as it is instead (neither made nor dropped).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -40,6 +46,9 @@ struct Args {
     /// `sqlite` or a PostgreSQL admin URL (a fresh database is created through it).
     #[arg(long, default_value = "sqlite")]
     store: String,
+    /// Use this database as it is (migrated if needed), instead of one made for the run.
+    #[arg(long)]
+    database_url: Option<String>,
     /// Comma-separated: create, hot, bulk.
     #[arg(long, default_value = "create,hot,bulk")]
     modes: String,
@@ -225,6 +234,18 @@ async fn create_loop(ctx: Arc<Ctx>, args: &Args, hot: bool) -> anyhow::Result<se
     }))
 }
 
+/// One CreateRefund's store calls between two marker statements (on a connection of their own).
+async fn once(ctx: &Ctx, url: &str) -> anyhow::Result<serde_json::Value> {
+    let marker = sea_orm::Database::connect(url).await?;
+    let payment = format!("ch_{}", uuid::Uuid::new_v4().simple());
+    sea_orm::ConnectionTrait::execute_unprepared(&marker, "SELECT 'bench_db: capture start'")
+        .await?;
+    create_once(ctx, &payment, 100, 10_000).await?;
+    sea_orm::ConnectionTrait::execute_unprepared(&marker, "SELECT 'bench_db: capture end'").await?;
+    marker.close().await?;
+    Ok(json!({ "mode": "once", "payment": payment }))
+}
+
 /// A batch of `jobs` run the way the bulk runner runs it, with no provider.
 async fn bulk(ctx: Arc<Ctx>, args: &Args) -> anyhow::Result<serde_json::Value> {
     let run = uuid::Uuid::new_v4().simple().to_string();
@@ -318,6 +339,14 @@ async fn bulk(ctx: Arc<Ctx>, args: &Args) -> anyhow::Result<serde_json::Value> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let work = tempfile::tempdir()?;
+    if let Some(url) = &args.database_url {
+        let name = if url.starts_with("sqlite:") {
+            "sqlite"
+        } else {
+            "postgres"
+        };
+        return run(&args, url, name).await;
+    }
     let mut drop_db: Option<(String, String)> = None;
     let (url, store_name) = if args.store == "sqlite" {
         (
@@ -382,7 +411,8 @@ async fn run(args: &Args, url: &str, store_name: &str) -> anyhow::Result<()> {
             "create" => create_loop(ctx.clone(), args, false).await?,
             "hot" => create_loop(ctx.clone(), args, true).await?,
             "bulk" => bulk(ctx.clone(), args).await?,
-            other => anyhow::bail!("unknown mode {other:?} (create, hot, bulk)"),
+            "once" => once(&ctx, url).await?,
+            other => anyhow::bail!("unknown mode {other:?} (create, hot, bulk, once)"),
         };
         out["store"] = json!(store_name);
         println!("{out}");
