@@ -4,7 +4,7 @@
 # what else runs on it. Ratios are taken within one run, so they travel better than absolutes.
 #
 #   scripts/bench.sh run [--quick] [--store sqlite|postgres|both] [--bin PATH] [--out FILE]
-#                        [--pg-url URL] [--keep] [--no-tracing] [--no-memory]
+#                        [--pg-url URL] [--keep] [--no-tracing] [--no-memory] [--no-pgbench]
 #   scripts/bench.sh compare A.json B.json     # every figure of A and B, and B/A
 #   scripts/bench.sh table results.json        # the table of a results file again
 #
@@ -24,14 +24,18 @@
 #    ListRefunds and grpc.health.v1 Check with h2load (fixed requests). h2load counts a gRPC
 #    error as HTTP 200: each request is first sent with a real gRPC client and must be OK, and a
 #    run's DATA bytes must come to one whole answer per request (a gRPC error carries none).
-#    The service runs with --api-key-rate-limit 0 (the load is one key's) and its in-process
-#    sandbox at latency 0.
+#    The service runs with --api-key-rate-limit 0 (the load is one key's), against a standalone
+#    sandbox at latency 0 (so that the service's memory is its own, not the sandbox's ledger).
 # 2. The database ceiling: examples/bench_db.rs makes the same store calls as one CreateRefund
 #    (key look-up, find_idempotent, begin_refund, settle) with 16 workers, and as a batch
 #    (create_bulk, then claim_items / begin_refund / settle / complete_items as the bulk runner
 #    does), through the store's public API, with no gRPC and no provider: the statements cannot
-#    drift from the code's. (The SQL is not replayed with pgbench: the store API is the same
-#    statements, and also runs on SQLite.) CreateRefund's RPS is then a ratio to it.
+#    drift from the code's. It runs just before and just after the load it is compared with
+#    (their mean is the ceiling). On PostgreSQL, also the SQL itself: bench_db's `once` makes one
+#    CreateRefund's store calls on a database with log_statement = 'all', between two marker
+#    statements; the statements between the markers in the server's log (/var/log/postgresql,
+#    so a local server), with their parameters in place and fresh ids per transaction, are
+#    replayed by pgbench -c 16 (--no-pgbench skips it). CreateRefund's RPS is a ratio to both.
 # 3. Bulk drain (examples/bench_bulk.rs): N jobs at L=20 ms, R=1,000/s, C=64, as a ratio to
 #    min(R, C/L), with the sequential loop beside it; and with no provider limit (L=0), as a
 #    ratio to the ceiling of a batch's store calls.
@@ -84,7 +88,7 @@ while (($#)); do
     --store) store=$2; shift 2 ;;
     --quick) quick=1; pass+=(--quick); shift ;;
     --pg-url) pass+=(--pg-url "$2"); shift 2 ;;
-    --keep | --no-tracing | --no-memory) pass+=("$1"); shift ;;
+    --keep | --no-tracing | --no-memory | --no-pgbench) pass+=("$1"); shift ;;
     -h | --help) usage ;;
     *) die "unknown argument $1" ;;
   esac
