@@ -64,6 +64,10 @@ struct Args {
     /// Also write the figures to this file, as one JSON object.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// The name of the PostgreSQL database to make (default: refund_bench_<random>), so that
+    /// a caller that kills this process can drop it.
+    #[arg(long)]
+    pg_database: Option<String>,
 }
 
 /// A receiver that answers 204 and counts.
@@ -171,7 +175,10 @@ async fn run(
             "sqlite".to_owned(),
         )
     } else {
-        let name = format!("refund_bench_{}", uuid::Uuid::new_v4().simple());
+        let name = args
+            .pg_database
+            .clone()
+            .unwrap_or_else(|| format!("refund_bench_{}", uuid::Uuid::new_v4().simple()));
         let admin = sea_orm::Database::connect(&args.store).await?;
         sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("CREATE DATABASE {name}"))
             .await?;

@@ -571,6 +571,10 @@ class Bench:
         _databases.append((self.pg, name))
         return self.pg.rsplit("/", 1)[0] + "/" + name
 
+    def drop_db_named(self, name):
+        subprocess.run(["psql", self.pg, "-qAtc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
+                       check=False, stdout=subprocess.DEVNULL)
+
     def drop_db(self, url):
         for admin, name in list(_databases):
             if url.endswith("/" + name):
@@ -756,14 +760,25 @@ class Bench:
     # ---- 2: the database ceiling -------------------------------------------------------------
     def ceiling(self, store, modes):
         log(f"{store}: database ceiling (examples/bench_db {modes})")
-        cmd = [self.bench_db, "--store", self.store_arg(store),
+        # On PostgreSQL a database made (and dropped) here, not by bench_db: one that is killed
+        # leaves nothing behind.
+        db = self.fresh_db(store, "ceiling") if store != "sqlite" else None
+        where = ["--database-url", db] if db else ["--store", "sqlite"]
+        cmd = [self.bench_db, *where,
                "--seconds", str(self.ceiling_seconds), "--workers", "16",
                "--jobs", str(self.rate_jobs), "--concurrency", "64", "--modes", modes]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            raise SystemExit(f"bench_db failed: {out.stderr[-2000:]}")
+        out_file = os.path.join(self.run_dir, f"bench_db-{store}-{modes}.out")
+        p = spawn(cmd, out_file + ".log")
+        p.wait()
+        _procs.remove(p)
+        if db:
+            self.drop_db(db)
+        with open(out_file + ".log") as f:
+            text = f.read()
+        if p.returncode != 0:
+            raise SystemExit(f"bench_db failed: {text[-2000:]}")
         modes = {}
-        for line in out.stdout.splitlines():
+        for line in text.splitlines():
             if line.startswith("{"):
                 j = json.loads(line)
                 modes[j["mode"]] = j
@@ -823,10 +838,21 @@ class Bench:
                "--concurrency", str(conc), "--sequential", str(sequential), "--json", out]
         if webhooks:
             cmd.append("--webhooks")
+        if store != "sqlite":
+            # Named here, so that it is dropped at exit even if bench_bulk is killed first.
+            name = f"refund_bench_{uuid.uuid4().hex[:16]}"
+            cmd += ["--pg-database", name]
+            _databases.append((self.pg, name))
         log(f"{store}: bulk {tag}: N={jobs} L={latency}ms R={rate}/s C={conc}" + (" with webhooks" if webhooks else ""))
         logf = os.path.join(self.run_dir, f"bulk-{store}-{tag}.log")
-        with open(logf, "wb") as lf:
-            p = subprocess.run(cmd, stdout=lf, stderr=subprocess.STDOUT)
+        # In a process group of its own (spawn), so that its sandbox and service go with it
+        # whatever ends this run.
+        p = spawn(cmd, logf)
+        p.wait()
+        _procs.remove(p)
+        if store != "sqlite":
+            _databases.remove((self.pg, name))  # dropped by bench_bulk itself
+            self.drop_db_named(name)
         if p.returncode != 0:
             raise SystemExit(f"bench_bulk {tag} failed; see {logf}")
         with open(out) as f:
