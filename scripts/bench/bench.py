@@ -77,6 +77,14 @@ def spawn(cmd, log, env=None):
     return p
 
 
+def run_grouped(cmd, log, env=None):
+    """Runs `cmd` to its end as `spawn` starts it (killed with the run): its exit status."""
+    p = spawn(cmd, log, env)
+    p.wait()
+    _procs.remove(p)
+    return p.returncode
+
+
 def stop(p, grace=10):
     if p.poll() is None:
         os.killpg(p.pid, signal.SIGTERM)
@@ -321,12 +329,10 @@ def k6(bench, tag, addr, env):
                     PROTO=os.path.join(ROOT, "proto"), SUMMARY=summary,
                     **{k: str(v) for k, v in env.items()})
     logf = os.path.join(bench.run_dir, f"k6-{tag}.log")
-    with open(logf, "wb") as out:
-        r = subprocess.run([bench.k6, "run", "--quiet", "--no-color",
-                            os.path.join(BENCH_DIR, "create_refund.js")],
-                           stdout=out, stderr=subprocess.STDOUT, env=full_env)
-    if r.returncode != 0 or not os.path.exists(summary):
-        raise SystemExit(f"k6 {tag} failed ({r.returncode}); see {logf}")
+    r = run_grouped([bench.k6, "run", "--quiet", "--no-color",
+                     os.path.join(BENCH_DIR, "create_refund.js")], logf, full_env)
+    if r != 0 or not os.path.exists(summary):
+        raise SystemExit(f"k6 {tag} failed ({r}); see {logf}")
     with open(summary) as f:
         return json.load(f)
 
@@ -347,12 +353,12 @@ def h2load(bench, tag, addr, path, msg, expect_len):
            "-H", "content-type: application/grpc", "-H", "te: trailers",
            "-H", f"authorization: Bearer {KEY}", "-d", body, "--log-file", logf,
            f"http://{addr}{path}"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    with open(os.path.join(bench.run_dir, f"h2load-{tag}.out"), "w") as f:
-        f.write(r.stdout + r.stderr)
-    if r.returncode != 0:
-        raise SystemExit(f"h2load {tag} failed: {r.stderr[-500:]}")
-    out = r.stdout
+    out_file = os.path.join(bench.run_dir, f"h2load-{tag}.out")
+    code = run_grouped(cmd, out_file)
+    with open(out_file) as f:
+        out = f.read()
+    if code != 0:
+        raise SystemExit(f"h2load {tag} failed: {out[-500:]}")
     rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))
     req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
     done, succeeded, failed = int(req.group(3)), int(req.group(4)), int(req.group(5)) + int(req.group(6))
@@ -815,15 +821,16 @@ class Bench:
         script = os.path.join(self.run_dir, "create_refund.pgbench.sql")
         with open(script, "w") as f:
             f.write(pgbench_script(statements))
-        out = subprocess.run(["pgbench", "-n", "-c", "16", "-j", "2", "-T", str(self.seconds),
-                              "-f", script, url], capture_output=True, text=True)
-        with open(os.path.join(self.run_dir, "pgbench.out"), "w") as f:
-            f.write(out.stdout + out.stderr)
-        tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out.stdout)
-        done = re.search(r"number of transactions actually processed: (\d+)", out.stdout)
-        failed = re.search(r"number of failed transactions: (\d+)", out.stdout)
-        if out.returncode != 0 or not tps:
-            log(f"postgres: pgbench failed: {out.stderr[-800:]}")
+        out_file = os.path.join(self.run_dir, "pgbench.out")
+        code = run_grouped(["pgbench", "-n", "-c", "16", "-j", "2", "-T", str(self.seconds),
+                            "-f", script, url], out_file)
+        with open(out_file) as f:
+            out = f.read()
+        tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
+        done = re.search(r"number of transactions actually processed: (\d+)", out)
+        failed = re.search(r"number of failed transactions: (\d+)", out)
+        if code != 0 or not tps:
+            log(f"postgres: pgbench failed: {out[-800:]}")
             return None
         self.drop_db(url)
         return {"tps": float(tps.group(1)), "statements": len(statements),
