@@ -8,6 +8,7 @@ import argparse
 import atexit
 import datetime
 import glob
+import hashlib
 import json
 import os
 import platform
@@ -971,6 +972,14 @@ def git_rev():
         return None
 
 
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 def cmd_run(a):
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
@@ -982,7 +991,9 @@ def cmd_run(a):
     doc = {
         "meta": {
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "git": git_rev(), "binary": bench.bin, "host": platform.node(),
+            # The suite's commit; the binary (--bin may be another build) by its digest.
+            "git": git_rev(), "binary": bench.bin, "binary_sha256": file_sha256(bench.bin),
+            "host": platform.node(),
             "cpus": os.cpu_count(), "quick": a.quick, "store": a.store,
             "seconds_per_run": bench.seconds, "wall_s": round(took, 1), "run_dir": bench.run_dir,
             # What else ran: a run on a busy machine is not comparable with one on an idle one.
@@ -1014,8 +1025,11 @@ def cmd_compare(a):
         unit = (fa.get(k) or fb.get(k))["unit"]
         rows.append((k, fmt(va), fmt(vb), f"{ratio:.2f}" if ratio is not None else "-", unit))
     w = [max(len(r[i]) for r in rows) for i in range(5)]
-    print(f"A: {a.a} ({A['meta'].get('git')}, {A['meta'].get('started')})")
-    print(f"B: {a.b} ({B['meta'].get('git')}, {B['meta'].get('started')})\n")
+    for label, path, doc in (("A", a.a, A), ("B", a.b, B)):
+        m = doc["meta"]
+        print(f"{label}: {path} (suite {m.get('git')}, binary {m.get('binary_sha256', '?')}, "
+              f"{m.get('started')}, load {m.get('loadavg_before', '?')})")
+    print()
     for i, r in enumerate(rows):
         print(f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:>{w[2]}}  {r[3]:>{w[3]}}  {r[4]}")
         if i == 0:
@@ -1050,6 +1064,8 @@ def main():
     t = sub.add_parser("table")
     t.add_argument("file")
     a = ap.parse_args()
+    if a.cmd != "run":
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `… | head` ends quietly
     {"run": cmd_run, "compare": cmd_compare, "table": cmd_table}[a.cmd](a)
 
 
