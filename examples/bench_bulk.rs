@@ -7,7 +7,9 @@
 //! refunds M payments one CreateRefund at a time, like the seed's loop, for comparison. With
 //! `--webhooks` a subscriber on loopback takes every event as a webhook during the batch: the
 //! batch's figures then include the dispatcher's work, and a second line says how long after the
-//! batch the last event arrived.
+//! batch the last event arrived. With `--json PATH` the same figures are also written to PATH
+//! as one JSON object (for `scripts/bench.sh`). A PostgreSQL database made for the run is
+//! dropped at its end.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -59,6 +61,13 @@ struct Args {
     /// Subscribe a loopback receiver (answering 204) to every event during the batch.
     #[arg(long)]
     webhooks: bool,
+    /// Also write the figures to this file, as one JSON object.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// The name of the PostgreSQL database to make (default: refund_bench_<random>), so that
+    /// a caller that kills this process can drop it.
+    #[arg(long)]
+    pg_database: Option<String>,
 }
 
 /// A receiver that answers 204 and counts.
@@ -103,11 +112,16 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// Peak resident set size of a process (VmHWM), in MiB.
 fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
+    status_mib(pid, "VmHWM:")
+}
+
+/// A size line of /proc/PID/status (`VmHWM:`, `VmRSS:`), in MiB.
+fn status_mib(pid: u32, field: &str) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .context("no VmHWM")?
+        .find_map(|l| l.strip_prefix(field))
+        .with_context(|| format!("no {field}"))?
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -133,6 +147,25 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let work = tempfile::tempdir()?;
+    let mut made_db = None;
+    let result = run(&args, &work, &mut made_db).await;
+    // The processes are gone by now (dropped in `run`): the database can go too.
+    if let Some(name) = made_db {
+        let admin = sea_orm::Database::connect(&args.store).await?;
+        sea_orm::ConnectionTrait::execute_unprepared(
+            &admin,
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        )
+        .await?;
+    }
+    result
+}
+
+async fn run(
+    args: &Args,
+    work: &tempfile::TempDir,
+    made_db: &mut Option<String>,
+) -> anyhow::Result<()> {
     let (database_url, store_name) = if args.store == "sqlite" {
         (
             format!(
@@ -142,10 +175,14 @@ async fn main() -> anyhow::Result<()> {
             "sqlite".to_owned(),
         )
     } else {
-        let name = format!("refund_bench_{}", uuid::Uuid::new_v4().simple());
+        let name = args
+            .pg_database
+            .clone()
+            .unwrap_or_else(|| format!("refund_bench_{}", uuid::Uuid::new_v4().simple()));
         let admin = sea_orm::Database::connect(&args.store).await?;
         sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("CREATE DATABASE {name}"))
             .await?;
+        *made_db = Some(name.clone());
         let base = args
             .store
             .rsplit_once('/')
@@ -261,6 +298,7 @@ async fn main() -> anyhow::Result<()> {
         None
     };
 
+    let rss_before = status_mib(service.0.id(), "VmRSS:")?;
     let started = Instant::now();
     let mut stream = client
         .bulk_refund(pb::BulkRefundRequest {
@@ -332,6 +370,24 @@ async fn main() -> anyhow::Result<()> {
         stats.max_requests_per_sec,
         stats.rate_limited,
     );
+    let mut report = serde_json::json!({
+        "store": store_name,
+        "jobs": args.jobs,
+        "latency_ms": args.latency_ms,
+        "rate": args.rate,
+        "concurrency": args.concurrency,
+        "webhooks": args.webhooks,
+        "wall_s": wall.as_secs_f64(),
+        "jobs_per_sec": jobs_per_sec,
+        "bound": bound,
+        "ratio": jobs_per_sec / bound,
+        "succeeded": summary.succeeded,
+        "failed": summary.failed,
+        "rss_before_mib": rss_before,
+        "peak_rss_mib": rss,
+        "provider_max_rps": stats.max_requests_per_sec,
+        "provider_429s": stats.rate_limited,
+    });
     if let Some(count) = &receiver {
         // Every job's refund.created and refund.succeeded, and the batch's two.
         let want = 2 * u64::from(args.jobs) + 2;
@@ -343,6 +399,9 @@ async fn main() -> anyhow::Result<()> {
         }
         let got = count.load(std::sync::atomic::Ordering::Relaxed);
         let total = started.elapsed();
+        report["webhooks_delivered"] = got.into();
+        report["webhooks_expected"] = want.into();
+        report["webhooks_lag_s"] = waiting.elapsed().as_secs_f64().into();
         println!(
             "  webhooks: {got} of {want} events delivered; the last {:.2}s after the batch ended ({:.0} webhooks/s over the whole run)",
             waiting.elapsed().as_secs_f64(),
@@ -373,6 +432,11 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
         }
         let wall = started.elapsed();
+        report["sequential"] = serde_json::json!({
+            "jobs": args.sequential,
+            "wall_s": wall.as_secs_f64(),
+            "jobs_per_sec": f64::from(args.sequential) / wall.as_secs_f64(),
+        });
         println!(
             "store={store_name} sequential loop (one CreateRefund at a time, as the seed's session.loop) N={} L={}ms wall={:.2}s jobs/s={:.1}",
             args.sequential,
@@ -380,6 +444,10 @@ async fn main() -> anyhow::Result<()> {
             wall.as_secs_f64(),
             f64::from(args.sequential) / wall.as_secs_f64(),
         );
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }

