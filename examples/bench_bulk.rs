@@ -15,11 +15,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+
+#[path = "common/scratch_db.rs"]
+mod scratch_db;
 use clap::Parser;
 use refund_service::api::max_message_bytes;
 use refund_service::api::pb;
 use refund_service::api::pb::bulk_refund_event::Event;
 use refund_service::api::pb::refund_service_client::RefundServiceClient;
+use scratch_db::ScratchDb;
 
 /// The admin key the benchmarked service is started with.
 const BENCH_KEY: &str = "rsk_bench_admin_key_not_a_secret_0123456789";
@@ -147,48 +151,34 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let work = tempfile::tempdir()?;
-    let mut made_db = None;
-    let result = run(&args, &work, &mut made_db).await;
-    // The processes are gone by now (dropped in `run`): the database can go too.
-    if let Some(name) = made_db {
-        let admin = sea_orm::Database::connect(&args.store).await?;
-        sea_orm::ConnectionTrait::execute_unprepared(
-            &admin,
-            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        )
-        .await?;
-    }
-    result
-}
-
-async fn run(
-    args: &Args,
-    work: &tempfile::TempDir,
-    made_db: &mut Option<String>,
-) -> anyhow::Result<()> {
-    let (database_url, store_name) = if args.store == "sqlite" {
-        (
-            format!(
-                "sqlite://{}?mode=rwc",
-                work.path().join("bench.db").display()
-            ),
-            "sqlite".to_owned(),
-        )
+    let scratch = if args.store == "sqlite" {
+        None
     } else {
         let name = args
             .pg_database
             .clone()
             .unwrap_or_else(|| format!("refund_bench_{}", uuid::Uuid::new_v4().simple()));
-        let admin = sea_orm::Database::connect(&args.store).await?;
-        sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("CREATE DATABASE {name}"))
-            .await?;
-        *made_db = Some(name.clone());
-        let base = args
-            .store
-            .rsplit_once('/')
-            .context("admin URL ends in /DB")?
-            .0;
-        (format!("{base}/{name}"), "postgres".to_owned())
+        Some(ScratchDb::create(&args.store, name).await?)
+    };
+    let result = run(&args, &work, scratch.as_ref().map(|db| db.url.as_str())).await;
+    // The processes are gone by now (dropped in `run`): the database can go too.
+    if let Some(db) = scratch {
+        db.drop_now().await?;
+    }
+    result
+}
+
+/// `pg_url`: the run's PostgreSQL database; a SQLite file in `work` without one.
+async fn run(args: &Args, work: &tempfile::TempDir, pg_url: Option<&str>) -> anyhow::Result<()> {
+    let (database_url, store_name) = match pg_url {
+        None => (
+            format!(
+                "sqlite://{}?mode=rwc",
+                work.path().join("bench.db").display()
+            ),
+            "sqlite".to_owned(),
+        ),
+        Some(url) => (url.to_owned(), "postgres".to_owned()),
     };
 
     let sandbox_port = free_port()?;

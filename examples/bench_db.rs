@@ -30,6 +30,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+
+#[path = "common/scratch_db.rs"]
+mod scratch_db;
 use clap::Parser;
 use refund_service::domain::{
     AccountId, Amount, Currency, JobOutcome, NewBulk, NewRefund, PaymentRef, ProviderName,
@@ -38,6 +41,7 @@ use refund_service::domain::{
 use refund_service::store::{
     BeginOutcome, BeginRefund, CreateBulkOutcome, Settlement, Store, StoreOptions,
 };
+use scratch_db::ScratchDb;
 use serde_json::json;
 use tokio::task::JoinSet;
 
@@ -347,37 +351,17 @@ async fn main() -> anyhow::Result<()> {
         };
         return run(&args, url, name).await;
     }
-    let mut drop_db: Option<(String, String)> = None;
-    let (url, store_name) = if args.store == "sqlite" {
-        (
-            format!(
-                "sqlite://{}?mode=rwc",
-                work.path().join("ceiling.db").display()
-            ),
-            "sqlite",
-        )
-    } else {
-        let name = format!("refund_bench_db_{}", uuid::Uuid::new_v4().simple());
-        let admin = sea_orm::Database::connect(&args.store).await?;
-        sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("CREATE DATABASE {name}"))
-            .await?;
-        let base = args
-            .store
-            .rsplit_once('/')
-            .context("admin URL ends in /DB")?
-            .0;
-        drop_db = Some((args.store.clone(), name.clone()));
-        (format!("{base}/{name}"), "postgres")
-    };
-    let result = run(&args, &url, store_name).await;
-    if let Some((admin_url, name)) = drop_db {
-        let admin = sea_orm::Database::connect(&admin_url).await?;
-        sea_orm::ConnectionTrait::execute_unprepared(
-            &admin,
-            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        )
-        .await?;
+    if args.store == "sqlite" {
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            work.path().join("ceiling.db").display()
+        );
+        return run(&args, &url, "sqlite").await;
     }
+    let name = format!("refund_bench_db_{}", uuid::Uuid::new_v4().simple());
+    let db = ScratchDb::create(&args.store, name).await?;
+    let result = run(&args, &db.url, "postgres").await;
+    db.drop_now().await?;
     result
 }
 
